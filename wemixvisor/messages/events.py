@@ -1,0 +1,126 @@
+"""Lifecycle events broadcast on the ZeroMQ PUB socket (SPEC §10).
+
+Each event is a msgspec Struct tagged with its topic. The envelope fields (`seq`, `run_id`, `ts`)
+are filled in by the events publisher at send time; producers leave them at their defaults.
+On the wire: multipart `[topic, json]`, the JSON object holding `topic`, the envelope and the
+event's own fields.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Event(msgspec.Struct, tag_field="topic", kw_only=True, frozen=True):
+    """Base of every event; `topic` is the tag, e.g. `node.exited`."""
+
+    seq: int = 0
+    run_id: str = ""
+    ts: float = 0.0
+
+    @property
+    def topic(self) -> str:
+        tag = type(self).__struct_config__.tag
+        assert isinstance(tag, str)
+        return tag
+
+
+# supervisor.*
+
+
+class SupervisorStarted(Event, tag="supervisor.started"):
+    version: str
+    pid: int
+    home: str
+
+
+class SupervisorStopping(Event, tag="supervisor.stopping"):
+    reason: str
+
+
+class SupervisorHeartbeat(Event, tag="supervisor.heartbeat"):
+    uptime: float
+    node_state: str
+    events_published: int
+    events_dropped: int
+
+
+class ActorRestarted(Event, tag="supervisor.actor_restarted"):
+    actor: str
+    error: str
+
+
+# node.*
+
+
+class NodeStarting(Event, tag="node.starting"):
+    binary: str
+    target: str
+    args: list[str]
+    attempt: int
+
+
+class NodeRunning(Event, tag="node.running"):
+    pid: int
+    startup_seconds: float
+    by: str  # "rpc" when RPC answered first, "startsecs" when it stayed alive long enough
+
+
+class NodeExited(Event, tag="node.exited"):
+    pid: int
+    exit_code: int | None
+    signal: int | None
+    expected: bool
+    state: str  # the state the node was in when it exited
+    uptime: float
+
+
+class NodeBackoff(Event, tag="node.backoff"):
+    delay: float
+    restarts_in_window: int
+    max_restarts: int
+
+
+class NodeFatal(Event, tag="node.fatal"):
+    reason: str
+    restarts_in_window: int
+
+
+class NodeStopping(Event, tag="node.stopping"):
+    pid: int
+    reason: str
+    grace: float
+
+
+class NodeStopped(Event, tag="node.stopped"):
+    pid: int | None
+    killed: bool  # True when the grace ran out and the group was SIGKILLed
+    seconds: float
+
+
+class NodeAdopted(Event, tag="node.adopted"):
+    pid: int
+    binary: str
+    uptime: float
+
+
+class NodeStalled(Event, tag="node.stalled"):
+    height: int
+    seconds: float
+
+
+class NodeStartFailed(Event, tag="node.start_failed"):
+    binary: str
+    error: str
+
+
+# config.*
+
+
+class ConfigReloaded(Event, tag="config.reloaded"):
+    changed: list[str]
+    restart_required: list[str]
+
+
+class ConfigRejected(Event, tag="config.rejected"):
+    error: str
