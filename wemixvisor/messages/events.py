@@ -28,24 +28,24 @@ class Event(msgspec.Struct, tag_field="topic", kw_only=True, frozen=True):
 # supervisor.*
 
 
-class SupervisorStarted(Event, tag="supervisor.started"):
+class SupervisorStarted(Event, tag="supervisor.started", frozen=True):
     version: str
     pid: int
     home: str
 
 
-class SupervisorStopping(Event, tag="supervisor.stopping"):
+class SupervisorStopping(Event, tag="supervisor.stopping", frozen=True):
     reason: str
 
 
-class SupervisorHeartbeat(Event, tag="supervisor.heartbeat"):
+class SupervisorHeartbeat(Event, tag="supervisor.heartbeat", frozen=True):
     uptime: float
     node_state: str
     events_published: int
     events_dropped: int
 
 
-class ActorRestarted(Event, tag="supervisor.actor_restarted"):
+class ActorRestarted(Event, tag="supervisor.actor_restarted", frozen=True):
     actor: str
     error: str
 
@@ -53,20 +53,20 @@ class ActorRestarted(Event, tag="supervisor.actor_restarted"):
 # node.*
 
 
-class NodeStarting(Event, tag="node.starting"):
+class NodeStarting(Event, tag="node.starting", frozen=True):
     binary: str
     target: str
     args: list[str]
     attempt: int
 
 
-class NodeRunning(Event, tag="node.running"):
+class NodeRunning(Event, tag="node.running", frozen=True):
     pid: int
     startup_seconds: float
     by: str  # "rpc" when RPC answered first, "startsecs" when it stayed alive long enough
 
 
-class NodeExited(Event, tag="node.exited"):
+class NodeExited(Event, tag="node.exited", frozen=True):
     pid: int
     exit_code: int | None
     signal: int | None
@@ -75,41 +75,41 @@ class NodeExited(Event, tag="node.exited"):
     uptime: float
 
 
-class NodeBackoff(Event, tag="node.backoff"):
+class NodeBackoff(Event, tag="node.backoff", frozen=True):
     delay: float
     restarts_in_window: int
     max_restarts: int
 
 
-class NodeFatal(Event, tag="node.fatal"):
+class NodeFatal(Event, tag="node.fatal", frozen=True):
     reason: str
     restarts_in_window: int
 
 
-class NodeStopping(Event, tag="node.stopping"):
+class NodeStopping(Event, tag="node.stopping", frozen=True):
     pid: int
     reason: str
     grace: float
 
 
-class NodeStopped(Event, tag="node.stopped"):
+class NodeStopped(Event, tag="node.stopped", frozen=True):
     pid: int | None
     killed: bool  # True when the grace ran out and the group was SIGKILLed
     seconds: float
 
 
-class NodeAdopted(Event, tag="node.adopted"):
+class NodeAdopted(Event, tag="node.adopted", frozen=True):
     pid: int
     binary: str
     uptime: float
 
 
-class NodeStalled(Event, tag="node.stalled"):
+class NodeStalled(Event, tag="node.stalled", frozen=True):
     height: int
     seconds: float
 
 
-class NodeStartFailed(Event, tag="node.start_failed"):
+class NodeStartFailed(Event, tag="node.start_failed", frozen=True):
     binary: str
     error: str
 
@@ -117,10 +117,20 @@ class NodeStartFailed(Event, tag="node.start_failed"):
 # config.*
 
 
-class ConfigReloaded(Event, tag="config.reloaded"):
+class ConfigReloaded(Event, tag="config.reloaded", frozen=True):
     changed: list[str]
     restart_required: list[str]
 
 
-class ConfigRejected(Event, tag="config.rejected"):
+class ConfigRejected(Event, tag="config.rejected", frozen=True):
     error: str
+
+
+# Internal messages of the events actor (not broadcast as such).
+
+
+class PublishHeartbeat(msgspec.Struct, frozen=True):
+    """Tell the events actor to publish `supervisor.heartbeat` with its publish counters."""
+
+    uptime: float
+    node_state: str

@@ -1,0 +1,1 @@
+"""Support for tests, the demo and the benchmarks; not part of the installed product."""

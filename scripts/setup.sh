@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Prepare a fresh machine: Python virtualenv with every dependency, and the anvil nodes used by
+# tests, the demo and the benchmarks (fetched from the npm registry into .cache/, verified).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if ! command -v npm >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing nodejs and npm (needed to fetch anvil)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  else
+    echo "setup: npm is required to fetch anvil; install Node.js and npm" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+# Re-run pip only when pyproject.toml changed since the last successful install.
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e '.[dev,bench]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+.venv/bin/python -m devtools.anvil >/dev/null

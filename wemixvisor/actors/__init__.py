@@ -1,0 +1,1 @@
+"""The daemon's actors, one per module."""

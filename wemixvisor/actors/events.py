@@ -1,0 +1,72 @@
+"""EventsActor: owns the events PUB socket; every other actor tells it the events to broadcast."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+from wemixvisor.actors.base import FailureSink, SupervisedActor
+from wemixvisor.messages.events import Event, PublishHeartbeat, SupervisorHeartbeat
+from wemixvisor.publisher import DEFAULT_SEND_HWM, EventPublisher, PublisherStats
+
+
+class EventsActor(SupervisedActor):
+    """Publishes the events it is told; the socket lives and dies on this actor's thread.
+
+    Messages: an `Event` is stamped and sent; `PublishHeartbeat` becomes `supervisor.heartbeat`
+    with this actor's counters. `stats()` (through a proxy) returns `(published, dropped)`.
+    """
+
+    role = "events"
+
+    def __init__(
+        self,
+        endpoint: str,
+        send_hwm: int = DEFAULT_SEND_HWM,
+        failure_sink: FailureSink | None = None,
+    ) -> None:
+        super().__init__(failure_sink)
+        # Constructed here so that a refused endpoint fails `EventsActor.start()` in the caller;
+        # the socket itself is created in `setup`, on the actor's thread.
+        self._publisher = EventPublisher(endpoint, send_hwm)
+
+    def setup(self) -> None:
+        self._publisher.bind()
+
+    def teardown(self) -> None:
+        self._publisher.close()
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # pykka skips on_stop after a failure; the endpoint must be free for the replacement actor.
+        self._publisher.close()
+        super().on_failure(exception_type, exception_value, traceback)
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Event):
+            self._publisher.publish(message)
+            return None
+        if isinstance(message, PublishHeartbeat):
+            self._publisher.publish(
+                SupervisorHeartbeat(
+                    uptime=message.uptime,
+                    node_state=message.node_state,
+                    events_published=self._publisher.published,
+                    events_dropped=self._publisher.dropped,
+                )
+            )
+            return None
+        return super().on_receive(message)
+
+    def stats(self) -> PublisherStats:
+        """`(published, dropped)` of this actor's publisher."""
+        return self._publisher.stats()
+
+    @property
+    def run_id(self) -> str:
+        """This daemon run's id, carried by every event it publishes."""
+        return self._publisher.run_id

@@ -1,0 +1,202 @@
+"""The daemon: wiring, start order, signals, shutdown.
+
+`python -m wemixvisor.bootstrap [node args...]` is `wemixvisor run [node args...]`.
+
+Start order: events publisher (so every later actor can report) → node. Stop order is the
+reverse, after the node itself was stopped gracefully.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import queue
+import signal
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from types import FrameType
+from typing import Any
+
+import pykka
+from loguru import logger
+
+from wemixvisor import __version__
+from wemixvisor.actors.events import EventsActor
+from wemixvisor.actors.node import NodeActor
+from wemixvisor.bus import Bus
+from wemixvisor.config import Config, ConfigError, load_config
+from wemixvisor.layout import Home
+from wemixvisor.logs import setup_logging
+from wemixvisor.messages import events as ev
+from wemixvisor.messages.events import PublishHeartbeat
+from wemixvisor.messages.node import GetNodeStatus, NodeStatus, StopNode
+from wemixvisor.process import become_subreaper
+from wemixvisor.supervision import Supervisor
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class DaemonError(Exception):
+    """The daemon cannot start; the message tells the operator why."""
+
+
+def home_of(config: Config) -> Home:
+    """The home layout the configuration describes."""
+    return Home(root=config.home, name=config.node.name, data_dir=config.node.data_dir)
+
+
+@contextlib.contextmanager
+def daemon_lock(home: Home) -> Iterator[None]:
+    """One daemon per home: an flock held for the daemon's life (released by the kernel if it
+    dies), so a second daemon can never start a second node on the same data dir."""
+    home.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = home.state_dir / "daemon.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise DaemonError(
+                f"another wemixvisor (pid {holder}) is running on {home.root}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+class Daemon:
+    """The running daemon: the supervisor of the actors plus the main loop."""
+
+    def __init__(self, config: Config, node_args: list[str]) -> None:
+        self.config = config
+        self.home = home_of(config)
+        self.node_args = node_args
+        self.bus = Bus()
+        self.started = time.monotonic()
+        self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.supervisor = Supervisor(self.bus, on_restart=self._report_restart)
+        self.supervisor.add("events", self._start_events)
+        self.supervisor.add("node", self._start_node)
+
+    def _start_events(self, supervisor: Supervisor) -> pykka.ActorRef[Any]:
+        return EventsActor.start(
+            endpoint=self.config.events.endpoint,
+            send_hwm=self.config.events.send_hwm,
+            failure_sink=supervisor.failure_sink,
+        )
+
+    def _start_node(self, supervisor: Supervisor) -> pykka.ActorRef[Any]:
+        return NodeActor.start(
+            config=self.config,
+            home=self.home,
+            bus=self.bus,
+            node_args=self.node_args,
+            failure_sink=supervisor.failure_sink,
+        )
+
+    def _report_restart(self, role: str, error: str) -> None:
+        self.bus.publish(ev.ActorRestarted(actor=role, error=error))
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        # SimpleQueue.put is reentrant: safe from a signal handler.
+        self._signals.put(signum)
+
+    def install_signals(self) -> None:
+        """SIGTERM/SIGINT stop the daemon; SIGHUP is logged and otherwise ignored."""
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+
+    def run(self) -> int:
+        """Start everything, serve until a stop signal, stop everything; the exit code."""
+        if not self.home.visor_dir.is_dir():
+            raise DaemonError(
+                f"{self.home.visor_dir} does not exist: run `wemixvisor init <binary>` first"
+            )
+        with daemon_lock(self.home):
+            self.install_signals()
+            if not become_subreaper():
+                logger.warning("cannot become child subreaper: orphans of the node go to PID 1")
+            self.supervisor.start_all()
+            self.bus.publish(
+                ev.SupervisorStarted(version=__version__, pid=os.getpid(), home=str(self.home.root))
+            )
+            logger.info("wemixvisor {} running on {}", __version__, self.home.root)
+            reason = self._serve()
+            self._shutdown(reason)
+        return EXIT_OK
+
+    def _serve(self) -> str:
+        heartbeat = self.config.events.heartbeat_interval
+        next_heartbeat = time.monotonic() + heartbeat
+        while True:
+            restart_due = self.supervisor.handle_failures()
+            wait = max(0.0, min(next_heartbeat - time.monotonic(), restart_due, 1.0))
+            try:
+                signum = self._signals.get(timeout=wait)
+            except queue.Empty:
+                signum = None
+            if signum is not None:
+                if signum == signal.SIGHUP:
+                    logger.info("SIGHUP ignored: config.toml changes are picked up on their own")
+                    continue
+                return signal.Signals(signum).name
+            if time.monotonic() >= next_heartbeat:
+                next_heartbeat = time.monotonic() + heartbeat
+                self._heartbeat()
+
+    def _heartbeat(self) -> None:
+        try:
+            status: NodeStatus = self.bus.ask("node", GetNodeStatus(), timeout=2.0)
+            node_state = status.state.value
+        except (pykka.Timeout, pykka.ActorDeadError):
+            node_state = "UNKNOWN"
+        self.bus.tell(
+            "events",
+            PublishHeartbeat(uptime=time.monotonic() - self.started, node_state=node_state),
+        )
+
+    def _shutdown(self, reason: str) -> None:
+        logger.info("stopping ({}): node first, then the actors", reason)
+        self.bus.publish(ev.SupervisorStopping(reason=reason))
+        done: pykka.ThreadingFuture[NodeStatus] = pykka.ThreadingFuture()
+        if self.bus.tell("node", StopNode(reason=f"daemon {reason}", done=done)):
+            # The actor escalates to SIGKILL after the grace; allow for that and the reaping.
+            try:
+                done.get(timeout=self.config.node.shutdown_grace + 10.0)
+            except pykka.Timeout:
+                logger.error("node did not stop in time; leaving it to be adopted next run")
+        self.supervisor.stop_all()
+        logger.info("stopped")
+
+
+def run_daemon(config: Config, node_args: Sequence[str]) -> int:
+    """Run the daemon in the foreground until SIGTERM/SIGINT; the process exit code."""
+    setup_logging(config.log.level, config.log.format)
+    args = list(config.node.args) + list(node_args)
+    try:
+        return Daemon(config, args).run()
+    except DaemonError as exc:
+        logger.error("{}", exc)
+        return EXIT_FAILURE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m wemixvisor.bootstrap [node args...]`: configuration from env + config.toml."""
+    node_args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config = load_config(env=dict(os.environ))
+    except ConfigError as exc:
+        print(f"wemixvisor: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return run_daemon(config, node_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""`wemixvisor add-upgrade <name> <binary>`: install an upgrade binary (cosmovisor-compatible)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from wemixvisor.layout import Home, LayoutError, add_upgrade
+
+if TYPE_CHECKING:
+    from wemixvisor.cli import CliContext
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `add-upgrade` verb."""
+    parser = subparsers.add_parser(
+        "add-upgrade",
+        help="install a binary as upgrades/<name>/bin/$DAEMON_NAME",
+        description=(
+            "Copy BINARY to $DAEMON_HOME/wemixvisor/upgrades/NAME/bin/$DAEMON_NAME so that the "
+            "upgrade NAME can run without downloading anything."
+        ),
+    )
+    parser.add_argument("name", help="upgrade name: 1-64 characters of A-Z a-z 0-9 . _ -")
+    parser.add_argument("binary", type=Path, help="the node binary for this upgrade")
+    parser.add_argument(
+        "--force", action="store_true", help="replace a binary already installed for NAME"
+    )
+    parser.set_defaults(handler=run_add_upgrade)
+
+
+def run_add_upgrade(args: argparse.Namespace, ctx: CliContext) -> int:
+    """Install the upgrade binary into the configured home and print where it went."""
+    # cli imports this module (via commands/__init__), so cli is imported at call time.
+    from wemixvisor.cli import EXIT_OK, CommandError  # noqa: PLC0415
+
+    config = ctx.config
+    try:
+        home = Home(root=config.home, name=config.node.name, data_dir=config.node.data_dir)
+        installed = add_upgrade(home, args.name, args.binary, force=args.force)
+    except LayoutError as exc:
+        raise CommandError(str(exc)) from exc
+    print(f"installed upgrade {args.name!r} binary {installed}")
+    return EXIT_OK

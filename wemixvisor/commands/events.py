@@ -1,0 +1,204 @@
+"""`wemixvisor events [PREFIX...]`: tail the events of one or many daemons, one line each.
+
+Text lines read `HH:MM:SS.mmm topic seq=N key=value ...`; `--json` prints each event's JSON
+object instead. Missed events (a gap in a daemon's `seq`) are reported on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from wemixvisor.subscriber import EventSubscriber, ReceivedEvent
+
+if TYPE_CHECKING:
+    from wemixvisor.cli import CliContext
+
+# Envelope keys left out of text lines: the time and topic lead the line already, the run is
+# named in gap warnings.
+_HIDDEN_KEYS = frozenset({"topic", "run_id", "ts"})
+
+# Without --timeout, say once on stderr that nothing answers rather than wait in silence.
+_UNREACHABLE_NOTE_AFTER = 5.0
+
+_encode_json = msgspec.json.Encoder().encode
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `events` verb."""
+    parser = subparsers.add_parser(
+        "events",
+        help="tail events of one or many daemons",
+        description=(
+            "Print the daemon's events as they happen, one line each. Events published before "
+            "this command connected are not shown."
+        ),
+    )
+    parser.add_argument(
+        "prefixes",
+        nargs="*",
+        metavar="PREFIX",
+        help="only topics starting with one of these, e.g. node. upgrade. (default: all)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print each event as one JSON object per line"
+    )
+    parser.add_argument(
+        "--connect",
+        dest="endpoints",
+        action="append",
+        metavar="ENDPOINT",
+        help="events endpoint of a daemon, repeatable (default: events.endpoint of this home)",
+    )
+    parser.add_argument("--count", type=_positive_int, metavar="N", help="exit after N events")
+    parser.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="exit after SECONDS without an event (exit 3 if none arrived at all)",
+    )
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace, ctx: CliContext) -> int:
+    """Print events until --count is reached, --timeout passes idle, or Ctrl-C."""
+    # cli imports this module (via commands/__init__), so cli is imported at call time.
+    from wemixvisor.cli import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CommandError  # noqa: PLC0415
+
+    endpoints: list[str] = args.endpoints or [ctx.config.events.endpoint]
+    try:
+        subscriber = EventSubscriber(endpoints, args.prefixes)
+    except ValueError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from exc
+    shown = 0
+    idle_since = time.monotonic()
+    note_due: float | None = idle_since + _UNREACHABLE_NOTE_AFTER
+    try:
+        while args.count is None or shown < args.count:
+            waits = [] if note_due is None else [note_due - time.monotonic()]
+            if args.timeout is not None:
+                waits.append(idle_since + args.timeout - time.monotonic())
+            event = subscriber.receive(min(waits) if waits else None)
+            if event is None:
+                now = time.monotonic()
+                if note_due is not None and now >= note_due:
+                    note_due = None
+                    _note_unreachable(subscriber)
+                if args.timeout is not None and now >= idle_since + args.timeout:
+                    if shown:
+                        return EXIT_OK
+                    raise CommandError(_silence_message(subscriber, args.timeout), EXIT_UNREACHABLE)
+                continue
+            idle_since = time.monotonic()
+            note_due = None
+            if event.gap:
+                print(
+                    f"wemixvisor events: missed {event.gap} events (run {event.run_id[:8]})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            line = event.to_json().decode() if args.json else format_event(event)
+            # Flushed per line: the output is typically piped into another tool.
+            print(line, flush=True)
+            shown += 1
+    except BrokenPipeError:
+        # The reader went away (`| head`): the normal end of a pipeline, not an error.
+        _silence_stdout()
+    finally:
+        subscriber.close()
+    return EXIT_OK
+
+
+def format_event(event: ReceivedEvent) -> str:
+    """`HH:MM:SS.mmm topic seq=N key=value ...` in local time; strings quoted when needed."""
+    clock = datetime.fromtimestamp(event.ts).strftime("%H:%M:%S.%f")[:-3]
+    fields = [f"{_text(key)}={_value(value)}" for key, value in _shown_fields(event.payload)]
+    return " ".join([clock, _text(event.topic), *fields])
+
+
+def _shown_fields(payload: dict[str, Any]) -> list[tuple[str, Any]]:
+    fields = [("seq", payload["seq"])]
+    fields += [(k, v) for k, v in payload.items() if k not in _HIDDEN_KEYS and k != "seq"]
+    return fields
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, str):
+        return _text(value)
+    return _text(_encode_json(value).decode())
+
+
+def _text(text: str) -> str:
+    """`text` as is when it is a plain token, else double-quoted with escapes.
+
+    Events come from another process: control characters are escaped so that nothing in a
+    payload can drive the operator's terminal.
+    """
+    if text and text.isprintable() and not any(c.isspace() or c in '"=\\' for c in text):
+        return text
+    escaped = []
+    for char in text:
+        if char in '"\\':
+            escaped.append("\\" + char)
+        elif char.isprintable() and (char == " " or not char.isspace()):
+            escaped.append(char)
+        elif ord(char) <= 0xFFFF:
+            escaped.append(f"\\u{ord(char):04x}")
+        else:
+            escaped.append(f"\\U{ord(char):08x}")
+    return '"' + "".join(escaped) + '"'
+
+
+def _note_unreachable(subscriber: EventSubscriber) -> None:
+    silent = [ep for ep in subscriber.endpoints if ep not in subscriber.connected]
+    if silent:
+        print(
+            f"wemixvisor events: no daemon answering at {', '.join(silent)} yet; still waiting",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _silence_message(subscriber: EventSubscriber, timeout: float) -> str:
+    message = f"no events from {', '.join(subscriber.endpoints)} within {timeout:g}s"
+    never = [ep for ep in subscriber.endpoints if ep not in subscriber.ever_connected]
+    if len(never) == len(subscriber.endpoints):
+        message += ": no daemon answered"
+    elif never:
+        message += f" (no daemon answered at {', '.join(never)})"
+    return message
+
+
+def _silence_stdout() -> None:
+    # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, e.g. 2.5, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds greater than 0, got {text!r}")
+    return value

@@ -1,0 +1,30 @@
+"""`wemixvisor run [node args...]`: the daemon in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from wemixvisor.cli import CliContext
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `run`."""
+    parser = subparsers.add_parser(
+        "run",
+        help="run the daemon in the foreground (same as python -m wemixvisor.bootstrap)",
+        description="Run the daemon; every argument after `run` is passed to the node verbatim.",
+    )
+    parser.add_argument("node_args", nargs=argparse.REMAINDER, help="arguments for the node")
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace, ctx: CliContext) -> int:
+    """Run until SIGTERM/SIGINT."""
+    from wemixvisor.bootstrap import run_daemon  # noqa: PLC0415  (the daemon is heavy to import)
+
+    node_args: list[str] = list(args.node_args)
+    if node_args[:1] == ["--"]:
+        node_args = node_args[1:]
+    return run_daemon(ctx.config, node_args)
