@@ -2,7 +2,8 @@
 
 One run measures, with the same anvil binary and arguments:
 
-- anvil's own start: spawn → first `eth_blockNumber` answer, on a port just freed by a SIGKILL;
+- anvil's own start: spawn → first `eth_blockNumber` answer, on a port just freed by a SIGKILL,
+  one such round before every crash round so that both see the same machine load;
 - for supervisord, circus and wemixvisor: SIGKILL the node → first answer from the new node.
   Every round starts a fresh supervisor on its own port and directory, so that each kill is the
   first crash of a node that had been RUNNING (the case that must restart at once; repeated
@@ -170,23 +171,16 @@ def launch_wemixvisor(
     )
 
 
-def measure_anvil_start(
-    tracker: ProcessTracker, workdir: Path, anvil: Path, rounds: int
-) -> list[float]:
-    """Spawn → RPC of anvil itself, on a port freed by SIGKILL as after a crash (1 warm-up)."""
-    port = free_port()
+def measure_anvil_start(tracker: ProcessTracker, workdir: Path, anvil: Path, port: int) -> float:
+    """Spawn → RPC of anvil itself, on a port freed by SIGKILL as after a crash."""
     url = f"http://127.0.0.1:{port}"
-    samples = []
-    for round_no in range(rounds + 1):
-        start = time.perf_counter()
-        process = tracker.spawn([str(anvil), *node_args(port)], log_path=workdir / "anvil.log")
-        wait_for_rpc(url, RPC_TIMEOUT)
-        elapsed = time.perf_counter() - start
-        kill_and_wait_dead(process.pid)
-        process.wait()
-        if round_no > 0:
-            samples.append(elapsed)
-    return samples
+    start = time.perf_counter()
+    process = tracker.spawn([str(anvil), *node_args(port)], log_path=workdir / "anvil.log")
+    wait_for_rpc(url, RPC_TIMEOUT)
+    elapsed = time.perf_counter() - start
+    kill_and_wait_dead(process.pid)
+    process.wait()
+    return elapsed
 
 
 def measure_crash(
@@ -359,12 +353,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{args.rounds} rounds each; {machine_line()}",
             flush=True,
         )
-        start_samples = measure_anvil_start(tracker, base / "anvil", anvil, args.rounds)
+        start_port = free_port()
+        measure_anvil_start(tracker, base / "anvil", anvil, start_port)  # warm-up, not counted
+        # One baseline round before every crash round: both see the same machine load.
+        start_samples: list[float] = []
         for index, supervisor in enumerate(supervisors):
             samples: list[float] = []
             workdir = base / f"crash-{index}"
             try:
                 for round_no in range(args.rounds):
+                    start_samples.append(
+                        measure_anvil_start(tracker, base / "anvil", anvil, start_port)
+                    )
                     workdir = base / f"crash-{index}-{round_no}"
                     samples.append(
                         measure_crash(
@@ -380,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             except Exception as exc:
                 crash[supervisor.label] = report_failure(supervisor.label, "crash", exc, workdir)
             print(f"  {supervisor.label}: done", file=sys.stderr, flush=True)
+        while len(start_samples) < args.rounds:
+            start_samples.append(measure_anvil_start(tracker, base / "anvil", anvil, start_port))
         idle = run_idle(
             tracker,
             supervisors=supervisors,
@@ -412,6 +414,7 @@ def print_crash_table(baseline: Stats, crash: dict[str, list[float] | str]) -> N
     rows = [
         [
             "anvil own start (spawn → RPC)",
+            str(baseline.count),
             ms(baseline.median),
             ms(baseline.p90),
             ms(baseline.maximum),
@@ -421,12 +424,13 @@ def print_crash_table(baseline: Stats, crash: dict[str, list[float] | str]) -> N
     ]
     for label, result in crash.items():
         if isinstance(result, str):
-            rows.append([label, result, "", "", "", ""])
+            rows.append([label, "0", result, "", "", "", ""])
             continue
         stats = Stats.of(result)
         rows.append(
             [
                 label,
+                str(stats.count),
                 ms(stats.median),
                 ms(stats.p90),
                 ms(stats.maximum),
@@ -434,7 +438,7 @@ def print_crash_table(baseline: Stats, crash: dict[str, list[float] | str]) -> N
                 f"{(stats.median - baseline.median) * 1000:+.1f} ms",
             ]
         )
-    print_table(["crash → RPC answering", "median", "p90", "max", "ratio", "over start"], rows)
+    print_table(["crash → RPC answering", "n", "median", "p90", "max", "ratio", "over start"], rows)
 
 
 def crash_verdict(baseline: Stats, result: list[float] | str) -> str:

@@ -24,7 +24,10 @@ from loguru import logger
 
 from wemixvisor import __version__
 from wemixvisor.actors.events import EventsActor
+from wemixvisor.actors.files import FileSourceActor
+from wemixvisor.actors.height import HeightActor
 from wemixvisor.actors.node import NodeActor
+from wemixvisor.actors.orchestrator import OrchestratorActor
 from wemixvisor.bus import Bus
 from wemixvisor.config import Config, ConfigError, load_config
 from wemixvisor.layout import Home
@@ -33,6 +36,7 @@ from wemixvisor.messages import events as ev
 from wemixvisor.messages.events import PublishHeartbeat
 from wemixvisor.messages.node import GetNodeStatus, NodeStatus, StopNode
 from wemixvisor.process import become_subreaper
+from wemixvisor.publisher import EndpointError
 from wemixvisor.supervision import Supervisor
 
 EXIT_OK = 0
@@ -74,8 +78,16 @@ def daemon_lock(home: Home) -> Iterator[None]:
 class Daemon:
     """The running daemon: the supervisor of the actors plus the main loop."""
 
-    def __init__(self, config: Config, node_args: list[str]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        node_args: list[str],
+        environ: dict[str, str] | None = None,
+        overrides: dict[str, str] | None = None,
+    ) -> None:
         self.config = config
+        self.environ = dict(os.environ if environ is None else environ)
+        self.overrides = dict(overrides or {})
         self.home = home_of(config)
         self.node_args = node_args
         self.bus = Bus()
@@ -84,6 +96,9 @@ class Daemon:
         self.supervisor = Supervisor(self.bus, on_restart=self._report_restart)
         self.supervisor.add("events", self._start_events)
         self.supervisor.add("node", self._start_node)
+        self.supervisor.add("height", self._start_height)
+        self.supervisor.add("files", self._start_files)
+        self.supervisor.add("orchestrator", self._start_orchestrator)
 
     def _start_events(self, supervisor: Supervisor) -> pykka.ActorRef[Any]:
         return EventsActor.start(
@@ -93,12 +108,35 @@ class Daemon:
         )
 
     def _start_node(self, supervisor: Supervisor) -> pykka.ActorRef[Any]:
+        # An upgrade in progress decides when the node starts (on which binary): the resumed
+        # saga starts it. A node still running is adopted either way.
+        upgrading = (self.home.state_dir / "journal.json").exists()
         return NodeActor.start(
             config=self.config,
             home=self.home,
             bus=self.bus,
             node_args=self.node_args,
+            autostart=not upgrading,
             failure_sink=supervisor.failure_sink,
+        )
+
+    def _start_height(self, supervisor: Supervisor) -> pykka.ActorRef[Any]:
+        return HeightActor.start(
+            config=self.config, bus=self.bus, failure_sink=supervisor.failure_sink
+        )
+
+    def _start_files(self, supervisor: Supervisor) -> pykka.ActorRef[Any]:
+        return FileSourceActor.start(
+            config=self.config,
+            bus=self.bus,
+            env=self.environ,
+            overrides=self.overrides,
+            failure_sink=supervisor.failure_sink,
+        )
+
+    def _start_orchestrator(self, supervisor: Supervisor) -> pykka.ActorRef[Any]:
+        return OrchestratorActor.start(
+            config=self.config, home=self.home, bus=self.bus, failure_sink=supervisor.failure_sink
         )
 
     def _report_restart(self, role: str, error: str) -> None:
@@ -123,7 +161,11 @@ class Daemon:
             self.install_signals()
             if not become_subreaper():
                 logger.warning("cannot become child subreaper: orphans of the node go to PID 1")
-            self.supervisor.start_all()
+            try:
+                self.supervisor.start_all()
+            except Exception:
+                self.supervisor.stop_all()
+                raise
             self.bus.publish(
                 ev.SupervisorStarted(version=__version__, pid=os.getpid(), home=str(self.home.root))
             )
@@ -176,13 +218,23 @@ class Daemon:
         logger.info("stopped")
 
 
-def run_daemon(config: Config, node_args: Sequence[str]) -> int:
-    """Run the daemon in the foreground until SIGTERM/SIGINT; the process exit code."""
+def run_daemon(
+    config: Config,
+    node_args: Sequence[str],
+    *,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, str] | None = None,
+) -> int:
+    """Run the daemon in the foreground until SIGTERM/SIGINT; the process exit code.
+
+    `environ` and `overrides` are what `config` was loaded from: config.toml hot reloads
+    load it again from the same sources.
+    """
     setup_logging(config.log.level, config.log.format)
     args = list(config.node.args) + list(node_args)
     try:
-        return Daemon(config, args).run()
-    except DaemonError as exc:
+        return Daemon(config, args, environ=environ, overrides=overrides).run()
+    except (DaemonError, EndpointError) as exc:
         logger.error("{}", exc)
         return EXIT_FAILURE
 
@@ -195,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"wemixvisor: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return run_daemon(config, node_args)
+    return run_daemon(config, node_args, environ=dict(os.environ))
 
 
 if __name__ == "__main__":

@@ -455,6 +455,17 @@ SETTINGS: tuple[Setting, ...] = (
         "upgrade.hook_timeout", "DAEMON_HOOK_TIMEOUT", "duration", 300.0, True,
         "time limit of each pre-upgrade hook", nonzero=True,
     ),
+    Setting(
+        "upgrade.verify_timeout", "DAEMON_VERIFY_TIMEOUT", "duration", 60.0, True,
+        "after an upgrade, how long the new binary has to run and answer RPC before rollback",
+        nonzero=True,
+    ),
+    Setting(
+        "upgrade.network_wait", "DAEMON_NETWORK_WAIT", "duration", 30.0, True,
+        "after an upgrade, head not advancing this long while RPC answers → "
+        "upgrade.waiting_for_network (never a rollback)",
+        nonzero=True,
+    ),
     # [backup]
     Setting(
         "backup.dir", "DAEMON_DATA_BACKUP_DIR", "path", "{home}/backups", False,
@@ -583,6 +594,8 @@ class UpgradeConfig(msgspec.Struct, frozen=True, kw_only=True):
     preupgrade_max_retries: int = _default("upgrade.preupgrade_max_retries")
     custom_preupgrade: str = _default("upgrade.custom_preupgrade")
     hook_timeout: float = _default("upgrade.hook_timeout")
+    verify_timeout: float = _default("upgrade.verify_timeout")
+    network_wait: float = _default("upgrade.network_wait")
 
 
 class BackupConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -1060,10 +1073,26 @@ def reload_diff(old: Config, new: Config) -> tuple[list[str], list[str]]:
     return changed, [key for key in changed if not _BY_KEY[key].reloadable]
 
 
+def apply_reloadable(current: Config, new: Config) -> Config:
+    """`current` with the reloadable keys taken from `new`; the others keep running values
+    until a restart (config.reloaded lists them)."""
+    sections: dict[str, dict[str, object]] = {}
+    for setting in SETTINGS:
+        if setting.reloadable and setting.section:
+            value = setting_value(new, setting.key)
+            if value != setting_value(current, setting.key):
+                sections.setdefault(setting.section, {})[setting.name] = value
+    updates = {
+        section: msgspec.structs.replace(getattr(current, section), **fields)
+        for section, fields in sections.items()
+    }
+    return msgspec.structs.replace(current, **updates) if updates else current
+
+
 def _plain(value: object) -> object:
     if isinstance(value, Path):
         return str(value)
-    raise NotImplementedError(type(value))
+    raise TypeError(f"cannot encode {type(value).__name__}")
 
 
 def config_as_dict(config: Config) -> dict[str, Any]:

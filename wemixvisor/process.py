@@ -288,6 +288,33 @@ def find_adoptable(record: PidRecord) -> psutil.Process | None:
     return proc
 
 
+def find_orphan_node(visor_dir: Path) -> psutil.Process | None:
+    """A node running a binary from the home's `genesis/` or `upgrades/` without a node.pid.
+
+    A daemon killed between spawning the node and recording it leaves such a node behind;
+    adopting it is what keeps a second node off the same data dir. Short-lived runs of the
+    same binaries (`version`, `pre-upgrade`) are not nodes.
+    """
+    prefix = str(visor_dir) + os.sep
+    oldest: psutil.Process | None = None
+    for proc in psutil.process_iter(["cmdline", "status", "create_time"]):
+        try:
+            cmdline = proc.info["cmdline"] or []
+            if (
+                not cmdline
+                or not cmdline[0].startswith(prefix)
+                or proc.info["status"] == psutil.STATUS_ZOMBIE
+                or cmdline[1:2] in (["version"], ["--version"], ["pre-upgrade"])
+                or proc.pid == os.getpid()
+            ):
+                continue
+        except psutil.Error:
+            continue
+        if oldest is None or proc.info["create_time"] < oldest.info["create_time"]:
+            oldest = proc
+    return oldest
+
+
 class TreeSampler:
     """CPU% and RSS of a process and all its descendants, sampled on demand.
 

@@ -111,8 +111,12 @@ class EventSubscriber:
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
-        for endpoint in self.endpoints:
-            self._connect(endpoint)
+        try:
+            for endpoint in self.endpoints:
+                self._connect(endpoint)
+        except ValueError:
+            self.close()
+            raise
 
     @property
     def connected(self) -> frozenset[str]:

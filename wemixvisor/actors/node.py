@@ -14,18 +14,21 @@ import random
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
+import psutil
 import pykka
 from loguru import logger
 
 from wemixvisor import process as proc_os
 from wemixvisor.actors.base import FailureSink, SupervisedActor
 from wemixvisor.bus import Bus
-from wemixvisor.config import Config
+from wemixvisor.config import Config, apply_reloadable
 from wemixvisor.layout import Home, LayoutError, read_current
 from wemixvisor.messages import events as ev
+from wemixvisor.messages.config import ConfigChanged
 from wemixvisor.messages.node import (
     ExitRecord,
     GetNodeStatus,
@@ -163,6 +166,11 @@ class NodeActor(SupervisedActor):
                 self._restart_node(reason)
             case WatchNode(watcher=watcher):
                 self._watchers.append(watcher)
+            case ConfigChanged(config=config):
+                # Reloadable: restart policy, grace, STARTSECS. The rest needs a restart and
+                # stays as it was (config.reloaded lists those keys).
+                self._config = apply_reloadable(self._config, config)
+                self._policy = restart_policy(self._config)
             case _:
                 logger.warning("node actor: unexpected message {!r}", message)
         return None
@@ -256,12 +264,14 @@ class NodeActor(SupervisedActor):
     def _adopt(self) -> bool:
         pidfile = self._home.state_dir / "node.pid"
         record = proc_os.read_pidfile(pidfile)
-        if record is None:
-            return False
-        if proc_os.find_adoptable(record) is None:
-            logger.info("node.pid names pid {} which is gone; starting afresh", record.pid)
+        if record is not None and proc_os.find_adoptable(record) is None:
+            logger.info("node.pid names pid {} which is gone", record.pid)
             proc_os.remove_pidfile(pidfile)
-            return False
+            record = None
+        if record is None:
+            record = self._orphan_record()
+            if record is None:
+                return False
         self._generation += 1
         process = proc_os.NodeProcess(
             pid=record.pid,
@@ -283,6 +293,29 @@ class NodeActor(SupervisedActor):
         self._bus.publish(ev.NodeAdopted(pid=record.pid, binary=record.binary, uptime=uptime))
         self._detect_version(record.binary)
         return True
+
+    def _orphan_record(self) -> proc_os.PidRecord | None:
+        orphan = proc_os.find_orphan_node(self._home.visor_dir)
+        if orphan is None:
+            return None
+        try:
+            cmdline = orphan.cmdline()
+            create_time = orphan.create_time()
+            binary = Path(cmdline[0])
+            target = str(binary.parent.parent.relative_to(self._home.visor_dir))
+        except (psutil.Error, IndexError, ValueError):
+            return None
+        logger.warning(
+            "found node pid {} running {} without node.pid: adopting it", orphan.pid, binary
+        )
+        return proc_os.PidRecord(
+            pid=orphan.pid,
+            create_time=create_time,
+            binary=str(binary),
+            target=target,
+            started_at=create_time,
+            daemon_pid=0,
+        )
 
     def _exit_reporter(self, generation: int) -> Any:
         ref = self.actor_ref
@@ -495,8 +528,6 @@ class NodeActor(SupervisedActor):
         ref = self.actor_ref
 
         def detect() -> None:
-            from pathlib import Path  # noqa: PLC0415
-
             version = proc_os.detect_version(Path(binary))
             with contextlib.suppress(pykka.ActorDeadError):
                 ref.tell(_VersionDetected(binary, version))

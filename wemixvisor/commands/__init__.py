@@ -8,7 +8,16 @@ from __future__ import annotations
 import argparse
 from typing import Protocol
 
-from wemixvisor.commands import add_upgrade, config, events, init, run, version
+from wemixvisor.commands import (
+    add_upgrade,
+    config,
+    events,
+    init,
+    run,
+    show_upgrade_info,
+    upgrade,
+    version,
+)
 
 
 class Command(Protocol):
@@ -18,4 +27,13 @@ class Command(Protocol):
         """Add this verb's parser and set its `handler` default."""
 
 
-COMMANDS: tuple[Command, ...] = (init, add_upgrade, run, events, config, version)
+COMMANDS: tuple[Command, ...] = (
+    init,
+    add_upgrade,
+    run,
+    events,
+    config,
+    version,
+    upgrade,
+    show_upgrade_info,
+)

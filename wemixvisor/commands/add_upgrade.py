@@ -1,4 +1,5 @@
-"""`wemixvisor add-upgrade <name> <binary>`: install an upgrade binary (cosmovisor-compatible)."""
+"""`wemixvisor add-upgrade <name> <binary> [--height H]`: install an upgrade binary
+(cosmovisor-compatible), and with `--height` schedule it too."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wemixvisor.commands import upgrade
 from wemixvisor.layout import Home, LayoutError, add_upgrade
 
 if TYPE_CHECKING:
@@ -27,19 +29,43 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--force", action="store_true", help="replace a binary already installed for NAME"
     )
+    parser.add_argument(
+        "--height",
+        metavar="H",
+        help=(
+            "also schedule the upgrade at block height H (written into the plan files, like "
+            "`wemixvisor upgrade schedule NAME H`)"
+        ),
+    )
     parser.set_defaults(handler=run_add_upgrade)
 
 
 def run_add_upgrade(args: argparse.Namespace, ctx: CliContext) -> int:
-    """Install the upgrade binary into the configured home and print where it went."""
+    """Install the upgrade binary into the configured home and print where it went.
+
+    With `--height`, the plan is checked first (name, height, the chain's head, conflicts), so
+    that a refused plan installs nothing; it is written into the batch file after the install.
+    """
     # cli imports this module (via commands/__init__), so cli is imported at call time.
     from wemixvisor.cli import EXIT_OK, CommandError  # noqa: PLC0415
 
     config = ctx.config
+    scheduled = None
+    if args.height is not None:
+        plan = upgrade.plan_from_arguments(args.name, args.height, None)
+        queue, _head = upgrade.check_schedule(config, plan, now=False)
+        scheduled = plan, queue
     try:
         home = Home(root=config.home, name=config.node.name, data_dir=config.node.data_dir)
         installed = add_upgrade(home, args.name, args.binary, force=args.force)
     except LayoutError as exc:
         raise CommandError(str(exc)) from exc
     print(f"installed upgrade {args.name!r} binary {installed}")
+    if scheduled is not None:
+        plan, queue = scheduled
+        path = upgrade.write_schedule(config, plan, queue)
+        print(
+            f"scheduled upgrade {plan.name!r} at height {plan.height} in {path}; "
+            f"{upgrade.describe_pickup(home)}"
+        )
     return EXIT_OK

@@ -118,7 +118,10 @@ def handle(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def format_event(event: ReceivedEvent) -> str:
     """`HH:MM:SS.mmm topic seq=N key=value ...` in local time; strings quoted when needed."""
-    clock = datetime.fromtimestamp(event.ts).strftime("%H:%M:%S.%f")[:-3]
+    try:
+        clock = datetime.fromtimestamp(event.ts).strftime("%H:%M:%S.%f")[:-3]
+    except (OverflowError, OSError, ValueError):  # a ts no clock can show
+        clock = "??:??:??.???"
     fields = [f"{_text(key)}={_value(value)}" for key, value in _shown_fields(event.payload)]
     return " ".join([clock, _text(event.topic), *fields])
 
@@ -132,7 +135,11 @@ def _shown_fields(payload: dict[str, Any]) -> list[tuple[str, Any]]:
 def _value(value: Any) -> str:
     if isinstance(value, str):
         return _text(value)
-    return _text(_encode_json(value).decode())
+    encoded = _encode_json(value).decode()
+    # Numbers, booleans, null and compact lists read best as bare JSON.
+    if encoded.isprintable() and not any(c.isspace() for c in encoded):
+        return encoded
+    return _text(encoded)
 
 
 def _text(text: str) -> str:

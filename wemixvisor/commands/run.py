@@ -27,4 +27,4 @@ def handle(args: argparse.Namespace, ctx: CliContext) -> int:
     node_args: list[str] = list(args.node_args)
     if node_args[:1] == ["--"]:
         node_args = node_args[1:]
-    return run_daemon(ctx.config, node_args)
+    return run_daemon(ctx.config, node_args, environ=ctx.env, overrides=ctx.overrides)

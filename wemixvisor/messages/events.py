@@ -134,3 +134,105 @@ class PublishHeartbeat(msgspec.Struct, frozen=True):
 
     uptime: float
     node_state: str
+
+
+# height.* / rpc.*
+
+
+class HeightObserved(Event, tag="height.observed", frozen=True):
+    height: int
+    source: str  # "ws" (newHeads subscription) or "poll" (eth_blockNumber)
+
+
+class RpcUnavailable(Event, tag="rpc.unavailable", frozen=True):
+    address: str
+    error: str
+
+
+class RpcRecovered(Event, tag="rpc.recovered", frozen=True):
+    address: str
+    down_seconds: float
+
+
+# plan.*
+
+
+class PlanRegistered(Event, tag="plan.registered", frozen=True):
+    name: str
+    height: int
+    source: str
+    late: bool
+    updated: bool  # an existing pending plan of that name got a new height or info
+
+
+class PlanRejected(Event, tag="plan.rejected", frozen=True):
+    reason: str
+    source: str
+    name: str | None = None
+    height: int | None = None
+
+
+class PlanCancelled(Event, tag="plan.cancelled", frozen=True):
+    name: str
+    height: int
+    source: str
+
+
+class PlanPreflightFailed(Event, tag="plan.preflight_failed", frozen=True):
+    name: str
+    height: int
+    problems: list[str]
+
+
+# upgrade.*
+
+
+class UpgradeStarted(Event, tag="upgrade.started", frozen=True):
+    name: str
+    height: int
+    observed_height: int
+    late: bool
+    from_target: str
+    to_target: str
+
+
+class UpgradeStep(Event, tag="upgrade.step", frozen=True):
+    name: str
+    step: str
+    attempt: int = 1
+    detail: str = ""
+
+
+class UpgradeCompleted(Event, tag="upgrade.completed", frozen=True):
+    name: str
+    height: int
+    downtime_seconds: float
+    version: str | None
+    first_head: int | None  # the new binary's first head: the old binary's last block
+
+
+class UpgradeFailed(Event, tag="upgrade.failed", frozen=True):
+    name: str
+    height: int
+    step: str
+    reason: str
+
+
+class UpgradeRolledBack(Event, tag="upgrade.rolled_back", frozen=True):
+    name: str
+    height: int
+    target: str
+    restored_backup: str | None
+
+
+class UpgradeWaitingForNetwork(Event, tag="upgrade.waiting_for_network", frozen=True):
+    name: str
+    height: int
+    head: int | None
+    seconds: float
+
+
+class UpgradeAwaitingOperator(Event, tag="upgrade.awaiting_operator", frozen=True):
+    name: str
+    height: int
+    reason: str

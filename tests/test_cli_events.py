@@ -1,0 +1,369 @@
+"""`wemixvisor events`: an operator tails one or many daemons from the command line.
+
+Publishers run in threads of the test over real ipc sockets. Where a scenario needs exact
+control of what the tail receives, a raw XPUB socket stands in for the daemon: it learns when
+the tail's subscription arrived, so nothing is sent before the tail can receive it.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import zmq
+
+from wemixvisor.cli import main
+from wemixvisor.commands.events import format_event
+from wemixvisor.messages.events import Event, NodeRunning, SupervisorHeartbeat
+from wemixvisor.publisher import EventPublisher
+from wemixvisor.subscriber import EventSubscriber, ReceivedEvent
+
+TEXT_LINE = re.compile(
+    r"^\d\d:\d\d:\d\d\.\d{3} node\.running seq=\d+ pid=\d+ startup_seconds=0\.25 by=rpc$"
+)
+
+
+def node_running(i: int) -> Event:
+    return NodeRunning(pid=1000 + i, startup_seconds=0.25, by="rpc")
+
+
+class DaemonStandIn:
+    """A real EventPublisher in its own thread, publishing about one event per millisecond."""
+
+    def __init__(self, endpoint: str, make_event: Callable[[int], Event] = node_running) -> None:
+        self.endpoint = endpoint
+        self._make_event = make_event
+        self._bound = threading.Event()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self.run_id = ""
+        self._thread = threading.Thread(target=self._run, name=f"publisher {endpoint}")
+
+    def start(self) -> None:
+        self._thread.start()
+        assert self._bound.wait(timeout=5), f"publisher on {self.endpoint} did not bind"
+        assert self._error is None, self._error
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        publisher = EventPublisher(self.endpoint)
+        try:
+            publisher.bind()
+            self.run_id = publisher.run_id
+        except BaseException as exc:
+            self._error = exc
+            raise
+        finally:
+            self._bound.set()
+        try:
+            i = 0
+            # Paced, not ordered: the tail takes whatever arrives once it is connected.
+            while not self._stop.wait(0.001):
+                publisher.publish(self._make_event(i))
+                i += 1
+        finally:
+            publisher.close()
+
+
+@pytest.fixture
+def daemon() -> Iterator[Callable[..., DaemonStandIn]]:
+    """`daemon(endpoint, make_event=...)` → a started publisher thread, stopped after the test."""
+    started: list[DaemonStandIn] = []
+
+    def start(endpoint: str, make_event: Callable[[int], Event] = node_running) -> DaemonStandIn:
+        stand_in = DaemonStandIn(endpoint, make_event)
+        started.append(stand_in)
+        stand_in.start()
+        return stand_in
+
+    yield start
+    for stand_in in started:
+        stand_in.stop()
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[[str, list[list[bytes]]], None]]:
+    """`scripted(endpoint, messages)`: an XPUB that sends `messages` once a tail subscribed."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    threads: list[threading.Thread] = []
+    done = threading.Event()
+
+    def start(endpoint: str, messages: list[list[bytes]]) -> None:
+        xpub = context.socket(zmq.XPUB)
+        xpub.setsockopt(zmq.LINGER, 0)
+        xpub.bind(endpoint)
+
+        def run() -> None:
+            try:
+                if xpub.poll(timeout=5000):
+                    xpub.recv()  # the subscription: the tail is connected from here on
+                    for message in messages:
+                        xpub.send_multipart(message)
+                done.wait(timeout=10)
+            finally:
+                xpub.close(linger=0)
+
+        thread = threading.Thread(target=run, name=f"scripted {endpoint}")
+        threads.append(thread)
+        thread.start()
+
+    yield start
+    done.set()
+    for thread in threads:
+        thread.join(timeout=5)
+    context.term()
+
+
+def frame(topic: str, seq: int, run_id: str, **fields: Any) -> list[bytes]:
+    payload = {"topic": topic, "seq": seq, "run_id": run_id, "ts": 1_700_000_000.5, **fields}
+    return [topic.encode(), msgspec.json.encode(payload)]
+
+
+def test_tail_prints_count_events_as_text_lines(
+    tmp_path: Path, daemon: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    endpoint = f"ipc://{tmp_path}/events.sock"
+    daemon(endpoint)
+
+    code = main(["events", "--connect", endpoint, "--count", "3", "--timeout", "5"])
+
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert len(out) == 3, out
+    for line in out:
+        assert TEXT_LINE.match(line), line
+
+
+def test_tail_json_lines_are_the_events_objects(
+    tmp_path: Path, daemon: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    endpoint = f"ipc://{tmp_path}/events.sock"
+    stand_in = daemon(endpoint)
+
+    code = main(["events", "--json", "--connect", endpoint, "--count", "5", "--timeout", "5"])
+
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    events = [msgspec.json.decode(line) for line in lines]
+    assert len(events) == 5
+    assert {e["topic"] for e in events} == {"node.running"}
+    assert {e["run_id"] for e in events} == {stand_in.run_id}
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(seqs[0], seqs[0] + 5))
+
+
+def test_one_tail_follows_two_daemons(
+    tmp_path: Path, daemon: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = daemon(f"ipc://{tmp_path}/a.sock")
+    second = daemon(f"ipc://{tmp_path}/b.sock")
+
+    code = main(
+        [
+            "events",
+            "--json",
+            "--connect",
+            first.endpoint,
+            "--connect",
+            second.endpoint,
+            "--count",
+            "200",
+            "--timeout",
+            "5",
+        ]
+    )
+
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert {msgspec.json.decode(line)["run_id"] for line in lines} == {
+        first.run_id,
+        second.run_id,
+    }
+
+
+def test_prefix_selects_the_domain(
+    tmp_path: Path, daemon: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def mixed(i: int) -> Event:
+        if i % 2:
+            return node_running(i)
+        return SupervisorHeartbeat(
+            uptime=float(i), node_state="RUNNING", events_published=i, events_dropped=0
+        )
+
+    endpoint = f"ipc://{tmp_path}/events.sock"
+    daemon(endpoint, mixed)
+
+    code = main(["events", "node.", "--connect", endpoint, "--count", "4", "--timeout", "5"])
+
+    captured = capsys.readouterr()
+    assert code == 0
+    assert all(TEXT_LINE.match(line) for line in captured.out.splitlines()), captured.out
+    assert "missed" not in captured.err  # skipped topics are not losses
+
+
+def test_missed_events_are_reported_on_stderr(
+    tmp_path: Path, scripted: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    endpoint = f"ipc://{tmp_path}/events.sock"
+    run_id = "7e57" * 8
+    scripted(
+        endpoint,
+        [
+            frame("node.running", 1, run_id, pid=1),
+            frame("node.running", 2, run_id, pid=2),
+            frame("node.running", 5, run_id, pid=5),
+        ],
+    )
+
+    code = main(["events", "--connect", endpoint, "--count", "3", "--timeout", "5"])
+
+    captured = capsys.readouterr()
+    assert code == 0
+    assert [line.split()[2] for line in captured.out.splitlines()] == ["seq=1", "seq=2", "seq=5"]
+    assert captured.err.splitlines() == ["wemixvisor events: missed 2 events (run 7e577e57)"]
+
+
+def test_idle_timeout_after_events_exits_0(
+    tmp_path: Path, scripted: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    endpoint = f"ipc://{tmp_path}/events.sock"
+    scripted(endpoint, [frame("node.running", seq, "ab" * 16, pid=seq) for seq in (1, 2)])
+
+    code = main(["events", "--connect", endpoint, "--timeout", "0.5"])
+
+    assert code == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_no_daemon_exits_3_naming_the_endpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    endpoint = f"ipc://{tmp_path}/nobody-home.sock"
+
+    code = main(["events", "--connect", endpoint, "--timeout", "0.5"])
+
+    captured = capsys.readouterr()
+    assert code == 3
+    assert captured.out == ""
+    assert f"no events from {endpoint} within 0.5s" in captured.err
+    assert "no daemon answered" in captured.err
+
+
+def test_default_endpoint_comes_from_the_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("WEMIXVISOR_EVENTS_ENDPOINT", raising=False)
+
+    code = main(["--home", str(tmp_path), "events", "--timeout", "0.3"])
+
+    assert code == 3
+    assert f"ipc://{tmp_path}/wemixvisor/events.sock" in capsys.readouterr().err
+
+
+def test_ctrl_c_exits_0_and_closes_the_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[tuple[str, ...]] = []
+    real_close = EventSubscriber.close
+
+    def interrupted(self: EventSubscriber, timeout: float | None = None) -> ReceivedEvent | None:
+        raise KeyboardInterrupt
+
+    def close(self: EventSubscriber) -> None:
+        closed.append(self.endpoints)
+        real_close(self)
+
+    monkeypatch.setattr(EventSubscriber, "receive", interrupted)
+    monkeypatch.setattr(EventSubscriber, "close", close)
+    endpoint = f"ipc://{tmp_path}/events.sock"
+
+    assert main(["events", "--connect", endpoint]) == 0
+    assert closed == [(endpoint,)]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["events", "--count", "0"],
+        ["events", "--count", "many"],
+        ["events", "--timeout", "0"],
+        ["events", "--timeout", "nan"],
+    ],
+)
+def test_bad_arguments_are_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+
+
+def test_an_endpoint_zeromq_cannot_parse_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["events", "--connect", "events.sock", "--timeout", "0.1"]) == 2
+    assert "events.sock" in capsys.readouterr().err
+
+
+def received(payload: dict[str, Any]) -> ReceivedEvent:
+    return ReceivedEvent(
+        topic=payload["topic"],
+        payload=payload,
+        raw=msgspec.json.encode(payload),
+        seq=payload["seq"],
+        run_id=payload["run_id"],
+        ts=payload["ts"],
+        gap=0,
+    )
+
+
+def test_text_line_quotes_what_is_not_a_plain_token() -> None:
+    event = received(
+        {
+            "topic": "node.exited",
+            "exit_code": None,
+            "expected": False,
+            "args": ["--port", "8545"],
+            "reason": "stopped by operator",
+            "binary": "/home/wemix/bin/gwemix",
+            "seq": 12,
+            "run_id": "f" * 32,
+            "ts": 1_700_000_000.25,
+        }
+    )
+    line = format_event(event)
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\.250", line.split()[0])
+    assert line.split(" ", 1)[1] == (
+        'node.exited seq=12 exit_code=null expected=false args=["--port","8545"] '
+        'reason="stopped by operator" binary=/home/wemix/bin/gwemix'
+    )
+
+
+def test_text_line_cannot_drive_the_terminal() -> None:
+    event = received(
+        {
+            "topic": "node.\x1b[2Jexited",
+            "error": "boom\x1b]0;owned\x07\nnext line\u202e",
+            "seq": 1,
+            "run_id": "f" * 32,
+            "ts": 1_700_000_000.0,
+        }
+    )
+    line = format_event(event)
+    assert "\x1b" not in line
+    assert "\n" not in line
+    assert "\u202e" not in line
+    assert '"node.\\u001b[2Jexited"' in line
+    assert 'error="boom\\u001b]0;owned\\u0007\\u000anext line\\u202e"' in line
+
+
+def test_text_line_survives_a_timestamp_no_clock_can_show() -> None:
+    event = received({"topic": "node.running", "seq": 1, "run_id": "f" * 32, "ts": 1e20})
+    assert format_event(event) == "??:??:??.??? node.running seq=1"

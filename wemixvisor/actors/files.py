@@ -1,0 +1,302 @@
+"""FileSourceActor: turns the plan files and config.toml into messages (SPEC §3, §4).
+
+It polls three files with `stat` every `rpc.poll_interval` and reads one only when it changed:
+`<data dir>/upgrade-info.json` (one plan), `<data dir>/upgrade-info.json.batch` (an array of
+plans) and `$DAEMON_HOME/wemixvisor/config.toml`. A file is acted on only when complete: content
+that parses is acted on at once; content that does not is rejected only after it stayed the same
+for `STABLE_POLLS` polls (a half-written file settles first), and then once per content.
+
+Plans go to the orchestrator, which owns the queue rules and publishes plan.registered or
+plan.rejected itself; this actor publishes plan.rejected only for what it cannot even parse.
+A valid config edit is told to every actor as `ConfigChanged`; an invalid one is reported and
+the old configuration stays.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+import msgspec
+import pykka
+from loguru import logger
+
+from wemixvisor.actors.base import FailureSink, SupervisedActor
+from wemixvisor.bus import Bus
+from wemixvisor.config import MAX_CONFIG_BYTES, Config, ConfigError, load_config, reload_diff
+from wemixvisor.messages import events as ev
+from wemixvisor.messages.config import ConfigChanged
+from wemixvisor.messages.plans import RegisterPlans, ResendPlans
+from wemixvisor.planfiles import (
+    FileWatch,
+    PlanRejection,
+    Reading,
+    batch_file,
+    parse_batch_file,
+    plan_file,
+    plan_file_rejection,
+)
+from wemixvisor.plans import MAX_PLAN_BYTES, Plan, PlanError, parse_plan
+
+CONFIG_ROLES = ("node", "height", "orchestrator", "backup", "governance", "events", "files")
+"""Every role told `ConfigChanged` after a valid config.toml edit (a role nobody plays is fine)."""
+
+# A poll interval configured absurdly small must not turn the poll into a busy loop.
+_MIN_POLL_INTERVAL = 0.01
+# A 1 MiB batch can hold hundreds of thousands of bad entries: each of the first ones gets its
+# own plan.rejected, the rest one summary, so that a hostile file cannot flood events and logs.
+_MAX_ENTRY_REJECTIONS = 32
+_LOGGED_NAMES = 10
+
+
+class PollFiles(msgspec.Struct, frozen=True):
+    """Look at the watched files now (e.g. for a control `config_reload`); an `ask` returns
+    None once the poll is done. Polls also happen on their own every poll interval."""
+
+
+class _Tick(msgspec.Struct, frozen=True):
+    """The poll timer fired."""
+
+
+class _Ticker:
+    """One helper thread telling the actor `_Tick` every poll interval.
+
+    A tick is sent only once the previous one was handled, so a slow poll never piles ticks up
+    in the mailbox. One long-lived thread: idle polling costs no thread creation.
+    """
+
+    def __init__(self, owner: pykka.ActorRef[Any], interval: Callable[[], float]) -> None:
+        self._owner = owner
+        self._interval = interval
+        self._stopped = threading.Event()
+        self._idle = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="files-poll", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def done(self) -> None:
+        """The actor handled a tick: the next one may be sent."""
+        self._idle.set()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(max(self._interval(), _MIN_POLL_INTERVAL)):
+            if not self._idle.is_set():
+                continue
+            self._idle.clear()
+            try:
+                self._owner.tell(_Tick())
+            except pykka.ActorDeadError:
+                return
+
+
+class FileSourceActor(SupervisedActor):
+    """Watches upgrade-info.json, its batch file and config.toml; reports what they hold.
+
+    `env` and `overrides` are the environment and `--set` flags the daemon started with: a
+    config.toml edit is loaded with them, so the file keeps its place in the precedence.
+    """
+
+    role = "files"
+
+    def __init__(
+        self,
+        config: Config,
+        bus: Bus,
+        failure_sink: FailureSink | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(failure_sink)
+        self._bus = bus
+        # The latest valid configuration: the base of the next reload's diff.
+        self._config = config
+        self._overrides = dict(overrides or {})
+        self._env = dict(os.environ if env is None else env)
+        if "home" not in self._overrides:
+            # The home is fixed for the daemon's life; the file watched is the one in it.
+            self._env["DAEMON_HOME"] = str(config.home)
+        self._interval = config.rpc.poll_interval
+        # data_dir needs a restart to change: the paths watched are fixed at start.
+        data_dir = config.node.data_dir
+        self._plan_watch = FileWatch(plan_file(data_dir), MAX_PLAN_BYTES)
+        self._batch_watch = FileWatch(batch_file(data_dir), MAX_PLAN_BYTES)
+        # Deleting config.toml is an edit too (back to environment and defaults), but an editor
+        # may remove the file for a moment while saving: absence is acted on once it lasts.
+        self._config_watch = FileWatch(config.config_path, MAX_CONFIG_BYTES, act_on_absence=True)
+        # Plans read but not yet delivered, per source: the orchestrator may start after this
+        # actor (or be restarting); they are retried every poll until it takes them.
+        self._outbox: dict[str, RegisterPlans] = {}
+        self._delivered: dict[str, RegisterPlans] = {}
+        self._ticker = _Ticker(self.actor_ref, lambda: self._interval)
+
+    def setup(self) -> None:
+        # The first poll reads every file present, so a restarted daemon sees its plans again
+        # (the orchestrator ignores plans it already knows).
+        self.actor_ref.tell(_Tick())
+        self._ticker.start()
+
+    def teardown(self) -> None:
+        self._ticker.stop()
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # pykka skips on_stop after a failure: the replacement actor starts its own ticker.
+        self._ticker.stop()
+        super().on_failure(exception_type, exception_value, traceback)
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case _Tick():
+                try:
+                    self._poll()
+                finally:
+                    self._ticker.done()
+            case PollFiles():
+                self._poll()
+            case ResendPlans():
+                self._resend()
+            case ConfigChanged(config=config):
+                self._on_config_changed(config)
+            case _:
+                logger.warning("files actor: unexpected message {!r}", message)
+        return None
+
+    # polling
+
+    def _poll(self) -> None:
+        self._poll_plan_file()
+        self._poll_batch_file()
+        self._deliver()
+        self._poll_config()
+
+    def _poll_plan_file(self) -> None:
+        reading = self._plan_watch.poll()
+        if reading is None:
+            return
+        if reading.content is None:
+            self._reject_when_stable(self._plan_watch, reading, "file")
+            return
+        try:
+            plan = parse_plan(reading.content, "file")
+        except PlanError as exc:
+            if reading.stable:
+                self._reject(plan_file_rejection(reading.content, exc), "file")
+                self._plan_watch.settle(reading)
+            return
+        self._register([plan], "file")
+        self._plan_watch.settle(reading)
+
+    def _poll_batch_file(self) -> None:
+        reading = self._batch_watch.poll()
+        if reading is None:
+            return
+        if reading.content is None:
+            self._reject_when_stable(self._batch_watch, reading, "batch")
+            return
+        try:
+            plans, rejections = parse_batch_file(reading.content, "batch")
+        except PlanError as exc:
+            if reading.stable:
+                self._reject(PlanRejection(str(exc)), "batch")
+                self._batch_watch.settle(reading)
+            return
+        # Valid JSON is a complete file: its bad entries are rejected at once, the rest stand.
+        for rejection in rejections[:_MAX_ENTRY_REJECTIONS]:
+            self._reject(rejection, "batch")
+        if len(rejections) > _MAX_ENTRY_REJECTIONS:
+            more = len(rejections) - _MAX_ENTRY_REJECTIONS
+            self._reject(PlanRejection(f"{more} more batch entries rejected"), "batch")
+        if plans:
+            self._register(plans, "batch")
+        self._batch_watch.settle(reading)
+
+    def _reject_when_stable(self, watch: FileWatch, reading: Reading, source: str) -> None:
+        """A plan file that cannot be read (too large, not a regular file, unreadable)."""
+        if reading.stable:
+            self._reject(PlanRejection(reading.error or f"{watch.path} cannot be read"), source)
+            watch.settle(reading)
+
+    def _register(self, plans: list[Plan], source: str) -> None:
+        names = ", ".join(f"{plan.name}@{plan.height}" for plan in plans[:_LOGGED_NAMES])
+        if len(plans) > _LOGGED_NAMES:
+            names += f" and {len(plans) - _LOGGED_NAMES} more"
+        logger.info("plan file ({}): {}", source, names)
+        # Newer content of the same file replaces plans not delivered yet.
+        self._outbox[source] = RegisterPlans(plans=plans, source=source)
+
+    def _deliver(self) -> None:
+        for source, message in list(self._outbox.items()):
+            if self._bus.tell("orchestrator", message):
+                del self._outbox[source]
+                self._delivered[source] = message
+
+    def _resend(self) -> None:
+        for source, message in self._delivered.items():
+            self._outbox.setdefault(source, message)
+        self._deliver()
+
+    def _reject(self, rejection: PlanRejection, source: str) -> None:
+        logger.warning("plan rejected ({}): {}", source, rejection.reason)
+        self._bus.publish(
+            ev.PlanRejected(
+                reason=rejection.reason,
+                source=source,
+                name=rejection.name,
+                height=rejection.height,
+            )
+        )
+
+    # configuration
+
+    def _poll_config(self) -> None:
+        reading = self._config_watch.poll()
+        if reading is None:
+            return
+        if reading.content is None and not reading.stable:
+            # Absent (or unreadable) for the first polls: maybe an editor's save in progress.
+            return
+        try:
+            new = load_config(self._env, self._overrides)
+        except ConfigError as exc:
+            if reading.stable:
+                logger.warning("config.toml edit rejected, old configuration kept: {}", exc)
+                self._bus.publish(ev.ConfigRejected(error=str(exc)))
+                self._config_watch.settle(reading)
+            return
+        self._config_watch.settle(reading)
+        changed, restart_required = reload_diff(self._config, new)
+        if not changed:
+            return
+        self._config = new
+        logger.info(
+            "config.toml reloaded: {} changed{}",
+            ", ".join(changed),
+            f"; needs a restart: {', '.join(restart_required)}" if restart_required else "",
+        )
+        self._bus.publish(ev.ConfigReloaded(changed=changed, restart_required=restart_required))
+        self._apply(new)
+        for role in CONFIG_ROLES:
+            self._bus.tell(role, ConfigChanged(config=new, changed=changed))
+
+    def _on_config_changed(self, config: Any) -> None:
+        # Its own broadcast comes back here (nothing left to do); a configuration reloaded
+        # elsewhere (the control server) becomes the base of the next diff.
+        if isinstance(config, Config) and config is not self._config:
+            self._config = config
+            self._apply(config)
+
+    def _apply(self, config: Config) -> None:
+        """The reloadable keys this actor uses: only the poll interval."""
+        self._interval = config.rpc.poll_interval

@@ -1,0 +1,360 @@
+"""OrchestratorActor: owns the plan queue and runs each upgrade as a journaled saga (SPEC §4, §5).
+
+The actor keeps the queue (state/plans.json) and decides *when*; each saga runs on a worker
+thread (it waits for the node, runs hooks, copies data) and reports back with a message.
+Preflight checks run on helper threads too: they execute the new binary.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import threading
+import time
+from typing import Any
+
+import msgspec
+from loguru import logger
+
+from wemixvisor import plans as queue_rules
+from wemixvisor.actors.base import FailureSink, SupervisedActor
+from wemixvisor.bus import Bus
+from wemixvisor.config import Config, apply_reloadable
+from wemixvisor.fsutil import atomic_write_bytes
+from wemixvisor.layout import Home, LayoutError, read_current
+from wemixvisor.messages import events as ev
+from wemixvisor.messages.config import ConfigChanged
+from wemixvisor.messages.height import HeadObserved, RpcAvailability
+from wemixvisor.messages.node import StartNode
+from wemixvisor.messages.plans import CancelPlan, ListPlans, RegisterPlans, ResendPlans
+from wemixvisor.plans import Plan, PlanError, PlanStatus, QueueState, RegisterOutcome
+from wemixvisor.preflight import check_plan
+from wemixvisor.upgrade import (
+    Journal,
+    JournalError,
+    Outcome,
+    SagaResult,
+    Step,
+    UpgradeSaga,
+    load_journal,
+)
+
+PREFLIGHT_RECHECK = 60.0  # seconds between re-checks of a plan whose preflight failed
+PREFLIGHT_AHEAD_BLOCKS = 10  # re-check this many blocks before H
+_LATENCY_SAMPLES = 10_000
+
+
+class GetHeadLatency(msgspec.Struct, frozen=True):
+    """Ask: seconds from a head's arrival on the RPC connection to the orchestrator handling
+    it, newest last (for the benchmark)."""
+
+
+class QueueSnapshot(msgspec.Struct, frozen=True):
+    """Answer to ListPlans."""
+
+    queue: QueueState
+    journal: Journal | None
+    head: int | None
+
+
+class _SagaFinished(msgspec.Struct, frozen=True):
+    result: Any  # SagaResult
+
+
+class _PreflightDone(msgspec.Struct, frozen=True):
+    name: str
+    height: int
+    problems: list[str]
+
+
+class _PreflightDue(msgspec.Struct, frozen=True):
+    name: str
+
+
+class OrchestratorActor(SupervisedActor):
+    """Registers plans, watches the head, and starts the upgrade saga at H."""
+
+    role = "orchestrator"
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        home: Home,
+        bus: Bus,
+        failure_sink: FailureSink | None = None,
+    ) -> None:
+        super().__init__(failure_sink)
+        self._config = config
+        self._home = home
+        self._bus = bus
+        self._queue = QueueState()
+        self._queue_file = home.state_dir / "plans.json"
+        self._journal_file = home.state_dir / "journal.json"
+        self._head: int | None = None
+        self._rpc_available = False
+        self._saga: UpgradeSaga | None = None
+        self._preflight_ok: dict[str, bool] = {}
+        self._checked_ahead: set[str] = set()
+        self._latency: collections.deque[float] = collections.deque(maxlen=_LATENCY_SAMPLES)
+
+    # lifecycle
+
+    def setup(self) -> None:
+        self._queue = self._load_queue()
+        try:
+            journal = load_journal(self._journal_file)
+        except JournalError as exc:
+            journal = None
+            aside = self._journal_file.with_name(f"journal.json.unreadable-{int(time.time())}")
+            os.replace(self._journal_file, aside)
+            logger.error("{}; moved to {}; starting the node on `current` as it is", exc, aside)
+            self._bus.tell("node", StartNode(reason="unreadable journal"))
+        if journal is not None:
+            entry = queue_rules.get(self._queue, journal.plan.name)
+            if entry is not None:
+                entry.status = PlanStatus.RUNNING
+            self._start_saga(journal, resume=True)
+        for entry in queue_rules.pending(self._queue):
+            self._preflight(entry.plan)
+        # After a restart of this actor, plans told to the one before may be lost.
+        self._bus.tell("files", ResendPlans())
+
+    # messages
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case HeadObserved():
+                self._latency.append(time.monotonic() - message.observed_at)
+                self._head = message.height
+                self._on_head()
+            case RpcAvailability(available=available):
+                self._rpc_available = available
+            case RegisterPlans():
+                self._register(message)
+            case CancelPlan():
+                self._cancel(message)
+            case ListPlans():
+                return QueueSnapshot(
+                    queue=msgspec.convert(msgspec.to_builtins(self._queue), QueueState),
+                    journal=self._saga.journal if self._saga is not None else None,
+                    head=self._head,
+                )
+            case GetHeadLatency():
+                return list(self._latency)
+            case _SagaFinished(result=result):
+                self._on_saga_finished(result)
+            case _PreflightDone():
+                self._on_preflight(message)
+            case _PreflightDue(name=name):
+                entry = queue_rules.get(self._queue, name)
+                if entry is not None and entry.status is PlanStatus.PENDING:
+                    self._preflight(entry.plan)
+            case ConfigChanged(config=config):
+                self._config = apply_reloadable(self._config, config)
+            case _:
+                logger.warning("orchestrator: unexpected message {!r}", message)
+        return None
+
+    # plans
+
+    def _register(self, message: RegisterPlans) -> None:
+        answers: list[tuple[str, str]] = []
+        changed = False
+        for plan in message.plans:
+            try:
+                outcome, entry = queue_rules.register(
+                    self._queue, plan, head=self._head, now=message.now, at=time.time()
+                )
+            except PlanError as exc:
+                answers.append((plan.name, f"rejected: {exc}"))
+                logger.warning("plan {} from {} rejected: {}", plan.name, message.source, exc)
+                self._bus.publish(
+                    ev.PlanRejected(
+                        reason=str(exc), source=message.source, name=plan.name, height=plan.height
+                    )
+                )
+                continue
+            answers.append((plan.name, outcome.value))
+            if outcome is RegisterOutcome.UNCHANGED or entry is None:
+                continue
+            changed = True
+            logger.info(
+                "plan {} at height {} registered from {}{}",
+                plan.name,
+                plan.height,
+                message.source,
+                " (late: runs at once)" if entry.late else "",
+            )
+            self._bus.publish(
+                ev.PlanRegistered(
+                    name=plan.name,
+                    height=plan.height,
+                    source=plan.source,
+                    late=entry.late,
+                    updated=outcome is RegisterOutcome.UPDATED,
+                )
+            )
+            self._checked_ahead.discard(plan.name)
+            self._preflight(plan)
+        if changed:
+            self._save_queue()
+        if message.done is not None:
+            message.done.set(answers)
+        self._maybe_start()
+
+    def _cancel(self, message: CancelPlan) -> None:
+        try:
+            entry = queue_rules.cancel(self._queue, message.name, at=time.time())
+        except KeyError:
+            error: str | None = f"no plan named {message.name!r}"
+        except PlanError as exc:
+            error = str(exc)
+        else:
+            error = None
+            self._save_queue()
+            self.timers.cancel(f"preflight-{message.name}")
+            self._bus.publish(
+                ev.PlanCancelled(
+                    name=entry.plan.name, height=entry.plan.height, source=message.source
+                )
+            )
+        if message.done is not None:
+            message.done.set(error)
+
+    # height
+
+    def _on_head(self) -> None:
+        head = self._head
+        if head is None:
+            return
+        for entry in queue_rules.pending(self._queue):
+            plan = entry.plan
+            near = plan.height - PREFLIGHT_AHEAD_BLOCKS <= head < plan.height
+            if near and plan.name not in self._checked_ahead:
+                self._checked_ahead.add(plan.name)
+                self._preflight(plan)
+        self._maybe_start()
+
+    def _maybe_start(self) -> None:
+        if self._saga is not None:
+            return
+        entry = queue_rules.due(self._queue, self._head)
+        if entry is None:
+            return
+        try:
+            from_target = read_current(self._home).target
+        except LayoutError as exc:
+            from_target = None
+            reason = f"cannot read `current`: {exc}"
+        else:
+            reason = ""
+        plan = entry.plan
+        if from_target is None:
+            logger.error("upgrade {} cannot start: {}", plan.name, reason)
+            self._finish_entry(entry, PlanStatus.FAILED, reason)
+            self._bus.publish(
+                ev.UpgradeFailed(
+                    name=plan.name, height=plan.height, step="preflight", reason=reason
+                )
+            )
+            return
+        journal = Journal(
+            plan=plan,
+            step=Step.STOPPING,
+            from_target=from_target,
+            to_target=f"upgrades/{plan.name}",
+            observed_height=self._head,
+            late=entry.late,
+            started_at=time.time(),
+        )
+        entry.status = PlanStatus.RUNNING
+        self._start_saga(journal, resume=False)
+        self._save_queue()
+
+    def _start_saga(self, journal: Journal, *, resume: bool) -> None:
+        saga = UpgradeSaga(
+            journal=journal,
+            home=self._home,
+            config=self._config,
+            bus=self._bus,
+            journal_path=self._journal_file,
+        )
+        self._saga = saga
+        ref = self.actor_ref
+
+        def work() -> None:
+            result = saga.run(resume=resume)
+            with contextlib.suppress(Exception):
+                ref.tell(_SagaFinished(result))
+
+        threading.Thread(target=work, name=f"upgrade-{journal.plan.name}", daemon=True).start()
+
+    def _on_saga_finished(self, result: SagaResult) -> None:
+        self._saga = None
+        entry = queue_rules.get(self._queue, result.name)
+        if entry is not None:
+            status = PlanStatus.FAILED if result.outcome is Outcome.FAILED else PlanStatus.COMPLETED
+            self._finish_entry(entry, status, result.detail)
+        self._maybe_start()
+
+    def _finish_entry(self, entry: queue_rules.QueuedPlan, status: PlanStatus, detail: str) -> None:
+        entry.status = status
+        entry.finished_at = time.time()
+        entry.result = detail
+        self._save_queue()
+
+    # preflight
+
+    def _preflight(self, plan: Plan) -> None:
+        ref = self.actor_ref
+        home, config = self._home, self._config
+
+        def check() -> None:
+            problems = check_plan(home, config, plan)
+            with contextlib.suppress(Exception):
+                ref.tell(_PreflightDone(plan.name, plan.height, problems))
+
+        threading.Thread(target=check, name=f"preflight-{plan.name}", daemon=True).start()
+
+    def _on_preflight(self, result: _PreflightDone) -> None:
+        entry = queue_rules.get(self._queue, result.name)
+        if entry is None or entry.status is not PlanStatus.PENDING:
+            return
+        if result.problems:
+            logger.error(
+                "preflight of {} (height {}) failed: {}",
+                result.name,
+                result.height,
+                "; ".join(result.problems),
+            )
+            self._bus.publish(
+                ev.PlanPreflightFailed(
+                    name=result.name, height=result.height, problems=result.problems
+                )
+            )
+            self.timers.schedule(
+                f"preflight-{result.name}", PREFLIGHT_RECHECK, _PreflightDue(result.name)
+            )
+        elif self._preflight_ok.get(result.name) is False:
+            logger.info("preflight of {} passes now", result.name)
+        self._preflight_ok[result.name] = not result.problems
+
+    # persistence
+
+    def _load_queue(self) -> QueueState:
+        try:
+            raw = self._queue_file.read_bytes()
+        except FileNotFoundError:
+            return QueueState()
+        try:
+            return queue_rules.decode_state(raw)
+        except PlanError as exc:
+            aside = self._queue_file.with_name(f"plans.json.unreadable-{int(time.time())}")
+            os.replace(self._queue_file, aside)
+            logger.error("{}; moved to {}; plans in the files are read again", exc, aside)
+            return QueueState()
+
+    def _save_queue(self) -> None:
+        atomic_write_bytes(self._queue_file, queue_rules.encode_state(self._queue), mode=0o600)

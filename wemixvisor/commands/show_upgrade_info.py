@@ -1,0 +1,93 @@
+"""`wemixvisor show-upgrade-info`: the upgrade-info.json files, as cosmovisor shows them.
+
+Two places hold one: the node's data dir (the plan trigger file) and the directory `current`
+points at (the copy of the plan written when that upgrade became current). Both are printed as
+one JSON object: `{"data": {"path", "upgrade_info"} | null, "current": {...} | null}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from wemixvisor.layout import Home, LayoutError, read_current
+from wemixvisor.planfiles import PLAN_FILE, plan_file, read_capped
+from wemixvisor.plans import PlanError
+
+if TYPE_CHECKING:
+    from wemixvisor.cli import CliContext
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `show-upgrade-info` verb."""
+    parser = subparsers.add_parser(
+        "show-upgrade-info",
+        help="print the upgrade-info.json of the data dir and of the current upgrade",
+        description=(
+            "Print, as one JSON object, $DAEMON_DATA_DIR/upgrade-info.json (key `data`) and the "
+            "upgrade-info.json beside the current binary (key `current`); exit 1 if neither exists."
+        ),
+    )
+    parser.set_defaults(handler=run_show_upgrade_info)
+
+
+def _read(path: Path) -> tuple[Any, str | None]:
+    """The decoded file (None if absent) and, if it cannot be shown, why."""
+    try:
+        raw = read_capped(path)
+    except FileNotFoundError:
+        return None, None
+    except PlanError as exc:
+        return None, str(exc)
+    except OSError as exc:
+        return None, f"cannot read {path}: {exc.strerror or exc}"
+    try:
+        return msgspec.json.decode(raw), None
+    except (msgspec.DecodeError, RecursionError):
+        return None, f"{path} is not valid JSON"
+
+
+def run_show_upgrade_info(args: argparse.Namespace, ctx: CliContext) -> int:
+    """Print both files; exit 1 when neither can be shown."""
+    from wemixvisor.cli import EXIT_FAILURE, EXIT_OK  # noqa: PLC0415
+
+    config = ctx.config
+    home = Home(root=config.home, name=config.node.name, data_dir=config.node.data_dir)
+    places: dict[str, Path | None] = {"data": plan_file(home.data_dir)}
+    target: str | None = None
+    try:
+        current = read_current(home)
+    except LayoutError as exc:
+        print(f"wemixvisor: {exc}", file=sys.stderr)
+        places["current"] = None
+    else:
+        target = current.target
+        places["current"] = current.directory / PLAN_FILE
+    document: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, path in places.items():
+        if path is None:
+            document[key] = None
+            continue
+        info, error = _read(path)
+        if error is not None:
+            problems.append(error)
+        if info is None:
+            document[key] = None
+            continue
+        shown: dict[str, Any] = {"path": str(path), "upgrade_info": info}
+        if key == "current":
+            shown["target"] = target
+        document[key] = shown
+    for problem in problems:
+        print(f"wemixvisor: {problem}", file=sys.stderr)
+    if document["data"] is None and document["current"] is None:
+        where = " and ".join(str(path) for path in places.values() if path is not None)
+        print(f"wemixvisor: no upgrade-info.json to show (looked in {where})", file=sys.stderr)
+        return EXIT_FAILURE
+    print(msgspec.json.format(msgspec.json.encode(document), indent=2).decode())
+    return EXIT_OK

@@ -1,0 +1,616 @@
+"""`wemixvisor upgrade schedule | list | status | cancel`: plans as the operator handles them.
+
+These work from the files, with or without a daemon: `schedule` merges the plan into
+`<data dir>/upgrade-info.json.batch`, which a running daemon picks up live and a stopped one
+reads when it starts; `list` and `status` read the daemon's queue (`state/plans.json`), its
+journal and the plan files; `cancel` edits the queue, and so only while no daemon runs (a
+running daemon owns its queue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from wemixvisor.config import Config
+from wemixvisor.layout import Home
+from wemixvisor.planfiles import (
+    DaemonRunningError,
+    batch_file,
+    daemon_pid,
+    daemon_running,
+    file_plans,
+    holding_daemon_lock,
+    locked_plan_files,
+    plan_file,
+    read_batch_objects,
+    read_capped,
+    read_journal,
+    read_queue,
+    remove_from_plan_files,
+    write_batch_objects,
+    write_queue,
+)
+from wemixvisor.plans import (
+    MAX_PLAN_BYTES,
+    Plan,
+    PlanError,
+    PlanStatus,
+    QueuedPlan,
+    QueueState,
+    cancel,
+    get,
+    pending,
+    plan_from_object,
+    plan_to_object,
+    validate_height,
+    validate_name,
+)
+from wemixvisor.rpc import RpcClient, RpcError
+
+if TYPE_CHECKING:
+    from wemixvisor.cli import CliContext
+
+HEAD_TIMEOUT = 2.0
+"""How long `schedule` waits for the node's head before scheduling without the check."""
+
+NOT_YET_SEEN = "in file, not yet seen by the daemon"
+
+_CHECKSUM_RE = re.compile(r"\A(?:sha256:[0-9a-fA-F]{64}|sha512:[0-9a-fA-F]{128})\Z")
+_URL_FORBIDDEN_RE = re.compile(r"[\x00-\x20\x7f]")
+_ARCHES = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "i386": "386",
+    "i686": "386",
+    "armv7l": "arm",
+}
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `upgrade` verb with its `schedule`, `list`, `status` and `cancel` actions."""
+    parser = subparsers.add_parser(
+        "upgrade",
+        help="schedule, list or cancel upgrade plans",
+        description=(
+            "Plans are written into $DAEMON_DATA_DIR/upgrade-info.json.batch, which the daemon "
+            "reads live and at every start; its queue lives in $DAEMON_HOME/wemixvisor/state."
+        ),
+    )
+    actions = parser.add_subparsers(dest="upgrade_action", metavar="ACTION", required=True)
+
+    schedule = actions.add_parser(
+        "schedule",
+        help="schedule an upgrade at a block height",
+        description=(
+            "Write the plan NAME at HEIGHT into the batch file. A height the chain has already "
+            "passed is refused unless --now (then the daemon upgrades at once)."
+        ),
+    )
+    schedule.add_argument("name", help="upgrade name: 1-64 characters of A-Z a-z 0-9 . _ -")
+    schedule.add_argument("height", help="block height at which the upgrade starts (> 0)")
+    schedule.add_argument(
+        "--binary",
+        metavar="URL",
+        help="http(s) URL of this platform's binary or archive (written as info.binaries)",
+    )
+    schedule.add_argument(
+        "--checksum",
+        metavar="sha256:HEX",
+        help="checksum of --binary: sha256:<hex> or sha512:<hex>",
+    )
+    schedule.add_argument("--info", metavar="JSON", help="the plan's info, a JSON object")
+    schedule.add_argument(
+        "--now", action="store_true", help="accept a height that has passed: upgrade at once"
+    )
+    schedule.set_defaults(handler=run_schedule)
+
+    listing = actions.add_parser(
+        "list",
+        help="the plan queue, and plans in the files the daemon has not seen yet",
+        description="Works without a running daemon: it reads the daemon's state files.",
+    )
+    listing.add_argument("--json", action="store_true", help="print one JSON object")
+    listing.set_defaults(handler=run_list)
+
+    status = actions.add_parser(
+        "status",
+        help="pending plans and the upgrade in progress",
+        description="Works without a running daemon: it reads the daemon's state files.",
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(handler=run_status)
+
+    cancelling = actions.add_parser(
+        "cancel",
+        help="cancel a pending plan (daemon stopped)",
+        description=(
+            "Mark the plan cancelled in the queue and remove it from the plan files so that it "
+            "does not come back on the next start. Refused while a daemon runs."
+        ),
+    )
+    cancelling.add_argument("name", help="the plan's name")
+    cancelling.set_defaults(handler=run_cancel)
+
+
+def _fail(message: str, *, usage: bool = False) -> Exception:
+    """The CommandError to raise: exit 2 for a bad argument, 1 for a refusal or failure."""
+    # cli imports this module (via commands/__init__), so cli is imported at call time.
+    from wemixvisor.cli import EXIT_FAILURE, EXIT_USAGE, CommandError  # noqa: PLC0415
+
+    return CommandError(message, EXIT_USAGE if usage else EXIT_FAILURE)
+
+
+def home_of(config: Config) -> Home:
+    """The home layout the configuration describes."""
+    return Home(root=config.home, name=config.node.name, data_dir=config.node.data_dir)
+
+
+# --- building a plan from arguments -------------------------------------------------------------
+
+
+def platform_key() -> str:
+    """This machine's `info.binaries` key, e.g. `linux/amd64`."""
+    machine = platform.machine().lower()
+    return f"{platform.system().lower()}/{_ARCHES.get(machine, machine)}"
+
+
+def _binary_url(url: str, checksum: str | None, must_have_checksum: bool) -> str:
+    # ASCII only: a URL is percent-encoded, and undecodable argv bytes cannot go into JSON.
+    if len(url) > 8192 or not url.isascii() or _URL_FORBIDDEN_RE.search(url):
+        raise _fail(
+            "--binary must be an ASCII URL without spaces or control characters", usage=True
+        )
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise _fail(f"--binary {url!r} is not an http(s):// URL", usage=True)
+    has_checksum = any(param.startswith("checksum=") for param in parts.query.split("&") if param)
+    if checksum is not None:
+        if not _CHECKSUM_RE.fullmatch(checksum):
+            raise _fail(
+                f"--checksum {checksum[:80]!r} is not sha256:<64 hex digits> or "
+                "sha512:<128 hex digits>",
+                usage=True,
+            )
+        if has_checksum:
+            raise _fail("--binary already carries ?checksum=; drop --checksum", usage=True)
+        url = f"{url}{'&' if parts.query else '?'}checksum={checksum.lower()}"
+    elif not has_checksum and must_have_checksum:
+        raise _fail(
+            "--binary has no checksum and the daemon refuses such downloads "
+            "(DAEMON_DOWNLOAD_MUST_HAVE_CHECKSUM); add --checksum sha256:<hex>",
+            usage=True,
+        )
+    return url
+
+
+def build_info(
+    info_text: str | None, binary: str | None, checksum: str | None, must_have_checksum: bool
+) -> dict[str, Any] | None:
+    """The plan's `info` from `--info`, `--binary` and `--checksum` (None when none is given)."""
+    info: dict[str, Any] | None = None
+    if info_text is not None:
+        try:
+            encoded = info_text.encode()
+        except UnicodeEncodeError:
+            # argv bytes that are not UTF-8 arrive as lone surrogates.
+            raise _fail("--info is not valid UTF-8", usage=True) from None
+        if len(encoded) > MAX_PLAN_BYTES:
+            raise _fail(
+                f"--info is {len(encoded)} bytes, over the {MAX_PLAN_BYTES}-byte limit", usage=True
+            )
+        try:
+            decoded = msgspec.json.decode(encoded)
+        except msgspec.DecodeError as exc:
+            raise _fail(f"--info is not valid JSON: {exc}", usage=True) from None
+        except RecursionError:
+            raise _fail("--info is not valid JSON: nested too deeply", usage=True) from None
+        if not isinstance(decoded, dict):
+            kind = "an array" if isinstance(decoded, list) else type(decoded).__name__
+            raise _fail(f"--info must be a JSON object, got {kind}", usage=True)
+        info = decoded
+    if checksum is not None and binary is None:
+        raise _fail("--checksum needs --binary", usage=True)
+    if binary is not None:
+        url = _binary_url(binary, checksum, must_have_checksum)
+        info = dict(info or {})
+        binaries = info.get("binaries")
+        if binaries is None:
+            binaries = {}
+        elif not isinstance(binaries, dict):
+            raise _fail("--info binaries must be an object of platform -> URL", usage=True)
+        info["binaries"] = {**binaries, platform_key(): url}
+    return info
+
+
+def plan_from_arguments(name: str, height: str, info: dict[str, Any] | None) -> Plan:
+    """The plan the operator asked for, validated like any plan file entry (SPEC §4)."""
+    try:
+        validate_name(name)
+        validate_height(height)
+        plan_object: dict[str, Any] = {"name": name, "height": height}
+        if info is not None:
+            plan_object["info"] = info
+        return plan_from_object(plan_object, "batch")
+    except PlanError as exc:
+        raise _fail(str(exc), usage=True) from None
+
+
+# --- scheduling ---------------------------------------------------------------------------------
+
+
+def chain_head(config: Config) -> tuple[int | None, str | None]:
+    """The node's head height, or None and why it is unknown (the node may well be down)."""
+    try:
+        result = RpcClient(config.rpc.address, timeout=HEAD_TIMEOUT).call("eth_blockNumber")
+    except (RpcError, ValueError) as exc:
+        return None, str(exc)
+    if isinstance(result, str) and result.startswith("0x"):
+        try:
+            return int(result, 16), None
+        except ValueError:
+            pass
+    return None, f"unexpected eth_blockNumber answer {str(result)[:40]!r}"
+
+
+def _file_plan(obj: object) -> Plan | None:
+    try:
+        return plan_from_object(obj, "batch")
+    except PlanError:
+        return None
+
+
+def _check_queue(queue: QueueState, plan: Plan) -> None:
+    existing = get(queue, plan.name)
+    if existing is not None:
+        status = existing.status
+        if status is PlanStatus.COMPLETED:
+            raise _fail(
+                f"plan {plan.name!r} already completed; a completed plan never runs again "
+                "(choose a new name)"
+            )
+        if status is PlanStatus.RUNNING:
+            raise _fail(f"plan {plan.name!r} is being carried out now")
+        if status is PlanStatus.FAILED:
+            raise _fail(
+                f"plan {plan.name!r} failed ({existing.result or 'no reason recorded'}); the "
+                "daemon does not re-run a failed plan from the plan files (choose a new name)"
+            )
+    for entry in pending(queue):
+        if entry.plan.height == plan.height and entry.plan.name != plan.name:
+            raise _fail(
+                f"conflict: plan {entry.plan.name!r} is already scheduled at height {plan.height}"
+            )
+
+
+def _check_files(home: Home, queue: QueueState, plan: Plan, entries: list[dict[str, Any]]) -> None:
+    others: list[Plan] = [p for p in map(_file_plan, entries) if p is not None]
+    try:
+        single = read_capped(plan_file(home.data_dir))
+    except (FileNotFoundError, PlanError, OSError):
+        pass
+    else:
+        try:
+            decoded = msgspec.json.decode(single)
+        except (msgspec.DecodeError, RecursionError):
+            decoded = None
+        single_plan = _file_plan(decoded)
+        if single_plan is not None:
+            others.append(single_plan)
+    for other in others:
+        if other.name == plan.name or other.height != plan.height:
+            continue
+        queued = get(queue, other.name)
+        # A plan the daemon already finished or cancelled no longer holds its height.
+        if queued is not None and queued.status is not PlanStatus.PENDING:
+            continue
+        raise _fail(
+            f"conflict: plan {other.name!r} is already in the plan files at height {plan.height}"
+        )
+
+
+def check_schedule(config: Config, plan: Plan, *, now: bool) -> tuple[QueueState, int | None]:
+    """Refuse what the daemon would refuse, before anything is written: the queue, the height
+    against the chain's head, and conflicts with the plan files. Returns the queue and head."""
+    home = home_of(config)
+    queue = _read_queue_or_fail(home)
+    _check_queue(queue, plan)
+    try:
+        _check_files(home, queue, plan, read_batch_objects(home.data_dir))
+    except PlanError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot read {batch_file(home.data_dir)}: {exc.strerror or exc}") from None
+    head, why_unknown = chain_head(config)
+    if head is not None and plan.height <= head and not now:
+        raise _fail(f"height {plan.height} has passed (head is {head}); use --now")
+    if head is None:
+        print(
+            f"wemixvisor: head unknown ({why_unknown}); height {plan.height} not checked "
+            "against the chain",
+            file=sys.stderr,
+        )
+    return queue, head
+
+
+def write_schedule(config: Config, plan: Plan, queue: QueueState) -> Path:
+    """Merge `plan` into the batch file (same name replaced, others kept); the file written."""
+    home = home_of(config)
+    try:
+        with locked_plan_files(home.data_dir):
+            entries = read_batch_objects(home.data_dir)
+            _check_files(home, queue, plan, entries)
+            merged: list[dict[str, Any]] = []
+            replaced = False
+            for entry in entries:
+                if entry.get("name") == plan.name:
+                    if not replaced:
+                        merged.append(plan_to_object(plan))
+                        replaced = True
+                    continue
+                merged.append(entry)
+            if not replaced:
+                merged.append(plan_to_object(plan))
+            write_batch_objects(home.data_dir, merged)
+    except PlanError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot write {batch_file(home.data_dir)}: {exc.strerror or exc}") from None
+    return batch_file(home.data_dir)
+
+
+def describe_pickup(home: Home) -> str:
+    """How the written plan reaches the daemon, for the operator."""
+    try:
+        running = daemon_running(home)
+    except OSError:
+        return "the daemon reads it live or when it starts"
+    if running:
+        pid = daemon_pid(home)
+        return f"the running daemon (pid {pid if pid is not None else '?'}) picks it up"
+    return "the daemon reads it when it starts"
+
+
+def run_schedule(args: argparse.Namespace, ctx: CliContext) -> int:
+    """Validate the plan, refuse a passed height without --now, merge it into the batch file."""
+    config = ctx.config
+    # Name and height first: they are the likeliest typo, and the info may be long.
+    plan_from_arguments(args.name, args.height, None)
+    info = build_info(
+        args.info, args.binary, args.checksum, config.upgrade.download_must_have_checksum
+    )
+    plan = plan_from_arguments(args.name, args.height, info)
+    queue, head = check_schedule(config, plan, now=args.now)
+    path = write_schedule(config, plan, queue)
+    late = head is not None and plan.height <= head
+    when = f"at once (height passed, head is {head})" if late else f"at height {plan.height}"
+    print(f"scheduled upgrade {plan.name!r} {when} in {path}; {describe_pickup(home_of(config))}")
+    return 0
+
+
+# --- listing ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One line of `upgrade list`: a queued plan, or one only present in the plan files."""
+
+    plan: Plan
+    status: str
+    late: bool = False
+    result: str | None = None
+    registered_at: float | None = None
+    finished_at: float | None = None
+
+    @classmethod
+    def queued(cls, entry: QueuedPlan) -> PlanRow:
+        """A row for a plan in the daemon's queue."""
+        return cls(
+            plan=entry.plan,
+            status=entry.status.value,
+            late=entry.late,
+            result=entry.result,
+            registered_at=entry.registered_at or None,
+            finished_at=entry.finished_at,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """The row as a JSON object."""
+        row = plan_to_object(self.plan)
+        row.update(
+            status=self.status,
+            source=self.plan.source,
+            late=self.late,
+            result=self.result,
+            registered_at=self.registered_at,
+            finished_at=self.finished_at,
+        )
+        return row
+
+
+def _rows(home: Home, queue: QueueState, *, pending_only: bool) -> tuple[list[PlanRow], list[str]]:
+    entries = pending(queue) if pending_only else queue.plans
+    rows = [PlanRow.queued(entry) for entry in entries]
+    in_files, problems = file_plans(home.data_dir)
+    seen: set[str] = set()
+    for plan in in_files:
+        if get(queue, plan.name) is None and plan.name not in seen:
+            seen.add(plan.name)
+            rows.append(PlanRow(plan=plan, status="in_file", result=NOT_YET_SEEN))
+    return rows, problems
+
+
+def _read_queue_or_fail(home: Home) -> QueueState:
+    try:
+        return read_queue(home)
+    except PlanError as exc:
+        raise _fail(f"cannot read the plan queue: {exc}") from None
+    except OSError as exc:
+        raise _fail(f"cannot read the plan queue: {exc.strerror or exc}") from None
+
+
+def _daemon_state(home: Home) -> dict[str, Any]:
+    try:
+        running: bool | None = daemon_running(home)
+    except OSError:
+        running = None
+    return {"running": running, "pid": daemon_pid(home) if running else None}
+
+
+def _table(rows: list[PlanRow]) -> str:
+    header = ("NAME", "HEIGHT", "STATUS", "SOURCE", "LATE", "RESULT")
+    lines = [
+        (
+            row.plan.name,
+            str(row.plan.height),
+            row.status.replace("_", " "),
+            row.plan.source,
+            "yes" if row.late else "",
+            row.result or "",
+        )
+        for row in rows
+    ]
+    widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header) - 1)]
+    return "\n".join(
+        (
+            "  ".join(cell.ljust(width) for cell, width in zip(cells[:-1], widths, strict=True))
+            + "  "
+            + cells[-1]
+        ).rstrip()
+        for cells in [header, *lines]
+    )
+
+
+def run_list(args: argparse.Namespace, ctx: CliContext) -> int:
+    """Print the queue and the plans waiting in the files."""
+    home = home_of(ctx.config)
+    queue = _read_queue_or_fail(home)
+    rows, problems = _rows(home, queue, pending_only=False)
+    rows.sort(key=lambda row: row.plan.height)
+    if args.json:
+        document = {
+            "daemon": _daemon_state(home),
+            "plans": [row.as_json() for row in rows],
+            "problems": problems,
+        }
+        print(msgspec.json.encode(document).decode())
+    else:
+        print(_table(rows) if rows else "no plans")
+        for problem in problems:
+            print(f"wemixvisor: warning: {problem}", file=sys.stderr)
+    return 0
+
+
+def run_status(args: argparse.Namespace, ctx: CliContext) -> int:
+    """Print the pending plans and the journal of the upgrade in progress."""
+    home = home_of(ctx.config)
+    queue = _read_queue_or_fail(home)
+    rows, problems = _rows(home, queue, pending_only=True)
+    rows.sort(key=lambda row: row.plan.height)
+    journal_error: str | None = None
+    try:
+        journal = read_journal(home)
+    except PlanError as exc:
+        journal, journal_error = None, str(exc)
+    except OSError as exc:
+        journal, journal_error = None, f"cannot read the journal: {exc.strerror or exc}"
+    daemon = _daemon_state(home)
+    if args.json:
+        document = {
+            "daemon": daemon,
+            "pending": [row.as_json() for row in rows],
+            "journal": journal,
+            "journal_error": journal_error,
+            "problems": problems,
+        }
+        print(msgspec.json.encode(document).decode())
+    else:
+        if daemon["running"] is None:
+            print("daemon: unknown (cannot read its lock)")
+        elif daemon["running"]:
+            print(f"daemon: running (pid {daemon['pid'] if daemon['pid'] is not None else '?'})")
+        else:
+            print("daemon: not running")
+        if rows:
+            print("pending:")
+            for row in rows:
+                notes = [row.plan.source]
+                if row.late:
+                    notes.append("late: runs at once")
+                if row.status == "in_file":
+                    notes.append(NOT_YET_SEEN)
+                print(f"  {row.plan.name} at height {row.plan.height} ({', '.join(notes)})")
+        else:
+            print("pending: none")
+        if journal is not None:
+            print("upgrade in progress (journal):")
+            for key, value in journal.items():
+                print(f"  {key}: {msgspec.json.encode(value).decode()}")
+        elif journal_error is None:
+            print("upgrade in progress: none")
+        for problem in problems:
+            print(f"wemixvisor: warning: {problem}", file=sys.stderr)
+    if journal_error is not None:
+        print(f"wemixvisor: {journal_error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --- cancelling ---------------------------------------------------------------------------------
+
+
+def run_cancel(args: argparse.Namespace, ctx: CliContext) -> int:
+    """Cancel a pending plan with the daemon stopped: queue and plan files, under its lock."""
+    name: str = args.name
+    try:
+        validate_name(name)
+    except PlanError as exc:
+        raise _fail(str(exc), usage=True) from None
+    home = home_of(ctx.config)
+    try:
+        with holding_daemon_lock(home):
+            return _cancel_locked(home, name)
+    except DaemonRunningError as exc:
+        raise _fail(
+            f"{exc}; the daemon owns the plan queue: stop it or use the control socket"
+        ) from None
+    except PlanError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot cancel {name!r}: {exc.strerror or exc}") from None
+
+
+def _cancel_locked(home: Home, name: str) -> int:
+    queue = read_queue(home)
+    entry = get(queue, name)
+    if entry is not None and entry.status not in (PlanStatus.PENDING, PlanStatus.CANCELLED):
+        raise _fail(f"plan {name!r} is {entry.status.value}, not pending; nothing cancelled")
+    # The files first: a plan cancelled in the queue but left in a file would be registered
+    # again at the next start, and from a file a passed height runs at once.
+    with locked_plan_files(home.data_dir):
+        removed = remove_from_plan_files(home.data_dir, name)
+    for path in removed:
+        print(f"removed plan {name!r} from {path}")
+    if entry is None:
+        if not removed:
+            raise _fail(f"no plan named {name!r} in the queue or the plan files")
+        print(f"cancelled plan {name!r} (the daemon had not seen it yet)")
+        return 0
+    if entry.status is PlanStatus.CANCELLED:
+        print(f"plan {name!r} was already cancelled")
+        return 0
+    cancel(queue, name, at=time.time(), reason="cancelled by the operator")
+    write_queue(home, queue)
+    print(f"cancelled plan {name!r} at height {entry.plan.height}")
+    return 0

@@ -1,0 +1,532 @@
+"""The plan files on disk (SPEC §2, §4): reading them safely, watching them, editing them.
+
+Shared by the FileSourceActor (which watches `upgrade-info.json`, its `.batch` sibling and
+`config.toml`) and the operator tool (which writes plans into the batch file and reads the
+daemon's queue while the daemon is down). Validation of what the files hold is `plans.py`'s job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from wemixvisor.fsutil import atomic_write_bytes
+from wemixvisor.layout import Home
+from wemixvisor.plans import (
+    MAX_PLAN_BYTES,
+    Plan,
+    PlanError,
+    QueueState,
+    decode_state,
+    encode_state,
+    parse_batch,
+    parse_plan,
+    plan_from_object,
+    validate_height,
+    validate_name,
+)
+
+__all__ = [
+    "BATCH_FILE",
+    "MAX_STATE_BYTES",
+    "PLAN_FILE",
+    "STABLE_POLLS",
+    "DaemonRunningError",
+    "FileStamp",
+    "FileWatch",
+    "PlanRejection",
+    "Reading",
+    "batch_file",
+    "daemon_pid",
+    "daemon_running",
+    "file_plans",
+    "holding_daemon_lock",
+    "journal_file",
+    "locked_plan_files",
+    "parse_batch_file",
+    "plan_file",
+    "plan_file_rejection",
+    "queue_file",
+    "read_batch_objects",
+    "read_capped",
+    "read_journal",
+    "read_queue",
+    "remove_from_plan_files",
+    "stat_file",
+    "write_batch_objects",
+    "write_queue",
+]
+
+PLAN_FILE = "upgrade-info.json"
+BATCH_FILE = "upgrade-info.json.batch"
+
+STABLE_POLLS = 2
+"""A file that does not parse is rejected only after this many polls found it unchanged."""
+
+MAX_STATE_BYTES = 16 * 1024 * 1024
+"""Cap on the daemon's own state files (queue, journal) when the operator tool reads them."""
+
+
+def plan_file(data_dir: Path) -> Path:
+    """`<data dir>/upgrade-info.json`: one plan (cosmovisor-compatible)."""
+    return data_dir / PLAN_FILE
+
+
+def batch_file(data_dir: Path) -> Path:
+    """`<data dir>/upgrade-info.json.batch`: a JSON array of plans."""
+    return data_dir / BATCH_FILE
+
+
+def queue_file(home: Home) -> Path:
+    """`state/plans.json`: the daemon's persistent plan queue."""
+    return home.state_dir / "plans.json"
+
+
+def journal_file(home: Home) -> Path:
+    """`state/journal.json`: the upgrade in progress, if any."""
+    return home.state_dir / "journal.json"
+
+
+def _lock_file(home: Home) -> Path:
+    return home.state_dir / "daemon.lock"
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What `stat` says about a file; any change means the content may have changed."""
+
+    mtime_ns: int
+    size: int
+    inode: int
+    regular: bool
+
+
+def stat_file(path: Path) -> FileStamp | None:
+    """The file's stamp (following symlinks: operators may link a plan file), None if absent."""
+    try:
+        info = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return FileStamp(
+        mtime_ns=info.st_mtime_ns,
+        size=info.st_size,
+        inode=info.st_ino,
+        regular=stat.S_ISREG(info.st_mode),
+    )
+
+
+def read_capped(path: Path, limit: int = MAX_PLAN_BYTES) -> bytes:
+    """The whole content of the regular file `path`, refused (PlanError) above `limit` bytes.
+
+    The size is checked before reading, and the read stops at `limit + 1` bytes in case the file
+    grows meanwhile: a hostile file never gets read entirely. FileNotFoundError passes through.
+    """
+    # O_NONBLOCK: opening a FIFO planted at the path must not hang the reader.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise PlanError(f"{path} is not a regular file")
+        if info.st_size > limit:
+            raise PlanError(f"{path} is {info.st_size} bytes, over the {limit}-byte limit")
+        chunks: list[bytes] = []
+        remaining = limit + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise PlanError(f"{path} grew over the {limit}-byte limit while being read")
+    return data
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One look at a watched file whose content has not been dealt with yet.
+
+    `content` is the file's bytes, or None when the file is absent (only for watches that act
+    on absence) or could not be read (`error` says why). `key` identifies the content (a hash,
+    or the stamp of a file too large to read); `stable` is True once the file has stayed the
+    same for `STABLE_POLLS` polls, the moment a failing file may be rejected.
+    """
+
+    content: bytes | None
+    error: str | None
+    key: str
+    stable: bool
+
+
+class FileWatch:
+    """Decides, poll by poll, when a watched file's content is complete enough to act on.
+
+    `poll()` returns a `Reading` for content not yet settled, None otherwise; the caller tries
+    it and calls `settle(reading)` once it acted on it (or rejected it), so that the same
+    content is never acted on twice. An unchanged, settled file costs one `stat` per poll.
+    A file that disappears forgets its settled content: written again, it is read afresh.
+    """
+
+    def __init__(
+        self, path: Path, limit: int = MAX_PLAN_BYTES, *, act_on_absence: bool = False
+    ) -> None:
+        self.path = path
+        self._limit = limit
+        self._act_on_absence = act_on_absence
+        self._stamp: FileStamp | None = None
+        self._seen = False
+        self._unchanged = 0
+        self._last_key: str | None = None
+        self._settled_key: str | None = None
+
+    def poll(self) -> Reading | None:
+        """Look at the file once; a Reading if there is unsettled content to try."""
+        stat_error: str | None = None
+        try:
+            stamp = stat_file(self.path)
+        except OSError as exc:
+            stamp, stat_error = None, f"cannot inspect {self.path}: {exc.strerror}"
+        if self._seen and stamp == self._stamp:
+            self._unchanged += 1
+            if self._last_key is not None and self._last_key == self._settled_key:
+                return None
+        else:
+            self._seen = True
+            self._stamp = stamp
+            self._unchanged = 0
+        if stat_error is not None:
+            return self._observe(None, None, stat_error, "error")
+        if stamp is None:
+            if not self._act_on_absence:
+                self._last_key = self._settled_key = None
+                return None
+            return self._observe(stamp, None, None, "absent")
+        if not stamp.regular:
+            return self._observe(stamp, None, f"{self.path} is not a regular file", "irregular")
+        if stamp.size > self._limit:
+            reason = f"{self.path} is {stamp.size} bytes, over the {self._limit}-byte limit"
+            return self._observe(stamp, None, reason, "oversize")
+        try:
+            content = read_capped(self.path, self._limit)
+        except FileNotFoundError:
+            # Removed between stat and open: the next poll sees it gone.
+            return None
+        except PlanError as exc:
+            return self._observe(stamp, None, str(exc), "unreadable")
+        except OSError as exc:
+            return self._observe(stamp, None, f"cannot read {self.path}: {exc.strerror}", "error")
+        return self._observe(stamp, content, None, hashlib.sha256(content).hexdigest())
+
+    def _observe(
+        self, stamp: FileStamp | None, content: bytes | None, error: str | None, kind: str
+    ) -> Reading | None:
+        # `kind` is the content's hash when there is content; content that cannot be hashed is
+        # told apart by its stamp, so that a new write is a new key.
+        key = kind
+        if content is None and stamp is not None:
+            key = f"{kind}:{stamp.mtime_ns}:{stamp.size}:{stamp.inode}"
+        if key != self._last_key:
+            self._last_key = key
+            self._unchanged = 0
+        if key == self._settled_key:
+            return None
+        return Reading(
+            content=content, error=error, key=key, stable=self._unchanged >= STABLE_POLLS
+        )
+
+    def settle(self, reading: Reading) -> None:
+        """The content of `reading` was acted on or rejected: do not offer it again."""
+        self._settled_key = reading.key
+
+
+# --- plans in files ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanRejection:
+    """A plan (or a whole file) that will not be registered, with what is known about it."""
+
+    reason: str
+    name: str | None = None
+    height: int | None = None
+
+
+def _hints(obj: object) -> tuple[str | None, int | None]:
+    """The name and height of a rejected plan object, where they are valid on their own."""
+    if not isinstance(obj, dict):
+        return None, None
+    name: str | None = None
+    height: int | None = None
+    with contextlib.suppress(PlanError):
+        name = validate_name(obj.get("name"))
+    with contextlib.suppress(PlanError):
+        height = validate_height(obj.get("height"))
+    return name, height
+
+
+def plan_file_rejection(raw: bytes, error: PlanError) -> PlanRejection:
+    """The rejection of a whole `upgrade-info.json`, with its name/height when they are valid."""
+    try:
+        decoded = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return PlanRejection(str(error))
+    name, height = _hints(decoded)
+    return PlanRejection(str(error), name, height)
+
+
+def parse_batch_file(raw: bytes, source: str = "batch") -> tuple[list[Plan], list[PlanRejection]]:
+    """Batch content → its valid plans and one rejection per invalid entry.
+
+    A batch that is not a JSON array at all raises PlanError (the whole file is rejected).
+    """
+    plans, errors = parse_batch(raw, source)
+    if not errors:
+        return plans, []
+    # Only when some entry failed: decode again to name the failing entries in the rejections.
+    entries = msgspec.json.decode(raw)
+    rejections: list[PlanRejection] = []
+    for index, obj in enumerate(entries):
+        try:
+            plan_from_object(obj, source)
+        except PlanError as exc:
+            name, height = _hints(obj)
+            rejections.append(PlanRejection(f"batch entry {index}: {exc}", name, height))
+    return plans, rejections
+
+
+# --- editing the plan files (operator tool) ----------------------------------------------------
+
+
+@contextlib.contextmanager
+def locked_plan_files(data_dir: Path) -> Iterator[None]:
+    """Serialise read-modify-write edits of the plan files between operator tools.
+
+    The lock is an flock on the data directory itself: nothing extra is created in the node's
+    data dir, and the daemon (which only reads the files, each written atomically) never waits.
+    """
+    try:
+        fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise PlanError(
+            f"data directory {data_dir} does not exist; run `wemixvisor init <binary>` first"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_batch_objects(data_dir: Path) -> list[dict[str, Any]]:
+    """The batch file's entries as raw JSON objects ([] if there is no batch file).
+
+    Raises PlanError when the file exists but is not a JSON array of objects: an operator
+    tool must not overwrite a file it cannot understand.
+    """
+    path = batch_file(data_dir)
+    try:
+        raw = read_capped(path)
+    except FileNotFoundError:
+        return []
+    try:
+        decoded = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        raise PlanError(f"{path} is not valid JSON; fix or remove it first") from None
+    if not isinstance(decoded, list) or not all(isinstance(obj, dict) for obj in decoded):
+        raise PlanError(f"{path} is not a JSON array of plan objects; fix or remove it first")
+    return decoded
+
+
+def write_batch_objects(data_dir: Path, entries: list[dict[str, Any]]) -> None:
+    """Replace the batch file with `entries` atomically; PlanError if it would exceed 1 MiB."""
+    path = batch_file(data_dir)
+    raw = msgspec.json.format(msgspec.json.encode(entries), indent=2) + b"\n"
+    if len(raw) > MAX_PLAN_BYTES:
+        raise PlanError(
+            f"{path} would be {len(raw)} bytes, over the {MAX_PLAN_BYTES}-byte limit the daemon"
+            " reads"
+        )
+    atomic_write_bytes(path, raw)
+
+
+def remove_from_plan_files(data_dir: Path, name: str) -> list[Path]:
+    """Remove plan `name` from the batch file and from `upgrade-info.json`; the files changed.
+
+    A cancelled plan left in a file would be registered again the next time the daemon reads
+    its files (at every start), so a cancel also takes it out of them. An `upgrade-info.json`
+    holding that plan is removed; the batch file keeps its other entries (removed when none
+    remain). Call under `locked_plan_files`.
+    """
+    changed: list[Path] = []
+    entries = read_batch_objects(data_dir)
+    kept = [entry for entry in entries if entry.get("name") != name]
+    if len(kept) != len(entries):
+        path = batch_file(data_dir)
+        if kept:
+            write_batch_objects(data_dir, kept)
+        else:
+            path.unlink()
+        changed.append(path)
+    single = plan_file(data_dir)
+    try:
+        raw = read_capped(single)
+    except FileNotFoundError:
+        return changed
+    try:
+        decoded = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return changed
+    if isinstance(decoded, dict) and decoded.get("name") == name:
+        single.unlink()
+        changed.append(single)
+    return changed
+
+
+def file_plans(data_dir: Path) -> tuple[list[Plan], list[str]]:
+    """The valid plans in `upgrade-info.json` and the batch file, and a problem line per
+    file or entry that the daemon would reject."""
+    plans: list[Plan] = []
+    problems: list[str] = []
+    single = plan_file(data_dir)
+    try:
+        plans.append(parse_plan(read_capped(single)))
+    except FileNotFoundError:
+        pass
+    except PlanError as exc:
+        problems.append(f"{single}: {exc}")
+    except OSError as exc:
+        problems.append(f"{single}: {exc.strerror}")
+    batch = batch_file(data_dir)
+    try:
+        batch_plans, rejections = parse_batch_file(read_capped(batch))
+    except FileNotFoundError:
+        return plans, problems
+    except PlanError as exc:
+        problems.append(f"{batch}: {exc}")
+        return plans, problems
+    except OSError as exc:
+        problems.append(f"{batch}: {exc.strerror}")
+        return plans, problems
+    plans.extend(batch_plans)
+    problems.extend(f"{batch}: {rejection.reason}" for rejection in rejections)
+    return plans, problems
+
+
+# --- the daemon's state, read and edited offline -----------------------------------------------
+
+
+def read_queue(home: Home) -> QueueState:
+    """The plan queue in `state/plans.json` (empty if the daemon never wrote one)."""
+    path = queue_file(home)
+    try:
+        raw = read_capped(path, MAX_STATE_BYTES)
+    except FileNotFoundError:
+        return QueueState()
+    except PlanError as exc:
+        raise PlanError(f"plan queue {exc}") from None
+    try:
+        return decode_state(raw)
+    except PlanError as exc:
+        raise PlanError(f"{path}: {exc}") from None
+
+
+def write_queue(home: Home, state: QueueState) -> None:
+    """Save the plan queue atomically (temp + fsync + rename + fsync of the directory)."""
+    atomic_write_bytes(queue_file(home), encode_state(state), mode=0o600)
+
+
+def read_journal(home: Home) -> dict[str, Any] | None:
+    """The raw journal object of the upgrade in progress; None if there is none.
+
+    Raises PlanError when the file exists but is not a JSON object.
+    """
+    path = journal_file(home)
+    try:
+        raw = read_capped(path, MAX_STATE_BYTES)
+    except FileNotFoundError:
+        return None
+    try:
+        decoded = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        raise PlanError(f"journal {path} is not valid JSON") from None
+    if not isinstance(decoded, dict):
+        raise PlanError(f"journal {path} is not a JSON object")
+    return decoded
+
+
+class DaemonRunningError(Exception):
+    """A daemon holds the home's lock; `pid` is what it wrote into the lock file, if readable."""
+
+    def __init__(self, pid: int | None) -> None:
+        super().__init__(f"daemon is running (pid {pid if pid is not None else '?'})")
+        self.pid = pid
+
+
+def daemon_pid(home: Home) -> int | None:
+    """The pid the last daemon wrote into `state/daemon.lock` (it may have exited since)."""
+    try:
+        with _lock_file(home).open("rb") as handle:
+            text = handle.read(32).decode(errors="replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def daemon_running(home: Home) -> bool:
+    """Whether a daemon runs on this home: it holds an exclusive flock on `state/daemon.lock`.
+
+    Tries a shared lock without blocking and releases it at once; a lock that cannot be taken
+    means a daemon holds it. A missing lock file means no daemon ever ran here.
+    """
+    try:
+        fd = os.open(_lock_file(home), os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def holding_daemon_lock(home: Home) -> Iterator[None]:
+    """Hold the daemon's lock exclusively while the operator tool edits the daemon's state.
+
+    Raises DaemonRunningError when a daemon holds it; while held, no daemon can start.
+    The lock file's content (the last daemon's pid) is left as it is.
+    """
+    if not home.visor_dir.is_dir():
+        raise PlanError(f"{home.visor_dir} does not exist; run `wemixvisor init <binary>` first")
+    home.state_dir.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(_lock_file(home), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            raise DaemonRunningError(daemon_pid(home)) from None
+        yield
+    finally:
+        os.close(fd)

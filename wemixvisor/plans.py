@@ -1,0 +1,312 @@
+"""Upgrade plans (SPEC §4): parsing and validation, and the persistent plan queue's rules.
+
+Everything here is pure: bytes or plain data in, plans or `PlanError` out. Files, events and
+actors live elsewhere.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Any
+
+import msgspec
+
+MAX_PLAN_BYTES = 1024 * 1024
+MAX_HEIGHT = 2**63 - 1
+_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_URL_PREFIXES = ("http://", "https://", "file://")
+
+
+class PlanError(ValueError):
+    """A plan that must not be acted on; the message is the reason given to the operator."""
+
+
+class PlanStatus(enum.StrEnum):
+    """Where a plan is in its life."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Plan(msgspec.Struct, frozen=True, kw_only=True):
+    """One validated upgrade plan.
+
+    `info` is the plan's info object (binaries etc.) when given inline or as a JSON string;
+    `info_url` when it was given as an URL to fetch (the downloader resolves it).
+    """
+
+    name: str
+    height: int
+    info: dict[str, Any] | None = None
+    info_url: str | None = None
+    source: str = "file"
+
+
+def validate_name(name: object) -> str:
+    """`name`: 1-64 chars of [A-Za-z0-9._-], not `.` or `..`; used as-is."""
+    if not isinstance(name, str):
+        raise PlanError(f"name must be a string, got {type(name).__name__}")
+    if name in (".", "..") or not _NAME_RE.fullmatch(name):
+        shown = name if len(name) <= 80 else name[:80] + "…"
+        raise PlanError(f"invalid name {shown!r}: 1-64 characters of A-Z a-z 0-9 . _ -")
+    return name
+
+
+def validate_height(height: object) -> int:
+    """`height`: an integer > 0, or a decimal string of one."""
+    if isinstance(height, bool):
+        raise PlanError("height must be an integer, got a boolean")
+    if isinstance(height, str):
+        text = height.strip()
+        if not text.isascii() or not text.isdigit() or len(text) > 19:
+            shown = height if len(height) <= 40 else height[:40] + "…"
+            raise PlanError(f"height {shown!r} is not a decimal integer")
+        height = int(text)
+    if not isinstance(height, int):
+        raise PlanError(f"height must be an integer, got {type(height).__name__}")
+    if height <= 0:
+        raise PlanError(f"height must be > 0, got {_shown_int(height)}")
+    if height > MAX_HEIGHT:
+        raise PlanError(f"height {_shown_int(height)} is out of range")
+    return height
+
+
+def _shown_int(number: int) -> str:
+    # JSON integers of thousands of digits decode fine; the reason given must stay one line.
+    text = str(number)
+    return text if len(text) <= 40 else f"{text[:20]}…({len(text)} digits)"
+
+
+def _validate_info(info: object) -> tuple[dict[str, Any] | None, str | None]:
+    if info is None:
+        return None, None
+    if isinstance(info, dict):
+        return _check_info_object(info), None
+    if isinstance(info, str):
+        text = info.strip()
+        if not text:
+            return None, None
+        if text.startswith(_URL_PREFIXES):
+            return None, text
+        try:
+            decoded = msgspec.json.decode(text)
+        except (msgspec.DecodeError, RecursionError):
+            raise PlanError("info is neither a JSON object nor an http(s)/file URL") from None
+        if not isinstance(decoded, dict):
+            raise PlanError("info must hold a JSON object")
+        return _check_info_object(decoded), None
+    raise PlanError(f"info must be an object, a JSON string or an URL, got {type(info).__name__}")
+
+
+def _check_info_object(info: dict[str, Any]) -> dict[str, Any]:
+    binaries = info.get("binaries")
+    if binaries is None:
+        return info
+    if not isinstance(binaries, dict):
+        raise PlanError("info.binaries must be an object of platform → URL")
+    for platform, url in binaries.items():
+        if not isinstance(url, str) or not url.strip():
+            raise PlanError(f"info.binaries[{platform!r}] must be an URL string")
+    return info
+
+
+def plan_from_object(obj: object, source: str) -> Plan:
+    """Validate one decoded plan object (`name`, `height`, optional `info`; `time` ignored)."""
+    if not isinstance(obj, dict):
+        raise PlanError(f"a plan must be a JSON object, got {type(obj).__name__}")
+    if "name" not in obj:
+        raise PlanError("plan has no name")
+    if "height" not in obj:
+        raise PlanError("plan has no height")
+    name = validate_name(obj["name"])
+    height = validate_height(obj["height"])
+    info, info_url = _validate_info(obj.get("info"))
+    return Plan(name=name, height=height, info=info, info_url=info_url, source=source)
+
+
+def _decode(raw: bytes) -> Any:
+    if len(raw) > MAX_PLAN_BYTES:
+        raise PlanError(f"file is {len(raw)} bytes, over the {MAX_PLAN_BYTES}-byte limit")
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise PlanError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        # msgspec raises this (not DecodeError) for arrays/objects nested thousands deep.
+        raise PlanError("not valid JSON: nested too deeply") from None
+
+
+def parse_plan(raw: bytes, source: str = "file") -> Plan:
+    """`upgrade-info.json`: one plan object."""
+    return plan_from_object(_decode(raw), source)
+
+
+def parse_batch(raw: bytes, source: str = "batch") -> tuple[list[Plan], list[PlanError]]:
+    """`upgrade-info.json.batch`: an array of plans; each element stands or falls alone."""
+    decoded = _decode(raw)
+    if not isinstance(decoded, list):
+        raise PlanError(f"a batch must be a JSON array, got {type(decoded).__name__}")
+    plans: list[Plan] = []
+    errors: list[PlanError] = []
+    for index, obj in enumerate(decoded):
+        try:
+            plans.append(plan_from_object(obj, source))
+        except PlanError as exc:
+            errors.append(PlanError(f"batch entry {index}: {exc}"))
+    return plans, errors
+
+
+def plan_to_object(plan: Plan) -> dict[str, Any]:
+    """The cosmovisor-style JSON object of a plan (what upgrade-info.json holds)."""
+    obj: dict[str, Any] = {"name": plan.name, "height": plan.height}
+    if plan.info is not None:
+        obj["info"] = plan.info
+    elif plan.info_url is not None:
+        obj["info"] = plan.info_url
+    return obj
+
+
+class QueuedPlan(msgspec.Struct, kw_only=True):
+    """A plan in the persistent queue, with its life so far."""
+
+    plan: Plan
+    status: PlanStatus = PlanStatus.PENDING
+    late: bool = False
+    registered_at: float = 0.0
+    finished_at: float | None = None
+    result: str | None = None  # why it failed / was cancelled, or "ok"
+
+
+class QueueState(msgspec.Struct, kw_only=True):
+    """The whole queue as stored in state/plans.json."""
+
+    version: int = 1
+    plans: list[QueuedPlan] = msgspec.field(default_factory=list)
+
+
+class RegisterOutcome(enum.Enum):
+    """What `register` did."""
+
+    ADDED = "added"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"  # the same pending plan again, or a plan that already ran
+
+
+def _find(state: QueueState, name: str) -> QueuedPlan | None:
+    return next((entry for entry in state.plans if entry.plan.name == name), None)
+
+
+def register(
+    state: QueueState, plan: Plan, *, head: int | None, now: bool, at: float
+) -> tuple[RegisterOutcome, QueuedPlan | None]:
+    """Add `plan` to the queue (mutates `state`); raise PlanError when it is refused.
+
+    Rules (SPEC §4): keyed by name; a plan that completed or is running is never run again
+    (UNCHANGED), nor a failed one unless re-scheduled through the control protocol; two pending
+    plans at one height conflict and the later is refused; a plan at or below the head is refused
+    from the control protocol unless `now`, and from files/governance runs at once, marked late.
+    """
+    existing = _find(state, plan.name)
+    if existing is not None and existing.status is not PlanStatus.PENDING:
+        # A cancelled plan may be scheduled again; a failed one only by an operator's explicit
+        # request (files keep showing it after a restart, which must not retry it).
+        rescheduled = existing.status is PlanStatus.FAILED and plan.source == "control"
+        if existing.status is PlanStatus.CANCELLED or rescheduled:
+            state.plans.remove(existing)
+            existing = None
+        else:
+            return RegisterOutcome.UNCHANGED, existing
+    for other in state.plans:
+        if (
+            other.status is PlanStatus.PENDING
+            and other.plan.height == plan.height
+            and other.plan.name != plan.name
+        ):
+            raise PlanError(
+                f"conflict: plan {other.plan.name!r} is already scheduled at height {plan.height}"
+            )
+    late = head is not None and plan.height <= head
+    if late and plan.source == "control" and not now:
+        raise PlanError(
+            f"height {plan.height} has passed (head is {head}); send it with now=true to "
+            "upgrade at once"
+        )
+    if existing is not None:
+        if _same_plan(existing.plan, plan):
+            return RegisterOutcome.UNCHANGED, existing
+        existing.plan = plan
+        existing.late = late
+        existing.registered_at = at
+        return RegisterOutcome.UPDATED, existing
+    entry = QueuedPlan(plan=plan, late=late, registered_at=at)
+    state.plans.append(entry)
+    return RegisterOutcome.ADDED, entry
+
+
+def _same_plan(a: Plan, b: Plan) -> bool:
+    """Equal for the upgrade it describes, whichever source showed it."""
+    return (a.name, a.height, a.info, a.info_url) == (b.name, b.height, b.info, b.info_url)
+
+
+def cancel(state: QueueState, name: str, *, at: float, reason: str = "cancelled") -> QueuedPlan:
+    """Cancel a pending plan; KeyError if unknown, PlanError if it is not pending."""
+    entry = _find(state, name)
+    if entry is None:
+        raise KeyError(name)
+    if entry.status is not PlanStatus.PENDING:
+        raise PlanError(f"plan {name!r} is {entry.status.value}, not pending")
+    entry.status = PlanStatus.CANCELLED
+    entry.finished_at = at
+    entry.result = reason
+    return entry
+
+
+def pending(state: QueueState) -> list[QueuedPlan]:
+    """Pending plans, lowest height first."""
+    return sorted(
+        (entry for entry in state.plans if entry.status is PlanStatus.PENDING),
+        key=lambda entry: entry.plan.height,
+    )
+
+
+def due(state: QueueState, head: int | None) -> QueuedPlan | None:
+    """The plan to run now: the lowest pending plan with height ≤ head (never on unknown head).
+
+    A late plan is due whatever the head, since it was accepted as already passed.
+    """
+    for entry in pending(state):
+        if entry.late or (head is not None and head >= entry.plan.height):
+            return entry
+    return None
+
+
+def get(state: QueueState, name: str) -> QueuedPlan | None:
+    """The queued plan named `name`, if any."""
+    return _find(state, name)
+
+
+def encode_state(state: QueueState) -> bytes:
+    """state/plans.json contents."""
+    return msgspec.json.format(msgspec.json.encode(state), indent=2)
+
+
+def decode_state(raw: bytes) -> QueueState:
+    """Parse state/plans.json; PlanError when it is not a queue."""
+    try:
+        state = msgspec.json.decode(raw, type=QueueState)
+    except msgspec.DecodeError as exc:
+        raise PlanError(f"plan queue is unreadable: {exc}") from None
+    except RecursionError:
+        raise PlanError("plan queue is unreadable: nested too deeply") from None
+    # Names become paths (upgrades/<name>): a queue edited by hand must not smuggle one in.
+    for index, entry in enumerate(state.plans):
+        try:
+            validate_name(entry.plan.name)
+            validate_height(entry.plan.height)
+        except PlanError as exc:
+            raise PlanError(f"plan queue is unreadable: plans[{index}]: {exc}") from None
+    return state
