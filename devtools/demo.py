@@ -4,8 +4,10 @@
 
 It initialises a demo home with anvil 1.5.1 as the genesis binary, starts the daemon, tails its
 events with `wemixvisor events`, then plays a short scenario: the node is killed with SIGKILL
-and comes back on its own. It keeps running until Ctrl-C (or `--duration`), then stops the
-daemon, which stops the node gracefully.
+and comes back on its own; then an upgrade to anvil 1.7.1 is scheduled a few blocks ahead with
+`wemixvisor add-upgrade --height`, and at that height the daemon stops the node, backs up its
+data, switches `current` and starts the new binary, which continues the same chain. It keeps
+running until Ctrl-C (or `--duration`), then stops the daemon, which stops the node gracefully.
 """
 
 from __future__ import annotations
@@ -119,15 +121,34 @@ def run(home: Path, duration: float | None) -> int:
             f"{time.monotonic() - began:.3f}s after the kill "
             f"({waited:.3f}s of that waiting for RPC)"
         )
+        upgrade_bin = anvil_binary("1.7.1")
+        height = int(rpc_call(url, "eth_blockNumber"), 16) + 5
+        _say(
+            f"{rpc_call(url, 'web3_clientVersion')} at head {height - 5}; scheduling anvil 1.7.1 "
+            f"at height {height}:\n    wemixvisor add-upgrade v1.7.1 {upgrade_bin} "
+            f"--height {height}"
+        )
+        _wemixvisor("add-upgrade", "v1.7.1", str(upgrade_bin), "--height", str(height), env=env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not stop_requested:
+            try:
+                version = rpc_call(url, "web3_clientVersion")
+            except OSError:
+                version = ""
+            if version == "anvil/v1.7.1":
+                break
+            time.sleep(0.2)
+        head = int(rpc_call(url, "eth_blockNumber"), 16)
+        _say(f"the node now answers {rpc_call(url, 'web3_clientVersion')}, head {head}")
         _say(
             "the daemon keeps supervising; in another terminal try:\n"
             f"    DAEMON_HOME={home} .venv/bin/wemixvisor events node.\n"
             "Ctrl-C stops the demo"
             + (f" (or it stops by itself after {duration:g}s)" if duration else "")
         )
-        deadline = time.monotonic() + duration if duration else None
+        end = time.monotonic() + duration if duration else None
         while not stop_requested and daemon.poll() is None:
-            if deadline is not None and time.monotonic() >= deadline:
+            if end is not None and time.monotonic() >= end:
                 break
             time.sleep(0.2)
     finally:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from loguru import logger
+
 from wemixvisor.commands import COMMANDS
 from wemixvisor.config import Config, ConfigError, load_config
 
@@ -73,6 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "run":
+        # The operator tool prints its own results; library chatter (reconnects, etc.) only
+        # when something is wrong. The daemon (`run`) sets up its own logging.
+        logger.remove()
+        logger.add(sys.stderr, level="WARNING", format="wemixvisor: {level}: {message}")
     env = dict(os.environ)
     if args.home is not None:
         env["DAEMON_HOME"] = args.home

@@ -235,9 +235,32 @@ class UpgradeSaga:
 
     def _enter(self, step: Step) -> None:
         self.journal.step = step
-        save_journal(self.journal_path, self.journal)
-        self.bus.publish(ev.UpgradeStep(name=self.plan.name, step=step.value))
-        logger.info("upgrade {}: {}", self.plan.name, step.value)
+        skipped = self._skipped(step)
+        if not skipped:
+            # Each durable write costs milliseconds of downtime between the stop and the start,
+            # so a step with nothing to do is announced but not journaled: resuming at the
+            # step before it is the same.
+            if step is Step.STOPPING and self.journal.stop_requested_at is None:
+                self.journal.stop_requested_at = time.time()
+            if step is Step.STARTING:
+                # Recorded before the start so that a rollback after a crash right after it
+                # still restores the backup; restoring a copy of unchanged data is harmless.
+                self.journal.new_binary_started = self.config.upgrade.restart_after_upgrade
+            save_journal(self.journal_path, self.journal)
+        self.bus.publish(
+            ev.UpgradeStep(
+                name=self.plan.name, step=step.value, detail="skipped" if skipped else ""
+            )
+        )
+        logger.info("upgrade {}: {}{}", self.plan.name, step.value, " (skipped)" if skipped else "")
+
+    def _skipped(self, step: Step) -> bool:
+        upgrade = self.config.upgrade
+        return (
+            (step is Step.BACKUP and self.config.backup.skip)
+            or (step is Step.CUSTOM_PREUPGRADE and not upgrade.custom_preupgrade)
+            or (step is Step.APP_PREUPGRADE and not upgrade.app_preupgrade)
+        )
 
     def _do(self, step: Step) -> SagaResult | None:
         match step:
@@ -260,9 +283,6 @@ class UpgradeSaga:
     # steps
 
     def _stop_node(self) -> None:
-        if self.journal.stop_requested_at is None:
-            self.journal.stop_requested_at = time.time()
-            save_journal(self.journal_path, self.journal)
         self._stop_began = time.monotonic()
         status = self._stop_and_wait(f"upgrade {self.plan.name}")
         if status.state is not NodeState.STOPPED:
@@ -325,6 +345,10 @@ class UpgradeSaga:
 
     def _switch(self) -> None:
         switch_current(self.home, self.journal.to_target)
+
+    def _copy_plan(self) -> None:
+        # Written while the new binary starts, not before: it is a record for the operator,
+        # and a durable write here would add to the downtime.
         plan_copy = self.home.target_dir(self.journal.to_target) / "upgrade-info.json"
         atomic_write_bytes(plan_copy, msgspec.json.encode(plan_to_object(self.plan)))
 
@@ -363,11 +387,7 @@ class UpgradeSaga:
         self._start_requested_at = time.time()
         status = self._node_status()
         if status.state not in (NodeState.STARTING, NodeState.RUNNING):
-            self.journal.new_binary_started = True
-            save_journal(self.journal_path, self.journal)
             self.bus.tell("node", StartNode(reason=f"upgrade {self.plan.name}"))
-        else:
-            self.journal.new_binary_started = True
         return None
 
     def _verify(self) -> None:
@@ -377,29 +397,44 @@ class UpgradeSaga:
         since the new one continues from the same data.
         """
         config = self.config
+        self._copy_plan()
         deadline = time.monotonic() + config.upgrade.verify_timeout
         client = RpcClient(config.rpc.address, timeout=min(config.rpc.timeout, 1.0))
         since = self._start_requested_at
+        next_status = 0.0
+        status = self._node_status()
         while True:
-            status = self._node_status()
-            crashes = [e for e in status.exits if e.at >= since and not e.expected]
-            if crashes:
-                last = crashes[-1]
-                how = f"signal {last.signal}" if last.signal else f"exit code {last.exit_code}"
-                raise StepFailed(Step.VERIFYING, f"new binary exited ({how})")
-            if status.state in (NodeState.FATAL, NodeState.EXITED, NodeState.STOPPED):
-                raise StepFailed(Step.VERIFYING, f"new binary is {status.state}")
-            if status.state is NodeState.RUNNING and self._first_answer_at is None:
+            now = time.monotonic()
+            if now >= next_status:
+                # The node's state is asked every 50 ms; RPC is tried every few ms, since the
+                # first answer ends the downtime.
+                status = self._node_status()
+                next_status = now + 0.05
+                crashes = [e for e in status.exits if e.at >= since and not e.expected]
+                if crashes:
+                    last = crashes[-1]
+                    how = f"signal {last.signal}" if last.signal else f"exit code {last.exit_code}"
+                    raise StepFailed(Step.VERIFYING, f"new binary exited ({how})")
+                if status.state in (NodeState.FATAL, NodeState.EXITED, NodeState.STOPPED):
+                    raise StepFailed(Step.VERIFYING, f"new binary is {status.state}")
+            if self._first_answer_at is None and status.state in (
+                NodeState.STARTING,
+                NodeState.RUNNING,
+            ):
                 head = _hex_height(_call_quietly(client, "eth_blockNumber"))
                 if head is not None:
                     self._first_answer_at = time.monotonic()
                     self._first_head = head
-            alive_long_enough = status.uptime is not None and status.uptime >= min(
-                config.node.startsecs, config.upgrade.verify_timeout
+                    next_status = 0.0  # check the state at once
+                    continue
+            alive_long_enough = (
+                status.state is NodeState.RUNNING
+                and status.uptime is not None
+                and status.uptime >= min(config.node.startsecs, config.upgrade.verify_timeout)
             )
             if self._first_answer_at is not None and alive_long_enough:
                 return
-            if time.monotonic() >= deadline:
+            if now >= deadline:
                 if self._first_answer_at is None:
                     reason = (
                         "RPC never answered"
@@ -411,7 +446,7 @@ class UpgradeSaga:
                 raise StepFailed(
                     Step.VERIFYING, f"{reason} within {config.upgrade.verify_timeout:g}s"
                 )
-            time.sleep(0.01)
+            time.sleep(0.003 if self._first_answer_at is None else 0.02)
 
     # endings
 

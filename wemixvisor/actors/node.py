@@ -259,7 +259,6 @@ class NodeActor(SupervisedActor):
         proc_os.write_pidfile(self._home.state_dir / "node.pid", process)
         proc_os.watch_exit(process, self._exit_reporter(generation), f"node-wait-{process.pid}")
         self._start_probe(generation)
-        self._detect_version(binary)
 
     def _adopt(self) -> bool:
         pidfile = self._home.state_dir / "node.pid"
@@ -334,6 +333,8 @@ class NodeActor(SupervisedActor):
         self._running_since = time.monotonic()
         self._last_error = None
         self._set_state(NodeState.RUNNING)
+        # Running `<bin> --version` while the node starts would compete with it for the CPU.
+        self._detect_version(self._process.binary)
         logger.info(
             "node running (pid {}, {} after {:.3f}s)",
             self._process.pid,

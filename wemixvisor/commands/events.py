@@ -135,6 +135,8 @@ def _shown_fields(payload: dict[str, Any]) -> list[tuple[str, Any]]:
 def _value(value: Any) -> str:
     if isinstance(value, str):
         return _text(value)
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".")  # milliseconds are enough to read
     encoded = _encode_json(value).decode()
     # Numbers, booleans, null and compact lists read best as bare JSON.
     if encoded.isprintable() and not any(c.isspace() for c in encoded):
