@@ -968,6 +968,16 @@ def _check_consistency(values: Mapping[str, object], sources: Mapping[str, str])
             f"{described('backup.dir')} and {described('node.data_dir')} must not contain "
             "each other"
         )
+    stall, poll = values["rpc.stall_timeout"], values["rpc.poll_interval"]
+    assert isinstance(stall, float)
+    assert isinstance(poll, float)
+    # Polling sees a new head at most one interval late: a shorter stall timeout would report
+    # stalls of a chain that is moving.
+    if 0 < stall < 2 * poll:
+        raise ConfigError(
+            f"{described('rpc.stall_timeout')} must be 0 (off) or at least twice "
+            f"{described('rpc.poll_interval')}"
+        )
     if values["control.endpoint"] == values["events.endpoint"]:
         raise ConfigError(
             f"{described('control.endpoint')} and {described('events.endpoint')} must differ"

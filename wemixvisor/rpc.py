@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import socket
+import time
 import urllib.parse
 from typing import Any
 
@@ -84,6 +85,7 @@ class RpcClient:
         )
         conn = conn_type(parsed.hostname or "127.0.0.1", parsed.port, timeout=self.timeout)
         try:
+            deadline = time.monotonic() + self.timeout
             conn.request(
                 "POST",
                 parsed.path or "/",
@@ -91,12 +93,23 @@ class RpcClient:
                 headers={"Content-Type": "application/json"},
             )
             response = conn.getresponse()
-            raw = response.read(MAX_RESPONSE_BYTES + 1)
-            if len(raw) > MAX_RESPONSE_BYTES:
-                raise RpcError(f"answer over {MAX_RESPONSE_BYTES} bytes")
             if response.status != 200:
                 raise RpcError(f"HTTP {response.status}")
-            return raw
+            # The timeout bounds the whole call, not each read: a peer trickling a byte at a
+            # time must not keep a caller waiting for ever.
+            raw = bytearray()
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise RpcError(f"answer not complete within {self.timeout:g}s")
+                if conn.sock is not None:
+                    conn.sock.settimeout(remaining)
+                chunk = response.read1(65536)
+                if not chunk:
+                    return bytes(raw)
+                raw += chunk
+                if len(raw) > MAX_RESPONSE_BYTES:
+                    raise RpcError(f"answer over {MAX_RESPONSE_BYTES} bytes")
         finally:
             conn.close()
 
@@ -111,6 +124,7 @@ class RpcClient:
                 open_timeout=self.timeout,
                 close_timeout=self.timeout,
                 max_size=MAX_RESPONSE_BYTES,
+                proxy=None,  # node RPC is never sent through an HTTP(S)_PROXY of the environment
             ) as ws:
                 ws.send(body.decode())
                 answer = ws.recv(timeout=self.timeout)
@@ -119,6 +133,7 @@ class RpcClient:
         return answer.encode() if isinstance(answer, str) else answer
 
     def _ipc(self, body: bytes) -> bytes:
+        deadline = time.monotonic() + self.timeout
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(self.timeout)
             sock.connect(self.address)
@@ -126,14 +141,22 @@ class RpcClient:
             buffer = bytearray()
             decoder = msgspec.json.Decoder()
             while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise RpcError(f"answer not complete within {self.timeout:g}s")
+                sock.settimeout(remaining)
                 chunk = sock.recv(65536)
                 if not chunk:
                     raise RpcError("IPC connection closed before a full answer")
                 buffer += chunk
                 if len(buffer) > MAX_RESPONSE_BYTES:
                     raise RpcError(f"answer over {MAX_RESPONSE_BYTES} bytes")
+                # IPC answers are not length-framed: only an answer that ends like a JSON
+                # object or array can be complete, which keeps big answers linear to read.
+                if bytes(buffer.rstrip()[-1:]) not in (b"}", b"]"):
+                    continue
                 try:
                     decoder.decode(buffer)
                 except msgspec.DecodeError:
-                    continue  # not complete yet: IPC answers are not length-framed
+                    continue
                 return bytes(buffer)
