@@ -37,7 +37,7 @@ def test_http_ws_and_ipc_reach_the_same_real_node(anvil_ipc: tuple[AnvilProcess,
 
 
 def test_a_large_ipc_answer_is_read_whole(anvil_ipc: tuple[AnvilProcess, str]) -> None:
-    node, ipc = anvil_ipc
+    _node, ipc = anvil_ipc
     client = RpcClient(ipc, timeout=10)
     for _ in range(5):
         client.call("evm_mine")
