@@ -41,6 +41,7 @@ __all__ = [
     "IntegrityError",
     "RpcError",
     "anvil_binary",
+    "anvil_tarball",
     "cache_root",
     "fetch_all",
     "free_port",
@@ -114,6 +115,37 @@ def anvil_binary(version: str) -> Path:
             return binary
         _fetch(version, anvil_dir, binary)
     return binary
+
+
+def anvil_tarball(version: str) -> Path:
+    """Path of the npm tarball of anvil `version` (`<cache>/tarballs/`), fetched if missing.
+
+    The tarball is checked against the recorded integrity on every call, so a caller may serve
+    its bytes as a genuine release artifact. Raises like `anvil_binary`.
+    """
+    if version not in _INTEGRITY:
+        supported = ", ".join(SUPPORTED_VERSIONS)
+        raise ValueError(f"unknown anvil version {version!r} (supported: {supported})")
+    tarball_dir = cache_root() / "tarballs"
+    tarball = tarball_dir / f"anvil-linux-amd64-{version}.tgz"
+    tarball_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(tarball_dir / f".{version}.lock"):
+        if tarball.is_file():
+            try:
+                _check_integrity(tarball, _INTEGRITY[version])
+            except IntegrityError:
+                logger.warning("cached %s is damaged; fetching it again", tarball)
+            else:
+                return tarball
+        work = Path(tempfile.mkdtemp(prefix=f".fetch-{version}-", dir=tarball_dir))
+        try:
+            fetched = _npm_pack(version, work)
+            _check_integrity(fetched, _INTEGRITY[version])
+            os.replace(fetched, tarball)
+            _fsync_dir(tarball_dir)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return tarball
 
 
 def fetch_all() -> dict[str, Path]:

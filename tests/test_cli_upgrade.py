@@ -364,7 +364,7 @@ def test_cancel_is_refused_while_a_daemon_holds_the_lock(
     (home / "data/upgrade-info.json.batch").write_text('[{"name": "v2", "height": 200}]')
     queue_before = (home / "wemixvisor/state/plans.json").read_bytes()
 
-    assert main(["upgrade", "cancel", "v2"]) == 1
+    assert main(["upgrade", "cancel", "v2"]) == 3
 
     err = capsys.readouterr().err
     assert f"daemon is running (pid {daemon_lock_held})" in err

@@ -50,7 +50,7 @@ class Chain:
     def add(self, name: str, binary: Path) -> None:
         add_upgrade(self.layout, name, binary)
 
-    def daemon(self, **env: str) -> Daemon:
+    def daemon(self, *, mining: bool = True, **env: str) -> Daemon:
         base = {
             "DAEMON_NAME": "anvil",
             "DAEMON_RPC_ADDRESS": self.url,
@@ -59,14 +59,9 @@ class Chain:
             "DAEMON_SHUTDOWN_GRACE": "10s",
             "DAEMON_VERIFY_TIMEOUT": "20s",
         }
-        args = [
-            "--port",
-            str(self.port),
-            "--block-time",
-            "1",
-            "--state",
-            str(self.home / "data" / "state.json"),
-        ]
+        args = ["--port", str(self.port), "--state", str(self.home / "data" / "state.json")]
+        if mining:
+            args += ["--block-time", "1"]
         daemon = Daemon(self.home, {**base, **env}, args).start()
         self.daemons.append(daemon)
         return daemon
@@ -512,6 +507,38 @@ def test_killing_the_node_is_not_mistaken_for_an_upgrade_and_sigterm_is_clean(
         os.kill(pid, signal.SIGKILL)
         events.wait_for("node.running", timeout=20)
         assert not [p for p in events.seen if p["topic"].startswith("upgrade.")]
+    finally:
+        events.close()
+    assert daemon.terminate() == 0
+
+
+def test_a_chain_that_does_not_move_after_the_upgrade_is_waited_for_not_rolled_back(
+    chain_factory: Callable[..., Chain], anvil_bin_1_7_1: Path
+) -> None:
+    chain = chain_factory()
+    chain.add("v1.7.1", anvil_bin_1_7_1)
+    # No block time: blocks appear only when the test mines them, as on a chain whose other
+    # validators have not upgraded yet.
+    daemon = chain.daemon(mining=False, DAEMON_NETWORK_WAIT="2s", UNSAFE_SKIP_BACKUP="true")
+    events = EventLog(daemon.events_endpoint)
+    try:
+        events.wait_for("supervisor.heartbeat", lambda p: p["node_state"] == "RUNNING")
+        wait_for_rpc(chain.url, timeout=10)
+        height = chain.head() + 2
+        chain.write_plan("v1.7.1", height)
+        events.wait_for("plan.registered", timeout=20)
+        rpc_call(chain.url, "evm_mine")
+        rpc_call(chain.url, "evm_mine")
+        completed = events.wait_for("upgrade.completed", timeout=30)
+        assert completed["first_head"] == height
+        waiting = events.wait_for("upgrade.waiting_for_network", timeout=20)
+        assert waiting["name"] == "v1.7.1"
+        assert waiting["head"] == height
+        assert chain.client_version() == "anvil/v1.7.1"
+        assert not [
+            p for p in events.seen if p["topic"] in ("upgrade.failed", "upgrade.rolled_back")
+        ]
+        assert chain.current() == "upgrades/v1.7.1"
     finally:
         events.close()
     assert daemon.terminate() == 0

@@ -2,8 +2,10 @@
 
 `python -m wemixvisor.bootstrap [node args...]` is `wemixvisor run [node args...]`.
 
-Start order: events publisher (so every later actor can report) → node. Stop order is the
-reverse, after the node itself was stopped gracefully.
+Start order: events publisher (so every later actor can report) → node → … → control server
+(last: it serves requests only once every actor it asks is there). Stop order is the reverse,
+after the node itself was stopped gracefully; the control server keeps answering `status`
+during that stop but refuses verbs that change anything.
 """
 
 from __future__ import annotations
@@ -23,18 +25,24 @@ import pykka
 from loguru import logger
 
 from wemixvisor import __version__
+from wemixvisor.actors.backup import BackupActor
+from wemixvisor.actors.control import ControlActor
 from wemixvisor.actors.events import EventsActor
 from wemixvisor.actors.files import FileSourceActor
+from wemixvisor.actors.governance import GovernanceActor
 from wemixvisor.actors.height import HeightActor
 from wemixvisor.actors.node import NodeActor
 from wemixvisor.actors.orchestrator import OrchestratorActor
 from wemixvisor.bus import Bus
 from wemixvisor.config import Config, ConfigError, load_config
+from wemixvisor.control.security import ServerCurve, keys_dir_of, server_curve_for
+from wemixvisor.control.verbs import ControlContext
 from wemixvisor.layout import Home
 from wemixvisor.logs import setup_logging
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.events import PublishHeartbeat
 from wemixvisor.messages.node import GetNodeStatus, NodeStatus, StopNode
+from wemixvisor.metrics import MetricsExporter
 from wemixvisor.process import become_subreaper
 from wemixvisor.publisher import EndpointError
 from wemixvisor.supervision import Supervisor
@@ -97,8 +105,23 @@ class Daemon:
         self.supervisor.add("events", self._start_events)
         self.supervisor.add("node", self._start_node)
         self.supervisor.add("height", self._start_height)
+        self.supervisor.add("governance", self._start_governance)
         self.supervisor.add("files", self._start_files)
+        self.supervisor.add("backup", self._start_backup)
         self.supervisor.add("orchestrator", self._start_orchestrator)
+        self.control = ControlContext(
+            bus=self.bus,
+            config=config,
+            home=self.home,
+            environ=self.environ,
+            overrides=self.overrides,
+            started=self.started,
+            actor_restarts=self.supervisor.restarts,
+        )
+        self._control_curve: ServerCurve | None = None
+        # Added last: started after every actor it asks, stopped first.
+        self.supervisor.add("control", self._start_control)
+        self.metrics: MetricsExporter | None = None
 
     def _start_events(self, supervisor: Supervisor) -> pykka.ActorRef[Any]:
         return EventsActor.start(
@@ -125,6 +148,11 @@ class Daemon:
             config=self.config, bus=self.bus, failure_sink=supervisor.failure_sink
         )
 
+    def _start_governance(self, supervisor: Supervisor) -> pykka.ActorRef[Any]:
+        return GovernanceActor.start(
+            config=self.config, home=self.home, bus=self.bus, failure_sink=supervisor.failure_sink
+        )
+
     def _start_files(self, supervisor: Supervisor) -> pykka.ActorRef[Any]:
         return FileSourceActor.start(
             config=self.config,
@@ -134,10 +162,39 @@ class Daemon:
             failure_sink=supervisor.failure_sink,
         )
 
+    def _start_backup(self, supervisor: Supervisor) -> pykka.ActorRef[Any]:
+        return BackupActor.start(
+            config=self.config, home=self.home, bus=self.bus, failure_sink=supervisor.failure_sink
+        )
+
     def _start_orchestrator(self, supervisor: Supervisor) -> pykka.ActorRef[Any]:
         return OrchestratorActor.start(
             config=self.config, home=self.home, bus=self.bus, failure_sink=supervisor.failure_sink
         )
+
+    def _start_control(self, supervisor: Supervisor) -> pykka.ActorRef[Any]:
+        return ControlActor.start(
+            context=self.control,
+            endpoint=self.config.control.endpoint,
+            curve=self._control_curve,
+            failure_sink=supervisor.failure_sink,
+        )
+
+    def _start_metrics(self) -> None:
+        address = self.config.metrics.address
+        if not address:
+            return
+        exporter = MetricsExporter(
+            address,
+            self.bus,
+            self.config.events.endpoint,
+            actor_restarts=self.supervisor.restarts,
+        )
+        try:
+            exporter.start()
+        except OSError as exc:
+            raise DaemonError(f"cannot serve metrics on {address}: {exc}") from exc
+        self.metrics = exporter
 
     def _report_restart(self, role: str, error: str) -> None:
         self.bus.publish(ev.ActorRestarted(actor=role, error=error))
@@ -157,13 +214,21 @@ class Daemon:
             raise DaemonError(
                 f"{self.home.visor_dir} does not exist: run `wemixvisor init <binary>` first"
             )
+        # Refused before anything starts: a non-loopback tcp control endpoint without CURVE.
+        self._control_curve = server_curve_for(
+            self.config.control.endpoint, keys_dir_of(self.home.root)
+        )
         with daemon_lock(self.home):
             self.install_signals()
             if not become_subreaper():
                 logger.warning("cannot become child subreaper: orphans of the node go to PID 1")
             try:
+                # Before the node starts: a metrics address in use must not leave a node behind.
+                self._start_metrics()
                 self.supervisor.start_all()
             except Exception:
+                if self.metrics is not None:
+                    self.metrics.stop()
                 self.supervisor.stop_all()
                 raise
             self.bus.publish(
@@ -206,6 +271,7 @@ class Daemon:
 
     def _shutdown(self, reason: str) -> None:
         logger.info("stopping ({}): node first, then the actors", reason)
+        self.control.stopping.set()
         self.bus.publish(ev.SupervisorStopping(reason=reason))
         done: pykka.ThreadingFuture[NodeStatus] = pykka.ThreadingFuture()
         if self.bus.tell("node", StopNode(reason=f"daemon {reason}", done=done)):
@@ -214,6 +280,8 @@ class Daemon:
                 done.get(timeout=self.config.node.shutdown_grace + 10.0)
             except pykka.Timeout:
                 logger.error("node did not stop in time; leaving it to be adopted next run")
+        if self.metrics is not None:
+            self.metrics.stop()
         self.supervisor.stop_all()
         logger.info("stopped")
 

@@ -1,17 +1,31 @@
 """Preflight checks of a plan (SPEC §5): everything that can be known hours before H.
 
 `quick` checks are stat calls only, cheap enough to repeat at H itself right before the node is
-stopped: the node is never stopped for an upgrade that cannot start.
+stopped: the node is never stopped for an upgrade that cannot start. Downloading a missing binary
+(`fetch_missing_binary`) belongs to the early checks only; `check_plan` never downloads.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
+from loguru import logger
+
+from wemixvisor.backup import BackupError, upgrade_space_problem
 from wemixvisor.config import Config
+from wemixvisor.download import DownloadError, download_binary, plan_has_binaries
 from wemixvisor.layout import Home, LayoutError, check_binary
+from wemixvisor.messages.events import Event, ValidatorQuorumAtRisk
 from wemixvisor.plans import Plan
 from wemixvisor.process import detect_version
+from wemixvisor.rpc import RpcClient, RpcError
+from wemixvisor.wbft import WbftClient, assess_quorum
+
+_fetch_locks: dict[Path, threading.Lock] = {}
+_fetch_locks_guard = threading.Lock()
 
 
 def custom_preupgrade_path(home: Home, config: Config) -> Path | None:
@@ -46,4 +60,87 @@ def check_plan(home: Home, config: Config, plan: Plan, *, quick: bool = False) -
             check_binary(script)
         except LayoutError as exc:
             problems.append(f"custom pre-upgrade script: {exc}")
+    if not config.backup.skip:
+        try:
+            shortage = upgrade_space_problem(home.data_dir, config.backup.dir, plan.name)
+        except (BackupError, OSError) as exc:
+            shortage = f"cannot size the backup: {exc}"
+        if shortage is not None:
+            problems.append(shortage)
     return problems
+
+
+def fetch_missing_binary(
+    home: Home, config: Config, plan: Plan, *, publish: Callable[[Event], None]
+) -> list[str]:
+    """Download the plan's binary when it is absent and the plan says where from (SPEC §5, §8).
+
+    Runs on a preflight thread, hours before H: never at H. Returns problems; an empty list
+    when the binary was already there, was installed now, or the plan names no download (then
+    `check_plan` reports the missing binary). `download.*` events go to `publish`.
+    """
+    try:
+        binary = home.upgrade_bin(plan.name)
+    except LayoutError:
+        return []  # check_plan reports the bad name
+    with _fetch_locks_guard:
+        lock = _fetch_locks.setdefault(binary, threading.Lock())
+    # Preflights of one plan may overlap (registration, near H, re-checks): the later ones wait
+    # for the download in progress and then find the binary installed.
+    with lock:
+        if os.path.lexists(binary) or not plan_has_binaries(plan):
+            return []
+        if not config.upgrade.allow_download_binaries:
+            return [
+                f"new binary {binary} is missing and downloading it from the plan's info is"
+                " disabled (DAEMON_ALLOW_DOWNLOAD_BINARIES=false)"
+            ]
+        try:
+            download_binary(
+                home,
+                plan,
+                must_have_checksum=config.upgrade.download_must_have_checksum,
+                publish=publish,
+            )
+        except DownloadError as exc:
+            return [f"download of the new binary failed: {exc}"]
+    return []
+
+
+def warn_if_quorum_at_risk(config: Config, plan: Plan, *, publish: Callable[[Event], None]) -> None:
+    """Validator mode: publish `validator.quorum_at_risk` when this node's downtime at the
+    plan's height would leave fewer active validators (judged by who sealed recently,
+    `istanbul_status`) than the BFT quorum ⌈2n/3⌉ (SPEC §13.2).
+
+    A warning, never a preflight failure: the upgrade stays scheduled. Quiet on a chain without
+    `istanbul_*` and when the node does not answer (the regular checks report that).
+    """
+    if not config.node.validator_mode:
+        return
+    client = WbftClient(RpcClient(config.rpc.address, timeout=min(config.rpc.timeout, 5.0)))
+    try:
+        me, risk = assess_quorum(client)
+    except RpcError:
+        return
+    if not risk.at_risk:
+        return
+    logger.warning(
+        "upgrade {} at {}: while this validator is down only {} of {} validators are active,"
+        " below the quorum of {}",
+        plan.name,
+        plan.height,
+        risk.active_without_me,
+        risk.validators,
+        risk.quorum,
+    )
+    publish(
+        ValidatorQuorumAtRisk(
+            address=me,
+            plan=plan.name,
+            height=plan.height,
+            validators=risk.validators,
+            quorum=risk.quorum,
+            active=risk.active,
+            active_without_me=risk.active_without_me,
+        )
+    )

@@ -322,11 +322,25 @@ class TreeSampler:
     objects are kept between samples; the first sample of a process reads 0 %.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_age: float = 1.0) -> None:
         self._procs: dict[int, psutil.Process] = {}
+        self._max_age = max_age
+        self._last: tuple[int, float, tuple[float, int]] | None = None
 
     def sample(self, pid: int) -> tuple[float, int]:
-        """(cpu percent of one core, summed RSS bytes); (0, 0) when the process is gone."""
+        """(cpu percent of one core, summed RSS bytes); (0, 0) when the process is gone.
+
+        Walking the process tree costs milliseconds: a sample younger than `max_age` is
+        reused, so that many `status` requests do not each pay for it.
+        """
+        now = time.monotonic()
+        if self._last is not None and self._last[0] == pid and now - self._last[1] < self._max_age:
+            return self._last[2]
+        result = self._sample(pid)
+        self._last = (pid, now, result)
+        return result
+
+    def _sample(self, pid: int) -> tuple[float, int]:
         try:
             root = self._procs.get(pid) or psutil.Process(pid)
             tree = [root, *root.children(recursive=True)]

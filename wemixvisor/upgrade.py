@@ -28,11 +28,21 @@ from wemixvisor.config import Config
 from wemixvisor.fsutil import atomic_write_bytes
 from wemixvisor.layout import Home, switch_current
 from wemixvisor.messages import events as ev
+from wemixvisor.messages.backup import FinishBackup, RestoreBackup
 from wemixvisor.messages.node import GetNodeStatus, NodeState, NodeStatus, StartNode, StopNode
 from wemixvisor.plans import Plan, plan_to_object
 from wemixvisor.preflight import check_plan, custom_preupgrade_path
 from wemixvisor.process import detect_version
 from wemixvisor.rpc import RpcClient, RpcError
+from wemixvisor.wbft import NotWbft, WbftClient
+
+BACKUP_TIMEOUT = 6 * 3600.0
+"""Bound on the wait for the backup at H (and a rollback's restore): generous, because without a
+pre-staged copy it is a full copy of the data dir."""
+
+
+VALIDATOR_QUERY_TIMEOUT = 0.25
+"""Seconds each validator-status call before the stop may take (validator mode)."""
 
 
 class Step(enum.StrEnum):
@@ -65,6 +75,10 @@ class Journal(msgspec.Struct, kw_only=True):
     failure: str | None = None
     failed_step: str | None = None
     resumed: int = 0
+    # Validator mode: whether the node validated, and with which address, right before the stop
+    # (None when unknown: not validator mode, not a WBFT chain, or the node did not answer).
+    validator: bool | None = None
+    validator_address: str | None = None
 
 
 class JournalError(Exception):
@@ -110,6 +124,8 @@ class SagaResult:
     outcome: Outcome
     detail: str
     downtime: float | None = None
+    height: int = 0
+    first_head: int | None = None  # the new binary's first head, for the network watch
 
 
 class StepFailed(Exception):
@@ -211,6 +227,8 @@ class UpgradeSaga:
                 )
                 clear_journal(self.journal_path)
                 return SagaResult(self.plan.name, Outcome.FAILED, f"preflight: {reason}")
+            if self.config.node.validator_mode:
+                self._record_validator()
             self.bus.publish(
                 ev.UpgradeStarted(
                     name=self.plan.name,
@@ -232,6 +250,23 @@ class UpgradeSaga:
             if result is not None:
                 return result
         return self._finish()
+
+    def _record_validator(self) -> None:
+        """Validator mode: note whether the node is a validator, and its address, before the
+        stop; the signing check after the upgrade looks for that address (SPEC §13.2).
+
+        Two local calls of a few milliseconds, bounded tightly: the old binary must not import
+        blocks beyond H while they run. A node that cannot tell leaves both unknown.
+        """
+        client = WbftClient(RpcClient(self.config.rpc.address, timeout=VALIDATOR_QUERY_TIMEOUT))
+        try:
+            self.journal.validator_address = client.node_address()
+            self.journal.validator = client.is_validator()
+        except NotWbft:
+            self.journal.validator = None  # not a WBFT chain: the validator checks are off
+        except RpcError as exc:
+            self.journal.validator = None
+            logger.info("upgrade {}: validator status unknown ({})", self.plan.name, exc)
 
     def _enter(self, step: Step) -> None:
         self.journal.step = step
@@ -292,38 +327,70 @@ class UpgradeSaga:
             time.sleep(delay)
 
     def _backup(self) -> None:
+        """Ask the BackupActor to finish the plan's pre-staged backup and wait for it here.
+
+        The node is stopped: only what changed since the pre-staging is copied. A daemon killed
+        meanwhile resumes here, and a backup of this upgrade that completed is reused.
+        """
         if self.config.backup.skip:
             return
-        if self.journal.backup is not None:
-            existing = self.config.backup.dir / self.journal.backup
-            if backups.read_manifest(existing) is not None:
-                return  # resumed after the backup had completed
+        if self.journal.backup is not None and self._backup_complete(self.journal.backup):
+            return  # resumed after the backup had completed
+        done: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+        request = FinishBackup(self.plan.name, done=done, since=self.journal.started_at)
+        if not self._tell_backup(request):
+            raise StepFailed(Step.BACKUP, "backup failed: no backup actor is running")
         try:
-            target = backups.create_backup(
-                self.home.data_dir,
-                self.config.backup.dir,
-                f"pre-{self.plan.name}",
-                progress=self._backup_progress(),
-            )
-        except (backups.BackupError, OSError) as exc:
+            backup_id: str = done.get(timeout=BACKUP_TIMEOUT)
+        except pykka.Timeout:
+            raise StepFailed(
+                Step.BACKUP, f"backup failed: not finished within {BACKUP_TIMEOUT:g}s"
+            ) from None
+        except backups.BackupError as exc:
             raise StepFailed(Step.BACKUP, f"backup failed: {exc}") from None
-        self.journal.backup = target.name
+        self.journal.backup = backup_id
         save_journal(self.journal_path, self.journal)
 
-    def _backup_progress(self) -> backups.Progress:
-        last = [0.0]
+    def _backup_complete(self, backup_id: str) -> bool:
+        try:
+            path = backups.backup_dir(self.config.backup.dir, backup_id)
+        except backups.BackupError:
+            return False
+        return backups.read_manifest(path) is not None
 
-        def report(done: int, total: int) -> None:
-            now = time.monotonic()
-            if now - last[0] >= 1.0 or done == total:
-                last[0] = now
-                self.bus.publish(
-                    ev.UpgradeStep(
-                        name=self.plan.name, step=Step.BACKUP.value, detail=f"{done}/{total} bytes"
-                    )
-                )
+    def _tell_backup(self, message: Any) -> bool:
+        # The backup actor may be between two lives (restarted by its supervisor): wait for it.
+        deadline = time.monotonic() + 30
+        while not self.bus.tell("backup", message):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
-        return report
+    def _restore(self, backup_id: str) -> str | None:
+        """Restore the upgrade's backup through the BackupActor (the node is stopped); the id
+        restored, or None when that failed: the live data is then left as it was."""
+        accepted: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+        finished: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+        request = RestoreBackup(backup_id, done=accepted, finished=finished, upgrade=self.plan.name)
+        if not self._tell_backup(request):
+            logger.error("rollback of {}: no backup actor to restore {}", self.plan.name, backup_id)
+            return None
+        try:
+            aside: str = finished.get(timeout=BACKUP_TIMEOUT)
+        except (pykka.Timeout, backups.BackupError) as exc:
+            logger.error(
+                "rollback of {}: restoring backup {} failed ({}); the old binary starts on the"
+                " data as the new one left it",
+                self.plan.name,
+                backup_id,
+                exc,
+            )
+            return None
+        logger.warning(
+            "restored backup {}; the data the new binary wrote is in {}", backup_id, aside
+        )
+        return backup_id
 
     def _custom_preupgrade(self) -> None:
         script = custom_preupgrade_path(self.home, self.config)
@@ -478,7 +545,14 @@ class UpgradeSaga:
         clear_journal(self.journal_path)
         if self.on_post_upgrade is not None:
             self.on_post_upgrade(journal)
-        return SagaResult(self.plan.name, Outcome.COMPLETED, "ok", downtime)
+        return SagaResult(
+            self.plan.name,
+            Outcome.COMPLETED,
+            "ok",
+            downtime,
+            height=self.plan.height,
+            first_head=self._first_head,
+        )
 
     def _abort(self, failure: StepFailed) -> SagaResult:
         """A failure before anything was switched: back to the old binary, nothing to undo."""
@@ -515,12 +589,7 @@ class UpgradeSaga:
         switch_current(self.home, journal.from_target)
         restored = None
         if journal.new_binary_started and journal.backup is not None:
-            backup_dir = self.config.backup.dir / journal.backup
-            aside = backups.restore_backup(backup_dir, self.home.data_dir)
-            restored = journal.backup
-            logger.warning(
-                "restored backup {}; the data the new binary wrote is in {}", journal.backup, aside
-            )
+            restored = self._restore(journal.backup)
         self.bus.tell("node", StartNode(reason=f"rollback of {self.plan.name}"))
         self.bus.publish(
             ev.UpgradeRolledBack(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -24,12 +25,13 @@ from wemixvisor.config import Config, apply_reloadable
 from wemixvisor.fsutil import atomic_write_bytes
 from wemixvisor.layout import Home, LayoutError, read_current
 from wemixvisor.messages import events as ev
+from wemixvisor.messages.backup import PrestageBackup
 from wemixvisor.messages.config import ConfigChanged
 from wemixvisor.messages.height import HeadObserved, RpcAvailability
 from wemixvisor.messages.node import StartNode
 from wemixvisor.messages.plans import CancelPlan, ListPlans, RegisterPlans, ResendPlans
 from wemixvisor.plans import Plan, PlanError, PlanStatus, QueueState, RegisterOutcome
-from wemixvisor.preflight import check_plan
+from wemixvisor.preflight import check_plan, fetch_missing_binary, warn_if_quorum_at_risk
 from wemixvisor.upgrade import (
     Journal,
     JournalError,
@@ -39,6 +41,7 @@ from wemixvisor.upgrade import (
     UpgradeSaga,
     load_journal,
 )
+from wemixvisor.wbft import start_signing_check
 
 PREFLIGHT_RECHECK = 60.0  # seconds between re-checks of a plan whose preflight failed
 PREFLIGHT_AHEAD_BLOCKS = 10  # re-check this many blocks before H
@@ -46,8 +49,8 @@ _LATENCY_SAMPLES = 10_000
 
 
 class GetHeadLatency(msgspec.Struct, frozen=True):
-    """Ask: seconds from a head's arrival on the RPC connection to the orchestrator handling
-    it, newest last (for the benchmark)."""
+    """Ask: `(height, observed_at, handled_at)` (monotonic seconds) of recent heads: when the
+    head arrived on the RPC connection and when the orchestrator handled it (for benchmarks)."""
 
 
 class QueueSnapshot(msgspec.Struct, frozen=True):
@@ -66,6 +69,16 @@ class _PreflightDone(msgspec.Struct, frozen=True):
     name: str
     height: int
     problems: list[str]
+
+
+class _NetworkCheck(msgspec.Struct, frozen=True):
+    """DAEMON_NETWORK_WAIT after an upgrade: has the chain moved past the new binary's first
+    head?"""
+
+    name: str
+    height: int
+    first_head: int
+    since: float
 
 
 class _PreflightDue(msgspec.Struct, frozen=True):
@@ -97,7 +110,9 @@ class OrchestratorActor(SupervisedActor):
         self._saga: UpgradeSaga | None = None
         self._preflight_ok: dict[str, bool] = {}
         self._checked_ahead: set[str] = set()
-        self._latency: collections.deque[float] = collections.deque(maxlen=_LATENCY_SAMPLES)
+        self._latency: collections.deque[tuple[int, float, float]] = collections.deque(
+            maxlen=_LATENCY_SAMPLES
+        )
 
     # lifecycle
 
@@ -118,6 +133,7 @@ class OrchestratorActor(SupervisedActor):
             self._start_saga(journal, resume=True)
         for entry in queue_rules.pending(self._queue):
             self._preflight(entry.plan)
+            self._prestage(entry.plan)
         # After a restart of this actor, plans told to the one before may be lost.
         self._bus.tell("files", ResendPlans())
 
@@ -126,7 +142,7 @@ class OrchestratorActor(SupervisedActor):
     def on_receive(self, message: Any) -> Any:
         match message:
             case HeadObserved():
-                self._latency.append(time.monotonic() - message.observed_at)
+                self._latency.append((message.height, message.observed_at, time.monotonic()))
                 self._head = message.height
                 self._on_head()
             case RpcAvailability(available=available):
@@ -147,6 +163,8 @@ class OrchestratorActor(SupervisedActor):
                 self._on_saga_finished(result)
             case _PreflightDone():
                 self._on_preflight(message)
+            case _NetworkCheck():
+                self._on_network_check(message)
             case _PreflightDue(name=name):
                 entry = queue_rules.get(self._queue, name)
                 if entry is not None and entry.status is PlanStatus.PENDING:
@@ -198,6 +216,8 @@ class OrchestratorActor(SupervisedActor):
             )
             self._checked_ahead.discard(plan.name)
             self._preflight(plan)
+            if not entry.late:
+                self._prestage(plan)
         if changed:
             self._save_queue()
         if message.done is not None:
@@ -235,6 +255,7 @@ class OrchestratorActor(SupervisedActor):
             if near and plan.name not in self._checked_ahead:
                 self._checked_ahead.add(plan.name)
                 self._preflight(plan)
+                self._prestage(plan)
         self._maybe_start()
 
     def _maybe_start(self) -> None:
@@ -280,6 +301,9 @@ class OrchestratorActor(SupervisedActor):
             config=self._config,
             bus=self._bus,
             journal_path=self._journal_file,
+            on_post_upgrade=functools.partial(
+                start_signing_check, config=self._config, publish=self._bus.publish
+            ),
         )
         self._saga = saga
         ref = self.actor_ref
@@ -293,11 +317,36 @@ class OrchestratorActor(SupervisedActor):
 
     def _on_saga_finished(self, result: SagaResult) -> None:
         self._saga = None
+        if result.outcome is Outcome.COMPLETED and result.first_head is not None:
+            # A chain that does not move after the upgrade while the node answers RPC may be
+            # waiting for 2/3 of the validators to upgrade too: reported, never rolled back.
+            self.timers.schedule(
+                "network-wait",
+                self._config.upgrade.network_wait,
+                _NetworkCheck(result.name, result.height, result.first_head, time.monotonic()),
+            )
         entry = queue_rules.get(self._queue, result.name)
         if entry is not None:
             status = PlanStatus.FAILED if result.outcome is Outcome.FAILED else PlanStatus.COMPLETED
             self._finish_entry(entry, status, result.detail)
         self._maybe_start()
+
+    def _on_network_check(self, check: _NetworkCheck) -> None:
+        head = self._head
+        if head is not None and head > check.first_head:
+            return
+        seconds = time.monotonic() - check.since
+        logger.warning(
+            "head has not moved past {} for {:.0f}s after upgrade {}: waiting for the network",
+            check.first_head,
+            seconds,
+            check.name,
+        )
+        self._bus.publish(
+            ev.UpgradeWaitingForNetwork(
+                name=check.name, height=check.height, head=head, seconds=seconds
+            )
+        )
 
     def _finish_entry(self, entry: queue_rules.QueuedPlan, status: PlanStatus, detail: str) -> None:
         entry.status = status
@@ -309,14 +358,24 @@ class OrchestratorActor(SupervisedActor):
 
     def _preflight(self, plan: Plan) -> None:
         ref = self.actor_ref
-        home, config = self._home, self._config
+        home, config, publish = self._home, self._config, self._bus.publish
 
         def check() -> None:
-            problems = check_plan(home, config, plan)
+            # A missing binary is downloaded here, on this thread, from registration on: the
+            # saga at H only re-checks (quick) and never downloads.
+            problems = fetch_missing_binary(home, config, plan, publish=publish)
+            problems += check_plan(home, config, plan)
+            warn_if_quorum_at_risk(config, plan, publish=publish)
             with contextlib.suppress(Exception):
                 ref.tell(_PreflightDone(plan.name, plan.height, problems))
 
         threading.Thread(target=check, name=f"preflight-{plan.name}", daemon=True).start()
+
+    def _prestage(self, plan: Plan) -> None:
+        """Have the bulk of the plan's backup copied now, while the node runs, so that at H only
+        what changed since is copied. A late plan runs at once: nothing to pre-stage."""
+        if not self._config.backup.skip:
+            self._bus.tell("backup", PrestageBackup(plan.name))
 
     def _on_preflight(self, result: _PreflightDone) -> None:
         entry = queue_rules.get(self._queue, result.name)

@@ -10,11 +10,18 @@ from typing import Protocol
 
 from wemixvisor.commands import (
     add_upgrade,
+    alert,
+    backup,
     config,
     events,
+    governance,
     init,
+    keys,
+    logs,
+    node_control,
     run,
     show_upgrade_info,
+    status,
     upgrade,
     version,
 )
@@ -36,4 +43,11 @@ COMMANDS: tuple[Command, ...] = (
     version,
     upgrade,
     show_upgrade_info,
+    status,
+    node_control,
+    logs,
+    backup,
+    alert,
+    keys,
+    governance,
 )

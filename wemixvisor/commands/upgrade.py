@@ -1,10 +1,15 @@
 """`wemixvisor upgrade schedule | list | status | cancel`: plans as the operator handles them.
 
-These work from the files, with or without a daemon: `schedule` merges the plan into
-`<data dir>/upgrade-info.json.batch`, which a running daemon picks up live and a stopped one
-reads when it starts; `list` and `status` read the daemon's queue (`state/plans.json`), its
-journal and the plan files; `cancel` edits the queue, and so only while no daemon runs (a
-running daemon owns its queue).
+While a daemon runs on the home, they go through its control socket: `schedule` registers the
+plan in its queue (the passed-height rule is the daemon's, against the head it follows), `list`
+and `status` show its queue, and `cancel` cancels the plan and takes it out of the plan files.
+A running daemon that does not answer is exit 3 for `cancel` (it owns its queue); `schedule`,
+`list` and `status` then fall back to the files, with a warning.
+
+With no daemon they work from the files: `schedule` merges the plan into
+`<data dir>/upgrade-info.json.batch`, which the daemon reads when it starts; `list` and
+`status` read the daemon's queue (`state/plans.json`), its journal and the plan files; `cancel`
+edits the queue and the plan files under the daemon's lock.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ from urllib.parse import urlsplit
 import msgspec
 
 from wemixvisor.config import Config
+from wemixvisor.control.cli import DEFAULT_TIMEOUT, open_client
+from wemixvisor.control.client import ControlUnreachable
+from wemixvisor.control.protocol import ControlError
+from wemixvisor.control.verbs import VERBS
 from wemixvisor.layout import Home
 from wemixvisor.planfiles import (
     DaemonRunningError,
@@ -134,10 +143,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     cancelling = actions.add_parser(
         "cancel",
-        help="cancel a pending plan (daemon stopped)",
+        help="cancel a pending plan",
         description=(
             "Mark the plan cancelled in the queue and remove it from the plan files so that it "
-            "does not come back on the next start. Refused while a daemon runs."
+            "does not come back on the next start. Goes through the daemon when one runs."
         ),
     )
     cancelling.add_argument("name", help="the plan's name")
@@ -382,8 +391,67 @@ def describe_pickup(home: Home) -> str:
     return "the daemon reads it when it starts"
 
 
+# --- through the running daemon ---------------------------------------------------------------
+
+
+def _daemon_runs(home: Home) -> bool:
+    try:
+        return daemon_running(home)
+    except OSError:
+        return False
+
+
+def ask_daemon(ctx: CliContext, payload: dict[str, Any]) -> Any:
+    """The running daemon's result for `payload`; an error reply is exit 1 (CommandError).
+
+    ControlUnreachable passes through: each verb decides what a silent daemon means.
+    """
+    with open_client(ctx, DEFAULT_TIMEOUT) as client:
+        try:
+            return client.request(payload)
+        except ControlError as exc:
+            # The daemon speaks the protocol; the operator typed a flag.
+            message = exc.message.replace("send it with now=true", "use --now")
+            raise _fail(f"{exc.code}: {message}") from None
+
+
+def _fall_back(exc: ControlUnreachable, home: Home) -> None:
+    pid = daemon_pid(home)
+    print(
+        f"wemixvisor: daemon (pid {pid if pid is not None else '?'}) runs but {exc}; "
+        "using the plan files",
+        file=sys.stderr,
+    )
+
+
+def _schedule_through_daemon(ctx: CliContext, plan: Plan, *, now: bool) -> bool:
+    """Register the plan with the running daemon; False when it does not answer."""
+    payload: dict[str, Any] = {
+        "type": "schedule_upgrade",
+        "name": plan.name,
+        "height": plan.height,
+        "now": now,
+    }
+    if plan.info is not None:
+        payload["info"] = plan.info
+    try:
+        result = ask_daemon(ctx, payload)
+    except ControlUnreachable as exc:
+        _fall_back(exc, home_of(ctx.config))
+        return False
+    if result.get("head") is None:
+        print(
+            f"wemixvisor: the daemon does not know the head yet; height {plan.height} not "
+            "checked against the chain",
+            file=sys.stderr,
+        )
+    print(VERBS["schedule_upgrade"].render(result) + " in the daemon's queue")
+    return True
+
+
 def run_schedule(args: argparse.Namespace, ctx: CliContext) -> int:
-    """Validate the plan, refuse a passed height without --now, merge it into the batch file."""
+    """Validate the plan, refuse a passed height without --now; register it with the running
+    daemon, or merge it into the batch file."""
     config = ctx.config
     # Name and height first: they are the likeliest typo, and the info may be long.
     plan_from_arguments(args.name, args.height, None)
@@ -391,6 +459,8 @@ def run_schedule(args: argparse.Namespace, ctx: CliContext) -> int:
         args.info, args.binary, args.checksum, config.upgrade.download_must_have_checksum
     )
     plan = plan_from_arguments(args.name, args.height, info)
+    if _daemon_runs(home_of(config)) and _schedule_through_daemon(ctx, plan, now=args.now):
+        return 0
     queue, head = check_schedule(config, plan, now=args.now)
     path = write_schedule(config, plan, queue)
     late = head is not None and plan.height <= head
@@ -492,15 +562,48 @@ def _table(rows: list[PlanRow]) -> str:
     )
 
 
+def _row_of(obj: dict[str, Any]) -> PlanRow:
+    """A `list_upgrades` row back as a PlanRow."""
+    plan_object = {key: obj[key] for key in ("name", "height", "info") if key in obj}
+    plan = plan_from_object(plan_object, str(obj.get("source") or "control"))
+    return PlanRow(
+        plan=plan,
+        status=str(obj["status"]),
+        late=bool(obj.get("late")),
+        result=obj.get("result"),
+        registered_at=obj.get("registered_at"),
+        finished_at=obj.get("finished_at"),
+    )
+
+
+def _daemon_listing(ctx: CliContext, home: Home) -> dict[str, Any] | None:
+    """The running daemon's `list_upgrades`; None when no daemon runs or it does not answer."""
+    if not _daemon_runs(home):
+        return None
+    try:
+        result: dict[str, Any] = ask_daemon(ctx, {"type": "list_upgrades"})
+    except ControlUnreachable as exc:
+        _fall_back(exc, home)
+        return None
+    return result
+
+
 def run_list(args: argparse.Namespace, ctx: CliContext) -> int:
     """Print the queue and the plans waiting in the files."""
     home = home_of(ctx.config)
-    queue = _read_queue_or_fail(home)
-    rows, problems = _rows(home, queue, pending_only=False)
+    listing = _daemon_listing(ctx, home)
+    if listing is not None:
+        rows = [_row_of(obj) for obj in listing["plans"]]
+        problems: list[str] = listing["problems"]
+        daemon = listing["daemon"]
+    else:
+        queue = _read_queue_or_fail(home)
+        rows, problems = _rows(home, queue, pending_only=False)
+        daemon = _daemon_state(home)
     rows.sort(key=lambda row: row.plan.height)
     if args.json:
         document = {
-            "daemon": _daemon_state(home),
+            "daemon": daemon,
             "plans": [row.as_json() for row in rows],
             "problems": problems,
         }
@@ -515,17 +618,24 @@ def run_list(args: argparse.Namespace, ctx: CliContext) -> int:
 def run_status(args: argparse.Namespace, ctx: CliContext) -> int:
     """Print the pending plans and the journal of the upgrade in progress."""
     home = home_of(ctx.config)
-    queue = _read_queue_or_fail(home)
-    rows, problems = _rows(home, queue, pending_only=True)
-    rows.sort(key=lambda row: row.plan.height)
+    listing = _daemon_listing(ctx, home)
     journal_error: str | None = None
-    try:
-        journal = read_journal(home)
-    except PlanError as exc:
-        journal, journal_error = None, str(exc)
-    except OSError as exc:
-        journal, journal_error = None, f"cannot read the journal: {exc.strerror or exc}"
-    daemon = _daemon_state(home)
+    if listing is not None:
+        rows = [_row_of(obj) for obj in listing["plans"] if obj["status"] in ("pending", "in_file")]
+        problems: list[str] = listing["problems"]
+        journal: dict[str, Any] | None = listing["journal"]
+        daemon = listing["daemon"]
+    else:
+        queue = _read_queue_or_fail(home)
+        rows, problems = _rows(home, queue, pending_only=True)
+        try:
+            journal = read_journal(home)
+        except PlanError as exc:
+            journal, journal_error = None, str(exc)
+        except OSError as exc:
+            journal, journal_error = None, f"cannot read the journal: {exc.strerror or exc}"
+        daemon = _daemon_state(home)
+    rows.sort(key=lambda row: row.plan.height)
     if args.json:
         document = {
             "daemon": daemon,
@@ -571,13 +681,28 @@ def run_status(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def run_cancel(args: argparse.Namespace, ctx: CliContext) -> int:
-    """Cancel a pending plan with the daemon stopped: queue and plan files, under its lock."""
+    """Cancel a pending plan: through the running daemon, or with the daemon stopped in the
+    queue and the plan files, under its lock."""
+    from wemixvisor.cli import EXIT_UNREACHABLE, CommandError  # noqa: PLC0415
+
     name: str = args.name
     try:
         validate_name(name)
     except PlanError as exc:
         raise _fail(str(exc), usage=True) from None
     home = home_of(ctx.config)
+    if _daemon_runs(home):
+        try:
+            result = ask_daemon(ctx, {"type": "cancel_upgrade", "name": name})
+        except ControlUnreachable as exc:
+            pid = daemon_pid(home)
+            raise CommandError(
+                f"daemon is running (pid {pid if pid is not None else '?'}) and owns the plan "
+                f"queue, but its control socket does not answer: {exc}",
+                EXIT_UNREACHABLE,
+            ) from None
+        print(VERBS["cancel_upgrade"].render(result))
+        return 0
     try:
         with holding_daemon_lock(home):
             return _cancel_locked(home, name)

@@ -30,6 +30,7 @@ class FinishBackup(msgspec.Struct, frozen=True):
 
     plan_name: str
     done: Any = None
+    since: float = 0.0  # a complete backup of the plan made since then is reused (resumed saga)
 
 
 class ListBackups(msgspec.Struct, frozen=True):
@@ -46,14 +47,22 @@ class BackupInfo(msgspec.Struct, frozen=True):
     total_bytes: int
     file_count: int
     path: str
+    kind: str = "full"  # "full" (on request) or "upgrade" (pre-staged for `plan`)
+    plan: str | None = None
 
 
 class RestoreBackup(msgspec.Struct, frozen=True):
     """Stop the node, move live data aside, copy the backup back, check it, restart the node.
-    `done` gets the operation id (str) or raises."""
+    `done` gets the operation id (str) or raises.
+
+    `finished`, if given, is set when the restore is over: with the path the live data was
+    moved to, or the error. `upgrade` names the upgrade whose rollback restores: the saga owns
+    the node then, so the node is neither stopped nor started here."""
 
     backup_id: str
     done: Any = None
+    finished: Any = None
+    upgrade: str | None = None
 
 
 class PruneBackups(msgspec.Struct, frozen=True):

@@ -236,3 +236,128 @@ class UpgradeAwaitingOperator(Event, tag="upgrade.awaiting_operator", frozen=Tru
     name: str
     height: int
     reason: str
+
+
+# download.*
+
+
+class DownloadStarted(Event, tag="download.started", frozen=True):
+    name: str
+    url: str
+
+
+class DownloadProgress(Event, tag="download.progress", frozen=True):
+    name: str
+    bytes_done: int
+    bytes_total: int | None  # None when the server does not say how big the file is
+
+
+class DownloadCompleted(Event, tag="download.completed", frozen=True):
+    name: str
+    url: str
+    sha256: str
+    bytes: int
+    seconds: float
+
+
+class DownloadFailed(Event, tag="download.failed", frozen=True):
+    name: str
+    url: str  # empty when no URL could be chosen from the plan
+    error: str
+    attempt: int  # attempts made so far; 0 when refused before anything was fetched
+    will_retry: bool
+
+
+# backup.*
+
+
+class BackupStarted(Event, tag="backup.started", frozen=True):
+    id: str  # the backup's id; for a restore, the operation's
+    label: str
+    kind: str  # "full", "prestage" (copy while the node runs), "upgrade" (finish at H), "restore"
+
+
+class BackupProgress(Event, tag="backup.progress", frozen=True):
+    id: str
+    bytes_done: int
+    bytes_total: int
+
+
+class BackupCompleted(Event, tag="backup.completed", frozen=True):
+    id: str
+    label: str
+    total_bytes: int
+    changed_bytes: int  # what this operation copied; small for an upgrade backup pre-staged
+    seconds: float
+    kind: str = "full"
+
+
+class BackupStaged(Event, tag="backup.staged", frozen=True):
+    id: str  # the incomplete staging backup, finished (and renamed) at the plan's height
+    label: str
+    plan: str
+    total_bytes: int
+    changed_bytes: int
+    seconds: float
+
+
+class BackupFailed(Event, tag="backup.failed", frozen=True):
+    id: str
+    label: str
+    error: str
+    kind: str = ""
+
+
+class BackupCancelled(Event, tag="backup.cancelled", frozen=True):
+    id: str
+    label: str
+    reason: str
+
+
+class BackupRestored(Event, tag="backup.restored", frozen=True):
+    id: str  # the restore operation
+    backup_id: str
+    aside: str  # where the live data was moved
+    seconds: float
+
+
+class BackupPruned(Event, tag="backup.pruned", frozen=True):
+    removed: list[str]
+
+
+# governance.* / validator.*
+
+
+class GovernanceProposal(Event, tag="governance.proposal", frozen=True):
+    contract: str
+    id: int
+    state: str  # voting, approved, rejected, executed (GovBase also: failed, expired, cancelled)
+    votes_for: int
+    votes_against: int
+    quorum: int | None
+    kind: str = "upgrade"  # the contract's kind: upgrade or govbase
+    name: str | None = None  # an upgrade proposal's plan name (only when it is a valid name)
+    height: int | None = None
+
+
+class ValidatorSigning(Event, tag="validator.signing", frozen=True):
+    address: str
+    height: int  # the upgrade's height H
+    block: int  # the first block after H this node committed
+
+
+class ValidatorNotSigning(Event, tag="validator.not_signing", frozen=True):
+    address: str
+    height: int  # the upgrade's height H
+    blocks_checked: int  # blocks after H whose committers were read
+    reason: str = ""
+
+
+class ValidatorQuorumAtRisk(Event, tag="validator.quorum_at_risk", frozen=True):
+    address: str
+    plan: str  # the upgrade whose downtime is meant
+    height: int
+    validators: int
+    quorum: int  # ⌈2n/3⌉
+    active: int  # validators that sealed in the node's recent window
+    active_without_me: int

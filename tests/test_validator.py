@@ -1,0 +1,165 @@
+"""Validator mode (SPEC §13.2) with the WBFT test double in front of real anvil nodes: the node
+must sign again after an upgrade (else an alert, never a rollback), preflight warns when its
+downtime would cost the chain its quorum, and `status` facts come from `istanbul_*`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pykka
+import pytest
+
+from devtools.anvil import AnvilProcess, rpc_call, wait_for_rpc
+from tests.daemon_harness import Daemon, EventLog, kill_node_processes
+from tests.wbft_proxy import WbftDouble, address, wait_for_block
+from wemixvisor.actors.governance import GovernanceActor
+from wemixvisor.bus import Bus
+from wemixvisor.config import load_config
+from wemixvisor.layout import Home, add_upgrade, init_home
+from wemixvisor.messages.governance import ChainInfo, GetChainInfo
+from wemixvisor.wbft import SIGNING_CHECK_BLOCKS
+
+ME = address(0xA1)
+VALIDATORS = [ME, address(0xB2), address(0xC3), address(0xD4)]
+DOWN = VALIDATORS[1]
+BLOCK_TIME = "0.25"  # fast blocks: the signing check waits for 20 of them
+AHEAD = 12  # blocks between "now" and a plan's height (3 s)
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="wv-", dir="/tmp"))
+    yield path
+    kill_node_processes(path)
+    if not os.environ.get("WEMIXVISOR_KEEP_TEST_DIRS"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def write_plan(home: Path, name: str, height: int) -> None:
+    (home / "data" / "upgrade-info.json").write_bytes(
+        msgspec.json.encode({"name": name, "height": height})
+    )
+
+
+def test_validator_mode_checks_signing_after_each_upgrade_and_only_alerts(
+    root: Path,
+    anvil_bin: Callable[[str], Path],
+    free_port: Callable[[], int],
+) -> None:
+    home = root / "home"
+    layout = Home(root=home, name="anvil", data_dir=home / "data")
+    init_home(layout, anvil_bin("1.4.4"))
+    add_upgrade(layout, "v1.5.1", anvil_bin("1.5.1"))
+    add_upgrade(layout, "v1.7.1", anvil_bin("1.7.1"))
+    port = free_port()
+    node_url = f"http://127.0.0.1:{port}"
+    # One other validator is down from the start: with ours down too, two of four remain,
+    # below the quorum of three.
+    double = WbftDouble(
+        node_url, validators=VALIDATORS, node_address=ME, signing=set(VALIDATORS) - {DOWN}
+    ).start()
+    env = {
+        "DAEMON_NAME": "anvil",
+        "DAEMON_RPC_ADDRESS": double.url,
+        "DAEMON_POLL_INTERVAL": "100ms",
+        "DAEMON_STARTSECS": "300ms",
+        "DAEMON_SHUTDOWN_GRACE": "10s",
+        "WEMIXVISOR_HEARTBEAT_INTERVAL": "500ms",
+        "UNSAFE_SKIP_BACKUP": "true",
+        "VALIDATOR_MODE": "true",
+    }
+    args = ["--port", str(port), "--block-time", BLOCK_TIME, "--state", str(home / "data" / "s")]
+    daemon = Daemon(home, env, args).start()
+    events = EventLog(daemon.events_endpoint)
+    try:
+        events.wait_for("supervisor.heartbeat", lambda p: p["node_state"] == "RUNNING")
+        wait_for_rpc(node_url, timeout=10)
+
+        first = int(rpc_call(node_url, "eth_blockNumber"), 16) + AHEAD
+        write_plan(home, "v1.5.1", first)
+        risk = events.wait_for("validator.quorum_at_risk")
+        assert (risk["address"], risk["plan"], risk["height"]) == (ME, "v1.5.1", first)
+        assert (risk["validators"], risk["quorum"], risk["active"]) == (4, 3, 3)
+        assert risk["active_without_me"] == 2
+        events.wait_for("upgrade.completed", lambda p: p["name"] == "v1.5.1", timeout=60)
+        signing = events.wait_for("validator.signing", timeout=30)
+        assert (signing["address"], signing["height"]) == (ME, first)
+        assert signing["block"] > first
+        assert ME in wait_for_block(double, signing["block"])
+
+        # The double stops counting our node among the committers: an alert, no rollback.
+        double.stop_signing(ME)
+        second = int(rpc_call(node_url, "eth_blockNumber"), 16) + AHEAD
+        write_plan(home, "v1.7.1", second)
+        events.wait_for("upgrade.completed", lambda p: p["name"] == "v1.7.1", timeout=60)
+        alert = events.wait_for("validator.not_signing", timeout=30)
+        assert (alert["address"], alert["height"]) == (ME, second)
+        assert alert["blocks_checked"] == SIGNING_CHECK_BLOCKS
+        assert f"{second + 1}-{second + SIGNING_CHECK_BLOCKS}" in alert["reason"]
+        assert rpc_call(node_url, "web3_clientVersion") == "anvil/v1.7.1"
+        topics = [p["topic"] for p in events.seen]
+        assert "upgrade.failed" not in topics
+        assert "upgrade.rolled_back" not in topics
+        assert topics.count("validator.signing") == 1
+        assert os.readlink(home / "wemixvisor" / "current") == "upgrades/v1.7.1"
+    finally:
+        events.close()
+        double.close()
+    assert daemon.terminate() == 0
+
+
+@contextlib.contextmanager
+def governance_actor(rpc_address: str, home: Path) -> Iterator[pykka.ActorRef[Any]]:
+    """The GovernanceActor alone (no contracts): what `status` asks for validator facts."""
+    config = load_config(env={"DAEMON_HOME": str(home), "DAEMON_RPC_ADDRESS": rpc_address})
+    layout = Home(root=home, name="anvil", data_dir=home / "data")
+    actor = GovernanceActor.start(config=config, home=layout, bus=Bus())
+    try:
+        yield actor
+    finally:
+        actor.stop()
+
+
+def facts(actor: pykka.ActorRef[Any], timeout: float = 10.0) -> ChainInfo:
+    """The actor's validator facts once it has asked the node."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = actor.ask(GetChainInfo(), timeout=2)
+        assert isinstance(info, ChainInfo)
+        if info.wbft is not None:
+            return info
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"no validator facts within {timeout}s: {info}")
+        time.sleep(0.02)
+
+
+def test_status_facts_come_from_istanbul_and_are_off_on_plain_anvil(
+    anvil: AnvilProcess, tmp_path: Path
+) -> None:
+    double = WbftDouble(anvil.url, validators=VALIDATORS, node_address=ME).start()
+    try:
+        wait_for_block(double, 0)
+        with governance_actor(double.url, tmp_path / "wbft") as actor:
+            info = facts(actor)
+        assert info.wbft is True
+        assert (info.node_address, info.is_validator) == (ME, True)
+        assert (info.validator_count, info.quorum, info.active_validators) == (4, 3, 4)
+        assert info.sealing is not None
+        assert info.sealing.committed >= 1
+        assert info.sealing.blocks == info.sealing.end_block - info.sealing.start_block + 1
+        assert info.error is None
+    finally:
+        double.close()
+
+    with governance_actor(anvil.url, tmp_path / "plain") as actor:
+        info = facts(actor)
+    assert info == ChainInfo(wbft=False, checked_at=info.checked_at)
