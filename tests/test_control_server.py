@@ -29,7 +29,7 @@ from wemixvisor.control.security import (
     load_server_curve,
 )
 from wemixvisor.control.server import ControlServer
-from wemixvisor.publisher import EndpointError
+from wemixvisor.ipc import EndpointError
 
 SLOW = 9_999  # `logs` with this many lines is the slow request of these tests
 
@@ -104,7 +104,7 @@ def test_a_stale_socket_file_is_replaced_and_a_live_one_refused(root: Path) -> N
         with ControlClient(f"ipc://{path}", 2.0) as client:
             assert client.request({"type": "status"})["verb"] == "status"
         second = ControlServer(f"ipc://{path}", dispatch)
-        with pytest.raises(EndpointError, match="another process listens"):
+        with pytest.raises(EndpointError, match="another process is listening"):
             second.start()
         with ControlClient(f"ipc://{path}", 2.0) as client:
             assert client.request({"type": "status"})["verb"] == "status"

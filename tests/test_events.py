@@ -21,6 +21,7 @@ import pytest
 import zmq
 
 from wemixvisor.actors.events import EventsActor
+from wemixvisor.ipc import EndpointError
 from wemixvisor.messages.events import (
     ConfigRejected,
     Event,
@@ -29,7 +30,7 @@ from wemixvisor.messages.events import (
     PublishHeartbeat,
     SupervisorStopping,
 )
-from wemixvisor.publisher import EndpointError, EventPublisher, check_bind_endpoint
+from wemixvisor.publisher import EventPublisher, check_bind_endpoint
 from wemixvisor.subscriber import EventSubscriber, ReceivedEvent
 
 JOIN_DEADLINE = 5.0

@@ -36,7 +36,6 @@ from wemixvisor.messages import events as ev
 from wemixvisor.messages.governance import (
     GetChainInfo,
     GetProposals,
-    ListProposals,
     Proposal,
     ProposalState,
 )
@@ -679,7 +678,7 @@ def test_the_actor_turns_only_executed_valid_proposals_into_plans_once(
     assert names.count("v2.0.0") == 1
     assert not world.events.of(ev.PlanRejected)
     assert world.actor is not None
-    assert world.actor.ask(ListProposals(), timeout=2) == world.proposals()
+    assert world.actor.ask(GetProposals(), timeout=2) == world.proposals()
 
 
 def test_confirmations_hold_an_execution_back_until_enough_blocks_follow(

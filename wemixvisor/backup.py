@@ -36,7 +36,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from wemixvisor import planfiles
-from wemixvisor.fsutil import atomic_write_bytes, fsync_dir
+from wemixvisor.fsutil import ReadRefused, atomic_write_bytes, fsync_dir, read_capped
 from wemixvisor.layout import Home
 from wemixvisor.messages.backup import BackupInfo
 from wemixvisor.plans import PlanError, PlanStatus
@@ -699,31 +699,13 @@ def _write_manifest(target: Path, manifest: Manifest) -> None:
 
 def _read_capped(path: Path, limit: int) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        return read_capped(path, limit, follow_symlinks=False)
     except FileNotFoundError:
         raise BackupError(f"{path} is missing: the backup is incomplete") from None
+    except ReadRefused as exc:
+        raise BackupError(str(exc)) from None
     except OSError as exc:
         raise BackupError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise BackupError(f"{path} is not a regular file")
-        if info.st_size > limit:
-            raise BackupError(f"{path} is {info.st_size} bytes, over the {limit}-byte limit")
-        chunks: list[bytes] = []
-        remaining = limit + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    if len(data) > limit:
-        raise BackupError(f"{path} grew over the {limit}-byte limit while being read")
-    return data
 
 
 def _check_entry_paths(entries: list[ManifestEntry]) -> None:

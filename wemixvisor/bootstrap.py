@@ -37,6 +37,7 @@ from wemixvisor.bus import Bus
 from wemixvisor.config import Config, ConfigError, load_config
 from wemixvisor.control.security import ServerCurve, keys_dir_of, server_curve_for
 from wemixvisor.control.verbs import ControlContext
+from wemixvisor.ipc import EndpointError
 from wemixvisor.layout import Home
 from wemixvisor.logs import setup_logging
 from wemixvisor.messages import events as ev
@@ -44,7 +45,6 @@ from wemixvisor.messages.events import PublishHeartbeat
 from wemixvisor.messages.node import GetNodeStatus, NodeStatus, StopNode
 from wemixvisor.metrics import MetricsExporter
 from wemixvisor.process import become_subreaper
-from wemixvisor.publisher import EndpointError
 from wemixvisor.supervision import Supervisor
 
 EXIT_OK = 0

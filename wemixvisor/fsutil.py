@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -42,3 +43,40 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
     """`atomic_write_bytes` for UTF-8 text."""
     atomic_write_bytes(path, text.encode(), mode)
+
+
+class ReadRefused(ValueError):
+    """A file that is not read: not a regular file, or larger than the caller accepts."""
+
+
+def read_capped(path: Path, limit: int, *, follow_symlinks: bool = True) -> bytes:
+    """The whole content of the regular file `path`; ReadRefused above `limit` bytes.
+
+    The size is checked before reading, and the read stops at `limit + 1` bytes in case the file
+    grows meanwhile: a hostile file is never read entirely. Opening is non-blocking, so a FIFO
+    planted at the path cannot hang the reader. OSError (e.g. FileNotFoundError) passes through.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ReadRefused(f"{path} is not a regular file")
+        if info.st_size > limit:
+            raise ReadRefused(f"{path} is {info.st_size} bytes, over the {limit}-byte limit")
+        chunks: list[bytes] = []
+        remaining = limit + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise ReadRefused(f"{path} grew over the {limit}-byte limit while being read")
+    return data

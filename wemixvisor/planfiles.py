@@ -20,7 +20,8 @@ from typing import Any
 
 import msgspec
 
-from wemixvisor.fsutil import atomic_write_bytes
+from wemixvisor.fsutil import ReadRefused, atomic_write_bytes
+from wemixvisor.fsutil import read_capped as read_capped_file
 from wemixvisor.layout import Home
 from wemixvisor.plans import (
     MAX_PLAN_BYTES,
@@ -134,28 +135,10 @@ def read_capped(path: Path, limit: int = MAX_PLAN_BYTES) -> bytes:
     The size is checked before reading, and the read stops at `limit + 1` bytes in case the file
     grows meanwhile: a hostile file never gets read entirely. FileNotFoundError passes through.
     """
-    # O_NONBLOCK: opening a FIFO planted at the path must not hang the reader.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise PlanError(f"{path} is not a regular file")
-        if info.st_size > limit:
-            raise PlanError(f"{path} is {info.st_size} bytes, over the {limit}-byte limit")
-        chunks: list[bytes] = []
-        remaining = limit + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    if len(data) > limit:
-        raise PlanError(f"{path} grew over the {limit}-byte limit while being read")
-    return data
+        return read_capped_file(path, limit)
+    except ReadRefused as exc:
+        raise PlanError(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,8 @@ a tcp endpoint must be a loopback address (events carry no authentication yet).
 from __future__ import annotations
 
 import contextlib
-import errno
 import ipaddress
 import os
-import socket
-import stat
 import time
 import uuid
 from pathlib import Path
@@ -24,16 +21,13 @@ import msgspec
 import zmq
 from loguru import logger
 
+from wemixvisor.ipc import EndpointError, prepare_socket_file
 from wemixvisor.messages.events import Event
 
 DEFAULT_SEND_HWM = 10_000
 
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 _UNIX_PATH_MAX = 107
-
-
-class EndpointError(ValueError):
-    """An events endpoint that must not or cannot be bound; the message says why."""
 
 
 class PublisherStats(NamedTuple):
@@ -216,30 +210,7 @@ class EventPublisher:
 
     def _prepare_ipc_file(self) -> Path | None:
         """Make the socket's directory private and clear a stale socket file; the file path."""
-        if not self.endpoint.startswith("ipc://"):
-            return None
-        address = self.endpoint.removeprefix("ipc://")
-        if address.startswith("@"):  # Linux abstract namespace: no file
-            return None
-        path = Path(address)
-        _ensure_private_dir(path.parent)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return path
-        if not stat.S_ISSOCK(st.st_mode):
-            raise EndpointError(
-                f"cannot bind events endpoint {self.endpoint}: {path} exists and is not a socket"
-            )
-        if _unix_socket_accepts(path):
-            raise EndpointError(
-                f"cannot bind events endpoint {self.endpoint}: another process is listening on it"
-            )
-        # Left behind by a daemon that was killed: nobody listens, so it is safe to replace.
-        logger.info("removing stale events socket {}", path)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        return path
+        return prepare_socket_file(self.endpoint, "events")
 
     def _remove_socket_file(self) -> None:
         path, file_id = self._socket_file, self._socket_file_id
@@ -254,44 +225,3 @@ class EventPublisher:
         if (st.st_dev, st.st_ino) == file_id:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-
-
-def _ensure_private_dir(directory: Path) -> None:
-    """Create `directory` (and missing parents) with mode 0700; warn if an existing one is open."""
-    missing: list[Path] = []
-    current = directory
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for path in reversed(missing):
-        path.mkdir(mode=0o700, exist_ok=True)
-        # mkdir's mode is filtered by the umask; set it exactly.
-        os.chmod(path, 0o700)
-    if not missing:
-        mode = stat.S_IMODE(directory.stat().st_mode)
-        if mode & 0o077:
-            logger.warning(
-                "events socket directory {} has mode {:o}; 0700 keeps other users out",
-                directory,
-                mode,
-            )
-
-
-def _unix_socket_accepts(path: Path) -> bool:
-    """True if a process accepts connections on the unix socket at `path`."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(os.fspath(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    except TimeoutError:
-        # A listener whose backlog is full is still a listener.
-        return True
-    except OSError as exc:
-        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            return False
-        raise EndpointError(f"cannot check the events socket {path}: {exc}") from exc
-    finally:
-        probe.close()
-    return True

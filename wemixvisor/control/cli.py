@@ -15,7 +15,7 @@ from wemixvisor.control import client_for
 from wemixvisor.control.client import ControlClient, ControlUnreachable
 from wemixvisor.control.protocol import ControlError
 from wemixvisor.control.verbs import VERBS
-from wemixvisor.publisher import EndpointError
+from wemixvisor.ipc import EndpointError
 
 if TYPE_CHECKING:
     from wemixvisor.cli import CliContext

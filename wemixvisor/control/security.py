@@ -14,12 +14,8 @@ More clients are allowed by copying their public `.key` files into `authorized/`
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import ipaddress
 import os
-import socket
-import stat
 from pathlib import Path
 from typing import NamedTuple
 
@@ -27,7 +23,7 @@ import zmq
 import zmq.auth
 from loguru import logger
 
-from wemixvisor.publisher import EndpointError
+from wemixvisor.ipc import EndpointError
 
 __all__ = [
     "AUTHORIZED_DIR",
@@ -37,15 +33,12 @@ __all__ = [
     "CurveClientKeys",
     "ServerCurve",
     "client_keys_for",
-    "ensure_private_dir",
     "generate_keys",
-    "ipc_path",
     "keys_dir_of",
     "load_client_keys",
     "load_server_curve",
     "server_curve_for",
     "tcp_is_loopback",
-    "unix_socket_accepts",
 ]
 
 KEYS_DIR = "keys"
@@ -73,28 +66,6 @@ class CurveClientKeys(NamedTuple):
 def keys_dir_of(home_root: Path) -> Path:
     """`$DAEMON_HOME/wemixvisor/keys`."""
     return home_root / "wemixvisor" / KEYS_DIR
-
-
-def ensure_private_dir(directory: Path) -> None:
-    """Create `directory` (and missing parents) with mode 0700; an existing directory that
-    others can enter is made 0700 only if we created it, else a warning is logged."""
-    missing: list[Path] = []
-    current = directory
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for path in reversed(missing):
-        path.mkdir(mode=0o700, exist_ok=True)
-        # mkdir's mode is filtered by the umask; set it exactly.
-        os.chmod(path, 0o700)
-    if not missing:
-        mode = stat.S_IMODE(directory.stat().st_mode)
-        if mode & 0o077:
-            logger.warning(
-                "{} has mode {:o}; 0700 keeps other users away from the sockets in it",
-                directory,
-                mode,
-            )
 
 
 def _private_file(path: Path) -> None:
@@ -223,34 +194,3 @@ def client_keys_for(endpoint: str, keys_dir: Path) -> CurveClientKeys | None:
     if not endpoint.startswith("tcp://"):
         return None
     return load_client_keys(keys_dir)
-
-
-def ipc_path(endpoint: str) -> Path | None:
-    """The socket file of an `ipc://` endpoint; None for other transports and abstract names."""
-    if not endpoint.startswith("ipc://"):
-        return None
-    address = endpoint.removeprefix("ipc://")
-    if not address or address.startswith("@"):
-        return None
-    return Path(address)
-
-
-def unix_socket_accepts(path: Path, timeout: float = 1.0) -> bool:
-    """True if a process accepts connections on the unix socket at `path`."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(timeout)
-    try:
-        probe.connect(os.fspath(path))
-    except (ConnectionRefusedError, FileNotFoundError, NotADirectoryError):
-        return False
-    except TimeoutError:
-        # A listener whose backlog is full is still a listener.
-        return True
-    except OSError as exc:
-        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK):
-            return False
-        raise
-    finally:
-        with contextlib.suppress(OSError):
-            probe.close()
-    return True

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -37,13 +36,8 @@ from wemixvisor.control.protocol import (
     encode_error,
     encode_ok,
 )
-from wemixvisor.control.security import (
-    ServerCurve,
-    ensure_private_dir,
-    ipc_path,
-    unix_socket_accepts,
-)
-from wemixvisor.publisher import EndpointError
+from wemixvisor.control.security import ServerCurve
+from wemixvisor.ipc import EndpointError, prepare_socket_file
 
 __all__ = ["ControlServer", "Dispatch"]
 
@@ -206,27 +200,7 @@ class ControlServer:
         return sock
 
     def _prepare_ipc_file(self) -> Path | None:
-        path = ipc_path(self.endpoint)
-        if path is None:
-            return None
-        ensure_private_dir(path.parent)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return path
-        if not stat.S_ISSOCK(st.st_mode):
-            raise EndpointError(
-                f"cannot bind control endpoint {self.endpoint}: {path} exists and is not a socket"
-            )
-        if unix_socket_accepts(path):
-            raise EndpointError(
-                f"cannot bind control endpoint {self.endpoint}: another process listens on it"
-            )
-        # Left behind by a daemon that was killed: nobody listens, so it is safe to replace.
-        logger.info("removing stale control socket {}", path)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        return path
+        return prepare_socket_file(self.endpoint, "control")
 
     def _remove_socket_file(self) -> None:
         record, self._socket_file = self._socket_file, None

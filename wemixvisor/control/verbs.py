@@ -60,7 +60,7 @@ from wemixvisor.control.protocol import (
 )
 from wemixvisor.layout import Home
 from wemixvisor.messages.backup import CreateBackup, ListBackups, PruneBackups, RestoreBackup
-from wemixvisor.messages.governance import GetChainInfo, ListProposals
+from wemixvisor.messages.governance import GetChainInfo, GetProposals
 from wemixvisor.messages.height import GetHeight, HeightStatus
 from wemixvisor.messages.node import (
     GetNodeStatus,
@@ -862,7 +862,7 @@ class GovernanceProposalsVerb(Verb[GovernanceProposals]):
                 "proposals": [],
                 "note": "governance is not followed (no governance actor is running)",
             }
-        return {"proposals": msgspec.to_builtins(_ask(ctx, "governance", ListProposals()))}
+        return {"proposals": msgspec.to_builtins(_ask(ctx, "governance", GetProposals()))}
 
 
 class VersionVerb(Verb[Version]):

@@ -49,10 +49,6 @@ class GetProposals(msgspec.Struct, frozen=True):
     """Ask: answered with `list[Proposal]`, every followed contract, by contract then id."""
 
 
-ListProposals = GetProposals
-"""The name the control server's `governance_proposals` verb asks with: the same message."""
-
-
 class SealingActivity(msgspec.Struct, frozen=True, kw_only=True):
     """This node's share of sealing over the node's recent window (`istanbul_status`)."""
 
