@@ -147,13 +147,15 @@ class FileServer:
     """A loopback HTTP server thread serving blobs; a path can misbehave a given number of times.
 
     `faults[path]` is consumed one request at a time: `truncate` (half the body, then close),
-    `reset` (part of the body, then a TCP reset), `500`, `404`, or `redirect:<url>`.
+    `reset` (part of the body, then a TCP reset), `500`, `404`, `redirect:<url>`, or `hold`
+    (part of the body, then the rest once `release` is set: a slow transfer).
     """
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.faults: dict[str, list[str]] = {}
         self.requests: list[str] = []
+        self.release = threading.Event()
         self._lock = threading.Lock()
         server = self
 
@@ -199,6 +201,12 @@ class FileServer:
             request.wfile.flush()
             request.close_connection = True
             return
+        if fault == "hold":
+            request.wfile.write(body[:1024])
+            request.wfile.flush()
+            self.release.wait(60)
+            request.wfile.write(body[1024:])
+            return
         if fault == "reset":
             request.wfile.write(body[: len(body) // 3])
             request.wfile.flush()
@@ -211,6 +219,7 @@ class FileServer:
         request.wfile.write(body)
 
     def close(self) -> None:
+        self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(timeout=10)

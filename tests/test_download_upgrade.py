@@ -200,3 +200,29 @@ def test_a_file_url_is_downloaded_too(chain: Chain, tarball: Path) -> None:
     finally:
         events.close()
     assert daemon.terminate() == 0
+
+
+def test_an_upgrade_due_while_its_download_still_runs_waits_for_it(
+    chain: Chain, server: FileServer, tarball: Path
+) -> None:
+    server.faults[TARBALL_PATH] = ["hold"]
+    daemon, events = start(chain)
+    try:
+        height = chain.head() + 2
+        url = f"{server.url(TARBALL_PATH)}?checksum=sha256:{sha256_of(tarball)}"
+        write_plan(chain, "v1.7.1", height, url)
+        events.wait_for("download.started", timeout=10)
+        # H passes while the transfer hangs: the upgrade neither starts nor fails.
+        events.wait_for("height.observed", lambda p: p["height"] > height, timeout=20)
+        topics = [p["topic"] for p in events.seen]
+        assert "upgrade.started" not in topics
+        assert "upgrade.failed" not in topics
+        server.release.set()
+        events.wait_for("download.completed", timeout=20)
+        started = events.wait_for("upgrade.started", timeout=20)
+        assert started["observed_height"] > height
+        events.wait_for("upgrade.completed", timeout=60)
+        assert chain.client_version() == "anvil/v1.7.1"
+    finally:
+        events.close()
+    assert daemon.terminate() == 0

@@ -110,6 +110,8 @@ class OrchestratorActor(SupervisedActor):
         self._saga: UpgradeSaga | None = None
         self._preflight_ok: dict[str, bool] = {}
         self._checked_ahead: set[str] = set()
+        self._preflights: dict[str, int] = {}  # preflight threads running, per plan
+        self._waiting_for_download: set[str] = set()
         self._latency: collections.deque[tuple[int, float, float]] = collections.deque(
             maxlen=_LATENCY_SAMPLES
         )
@@ -264,6 +266,14 @@ class OrchestratorActor(SupervisedActor):
         entry = queue_rules.due(self._queue, self._head)
         if entry is None:
             return
+        name = entry.plan.name
+        if self._preflights.get(name) and not self._home.upgrade_bin(name).exists():
+            # Its download started hours ago and is still running: the upgrade starts when it
+            # ends (late, but on the right binary) rather than failing for a missing binary.
+            if name not in self._waiting_for_download:
+                self._waiting_for_download.add(name)
+                logger.warning("upgrade {} is due but its binary is still downloading", name)
+            return
         try:
             from_target = read_current(self._home).target
         except LayoutError as exc:
@@ -357,6 +367,7 @@ class OrchestratorActor(SupervisedActor):
     # preflight
 
     def _preflight(self, plan: Plan) -> None:
+        self._preflights[plan.name] = self._preflights.get(plan.name, 0) + 1
         ref = self.actor_ref
         home, config, publish = self._home, self._config, self._bus.publish
 
@@ -378,6 +389,10 @@ class OrchestratorActor(SupervisedActor):
             self._bus.tell("backup", PrestageBackup(plan.name))
 
     def _on_preflight(self, result: _PreflightDone) -> None:
+        self._preflights[result.name] = max(self._preflights.get(result.name, 1) - 1, 0)
+        if result.name in self._waiting_for_download:
+            self._waiting_for_download.discard(result.name)
+            self._maybe_start()
         entry = queue_rules.get(self._queue, result.name)
         if entry is None or entry.status is not PlanStatus.PENDING:
             return
