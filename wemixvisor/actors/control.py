@@ -57,7 +57,11 @@ class ControlActor(SupervisedActor):
 
         self._dispatcher = Dispatcher(self._context)
         self._server = ControlServer(
-            self._endpoint, self._dispatcher, curve=self._curve, on_crash=crashed
+            self._endpoint,
+            self._dispatcher,
+            curve=self._curve,
+            on_crash=crashed,
+            quick=self._dispatcher.quick,
         )
         try:
             self._server.start()

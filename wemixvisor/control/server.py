@@ -70,9 +70,11 @@ class ControlServer:
         workers: int = 32,
         max_pending: int = 256,
         on_crash: Callable[[BaseException], None] | None = None,
+        quick: Callable[[Request], tuple[Any] | None] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self._dispatch = dispatch
+        self._quick = quick
         self._curve = curve
         self._workers = workers
         self._max_pending = max_pending
@@ -283,6 +285,11 @@ class ControlServer:
         except DecodeFailure as exc:
             self._reply_now(sock, envelope, encode_error(exc.request_id, exc.code, exc.message))
             return
+        if self._quick is not None:
+            answer = self._quick(request)
+            if answer is not None:
+                self._reply_now(sock, envelope, encode_ok(request.id, answer[0]))
+                return
         if self._pending >= self._max_pending:
             self._reply_now(
                 sock,
