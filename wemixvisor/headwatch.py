@@ -21,6 +21,7 @@ budget (SPEC §16), for two JSON-RPC methods that msgspec and websockets handle 
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import re
 import socket
@@ -236,7 +237,7 @@ def _error_text(error: object) -> str:
 # --- helper threads ----------------------------------------------------------------------------
 
 
-class HeadWatcher:
+class HeadWatcher(abc.ABC):
     """One helper thread following the head; subclasses implement `_run`.
 
     `on_head` and `on_failure` are called on the helper thread and must not block (the actor
@@ -296,10 +297,11 @@ class HeadWatcher:
                 self._failed(f"head watcher failed: {type(exc).__name__}: {exc}")
                 self._sleep(self._backoff.delay(crashes))
 
+    @abc.abstractmethod
     def _run(self) -> None:
-        raise NotImplementedError
+        """Follow the head until stopped or an error ends this attempt (the loop retries)."""
 
-    def _interrupt(self) -> None:
+    def _interrupt(self) -> None:  # noqa: B027  (optional hook: polling has nothing to unblock)
         """Unblock a blocking read so that `stop` takes effect at once (override)."""
 
     def _answered(self, height: int, observed_at: float) -> None:
