@@ -36,6 +36,7 @@ if __package__ in (None, ""):
 
 import msgspec
 import pykka
+from loguru import logger
 
 from bench._harness import ProcessTracker, Stats, machine_line, ms, print_table
 from devtools.anvil import anvil_binary, free_port, rpc_call, wait_for_rpc
@@ -208,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--baseline-rounds", type=int, default=10)
     args = parser.parse_args(argv)
+    # The actors run in this process: only their warnings belong in the bench's output.
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
     print(machine_line())
     work = Path(tempfile.mkdtemp(prefix="wv-bench-", dir="/tmp"))
     try:
