@@ -90,6 +90,10 @@ def run(home: Path, duration: float | None) -> int:
             "1",
             "--state",
             str(home / "data" / "state.json"),
+            # anvil writes its state on SIGTERM, and with this every second too, so that the
+            # SIGKILL of the scenario does not lose the chain.
+            "--state-interval",
+            "1",
         ],
         env=env,
         stdout=daemon_log,
@@ -122,9 +126,10 @@ def run(home: Path, duration: float | None) -> int:
             f"({waited:.3f}s of that waiting for RPC)"
         )
         upgrade_bin = anvil_binary("1.7.1")
-        height = int(rpc_call(url, "eth_blockNumber"), 16) + 5
+        head = int(rpc_call(url, "eth_blockNumber"), 16)
+        height = head + 5
         _say(
-            f"{rpc_call(url, 'web3_clientVersion')} at head {height - 5}; scheduling anvil 1.7.1 "
+            f"{rpc_call(url, 'web3_clientVersion')} at head {head}; scheduling anvil 1.7.1 "
             f"at height {height}:\n    wemixvisor add-upgrade v1.7.1 {upgrade_bin} "
             f"--height {height}"
         )
