@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -129,6 +132,25 @@ def test_config_edits_are_reloaded_or_rejected_live(
     # The node keeps running with the arguments it was started with.
     events.wait_for("height.observed", timeout=10)
     assert daemon.process is not None and daemon.process.poll() is None
+
+
+def test_a_reloaded_log_level_applies_at_once(
+    running: tuple[Daemon, EventLog, Path, str],
+) -> None:
+    daemon, events, home, url = running
+    (home / "wemixvisor" / "config.toml").write_text('[log]\nlevel = "ERROR"\n')
+    reloaded = events.wait_for("config.reloaded", timeout=10)
+    assert reloaded["changed"] == ["log.level"]
+    assert reloaded["restart_required"] == []
+    before = len(daemon.log_text().splitlines())
+    # A crash and its restart log WARNING and INFO lines: none of them pass ERROR.
+    pid = int(msgspec.json.decode((home / "wemixvisor" / "state" / "node.pid").read_bytes())["pid"])
+    os.kill(pid, signal.SIGKILL)
+    events.wait_for("node.running", timeout=20)
+    wait_for_rpc(url, timeout=10)
+    events.wait_for("supervisor.heartbeat")
+    after = [json.loads(line) for line in daemon.log_text().splitlines()[before:] if line]
+    assert all(r["record"]["level"]["no"] >= 40 for r in after), after
 
 
 def test_json_logs_are_one_object_per_line(running: tuple[Daemon, EventLog, Path, str]) -> None:

@@ -27,6 +27,7 @@ from loguru import logger
 from wemixvisor.actors.base import FailureSink, SupervisedActor
 from wemixvisor.bus import Bus
 from wemixvisor.config import MAX_CONFIG_BYTES, Config, ConfigError, load_config, reload_diff
+from wemixvisor.logs import apply_level
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.config import ConfigChanged
 from wemixvisor.messages.plans import RegisterPlans, ResendPlans
@@ -285,8 +286,8 @@ class FileSourceActor(SupervisedActor):
             ", ".join(changed),
             f"; needs a restart: {', '.join(restart_required)}" if restart_required else "",
         )
-        self._bus.publish(ev.ConfigReloaded(changed=changed, restart_required=restart_required))
         self._apply(new)
+        self._bus.publish(ev.ConfigReloaded(changed=changed, restart_required=restart_required))
         for role in CONFIG_ROLES:
             self._bus.tell(role, ConfigChanged(config=new, changed=changed))
 
@@ -298,5 +299,7 @@ class FileSourceActor(SupervisedActor):
             self._apply(config)
 
     def _apply(self, config: Config) -> None:
-        """The reloadable keys this actor uses: only the poll interval."""
+        """The reloadable keys this actor applies: its poll interval, and the daemon's log level
+        (loguru's sink is process-wide; this actor is where reloads arrive first)."""
         self._interval = config.rpc.poll_interval
+        apply_level(config.log.level)
