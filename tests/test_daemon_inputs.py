@@ -159,3 +159,41 @@ def test_json_logs_are_one_object_per_line(running: tuple[Daemon, EventLog, Path
     assert lines
     records = [json.loads(line) for line in lines]
     assert all("record" in record and "text" in record for record in records)
+
+
+def test_a_reloaded_heartbeat_interval_applies_to_the_next_heartbeats(
+    anvil_bin_1_5_1: Path, free_port: Callable[[], int]
+) -> None:
+    # Its own daemon: the shared one sets the interval in the environment, which wins over
+    # config.toml.
+    root = Path(tempfile.mkdtemp(prefix="wv-", dir="/tmp"))
+    home = root / "home"
+    init_home(Home(root=home, name="anvil", data_dir=home / "data"), anvil_bin_1_5_1)
+    (home / "wemixvisor" / "config.toml").write_text('[events]\nheartbeat_interval = "300ms"\n')
+    port = free_port()
+    daemon = Daemon(
+        home,
+        {
+            "DAEMON_NAME": "anvil",
+            "DAEMON_RPC_ADDRESS": f"http://127.0.0.1:{port}",
+            "DAEMON_POLL_INTERVAL": "50ms",
+        },
+        ["--port", str(port)],
+    ).start()
+    events = EventLog(daemon.events_endpoint)
+    try:
+        events.wait_for("supervisor.heartbeat")
+        (home / "wemixvisor" / "config.toml").write_text(
+            '[events]\nheartbeat_interval = "1500ms"\n'
+        )
+        reloaded = events.wait_for("config.reloaded", timeout=10)
+        assert reloaded["changed"] == ["events.heartbeat_interval"]
+        events.wait_for("supervisor.heartbeat")  # the one already due at the old interval
+        first = events.wait_for("supervisor.heartbeat")
+        second = events.wait_for("supervisor.heartbeat")
+        assert second["ts"] - first["ts"] > 1.2
+    finally:
+        events.close()
+        daemon.kill()
+        kill_node_processes(root)
+        shutil.rmtree(root, ignore_errors=True)

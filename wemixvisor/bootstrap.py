@@ -34,7 +34,7 @@ from wemixvisor.actors.height import HeightActor
 from wemixvisor.actors.node import NodeActor
 from wemixvisor.actors.orchestrator import OrchestratorActor
 from wemixvisor.bus import Bus
-from wemixvisor.config import Config, ConfigError, load_config
+from wemixvisor.config import Config, ConfigError, apply_reloadable, load_config
 from wemixvisor.control.security import ServerCurve, keys_dir_of, server_curve_for
 from wemixvisor.control.verbs import ControlContext
 from wemixvisor.ipc import EndpointError
@@ -159,8 +159,13 @@ class Daemon:
             bus=self.bus,
             env=self.environ,
             overrides=self.overrides,
+            on_reload=self._on_reload,
             failure_sink=supervisor.failure_sink,
         )
+
+    def _on_reload(self, config: Config) -> None:
+        # Called on the files actor's thread; the main loop reads `self.config` afresh.
+        self.config = apply_reloadable(self.config, config)
 
     def _start_backup(self, supervisor: Supervisor) -> pykka.ActorRef[Any]:
         return BackupActor.start(
@@ -240,8 +245,7 @@ class Daemon:
         return EXIT_OK
 
     def _serve(self) -> str:
-        heartbeat = self.config.events.heartbeat_interval
-        next_heartbeat = time.monotonic() + heartbeat
+        next_heartbeat = time.monotonic() + self.config.events.heartbeat_interval
         while True:
             restart_due = self.supervisor.handle_failures()
             wait = max(0.0, min(next_heartbeat - time.monotonic(), restart_due, 1.0))
@@ -255,7 +259,7 @@ class Daemon:
                     continue
                 return signal.Signals(signum).name
             if time.monotonic() >= next_heartbeat:
-                next_heartbeat = time.monotonic() + heartbeat
+                next_heartbeat = time.monotonic() + self.config.events.heartbeat_interval
                 self._heartbeat()
 
     def _heartbeat(self) -> None:

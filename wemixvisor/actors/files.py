@@ -42,7 +42,7 @@ from wemixvisor.planfiles import (
 )
 from wemixvisor.plans import MAX_PLAN_BYTES, Plan, PlanError, parse_plan
 
-CONFIG_ROLES = ("node", "height", "orchestrator", "backup", "governance", "events", "files")
+CONFIG_ROLES = ("node", "height", "orchestrator", "backup", "governance", "files")
 """Every role told `ConfigChanged` after a valid config.toml edit (a role nobody plays is fine)."""
 
 # A poll interval configured absurdly small must not turn the poll into a busy loop.
@@ -114,12 +114,16 @@ class FileSourceActor(SupervisedActor):
         *,
         env: Mapping[str, str] | None = None,
         overrides: Mapping[str, str] | None = None,
+        on_reload: Callable[[Config], None] | None = None,
     ) -> None:
         super().__init__(failure_sink)
         self._bus = bus
         # The latest valid configuration: the base of the next reload's diff.
         self._config = config
         self._overrides = dict(overrides or {})
+        # Told every reloaded configuration: the daemon's own loop (heartbeat interval) is
+        # not an actor and gets no ConfigChanged.
+        self._on_reload = on_reload
         self._env = dict(os.environ if env is None else env)
         if "home" not in self._overrides:
             # The home is fixed for the daemon's life; the file watched is the one in it.
@@ -303,3 +307,5 @@ class FileSourceActor(SupervisedActor):
         (loguru's sink is process-wide; this actor is where reloads arrive first)."""
         self._interval = config.rpc.poll_interval
         apply_level(config.log.level)
+        if self._on_reload is not None:
+            self._on_reload(config)
