@@ -39,7 +39,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._harness import Stats, machine_line, print_table, signals_raise
-from wemixvisor import backup as backups
+from wemixvisor.backup import store as backups
 
 GIB = 1024**3
 MIB = 1024**2

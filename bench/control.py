@@ -45,10 +45,10 @@ from bench._harness import (
 )
 from devtools.anvil import anvil_binary, free_port
 from wemixvisor.control import ControlClient, ControlError, ControlUnreachable
-from wemixvisor.layout import Home, init_home
+from wemixvisor.events.publisher import EventPublisher
+from wemixvisor.events.subscriber import EventSubscriber
+from wemixvisor.home.layout import Home, init_home
 from wemixvisor.messages.events import ConfigRejected
-from wemixvisor.publisher import EventPublisher
-from wemixvisor.subscriber import EventSubscriber
 
 ANVIL_VERSION = "1.5.1"
 TARGET_P99 = 0.010  # status round trip p99 at 10 concurrent clients

@@ -44,8 +44,8 @@ from wemixvisor.actors.height import HeightActor
 from wemixvisor.actors.orchestrator import GetHeadLatency, OrchestratorActor
 from wemixvisor.bus import Bus
 from wemixvisor.config import load_config
-from wemixvisor.layout import Home, add_upgrade, init_home
-from wemixvisor.subscriber import EventSubscriber
+from wemixvisor.events.subscriber import EventSubscriber
+from wemixvisor.home.layout import Home, add_upgrade, init_home
 
 
 def _reference_heads(url: str, arrivals: dict[int, float], stop: threading.Event) -> None:

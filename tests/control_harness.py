@@ -16,7 +16,7 @@ from typing import Any
 from tests.daemon_harness import Daemon, kill_node_processes
 from wemixvisor.control import ControlClient, ControlError, ControlUnreachable
 from wemixvisor.control.security import CurveClientKeys
-from wemixvisor.layout import Home, init_home
+from wemixvisor.home.layout import Home, init_home
 
 # What a daemon started by these tests gets unless a test says otherwise.
 BASE_ENV = {

@@ -13,7 +13,7 @@ from typing import Any
 
 import psutil
 
-from wemixvisor.subscriber import EventSubscriber
+from wemixvisor.events.subscriber import EventSubscriber
 
 Payload = dict[str, Any]
 

@@ -31,11 +31,11 @@ from tests.control_harness import (
     wait_status,
 )
 from tests.daemon_harness import EventLog
-from wemixvisor.alert import AlertForwarder, DeliveryError, alert_text
 from wemixvisor.control import ControlClient
+from wemixvisor.events.alert import AlertForwarder, DeliveryError, alert_text
+from wemixvisor.events.publisher import EventPublisher
+from wemixvisor.events.subscriber import ReceivedEvent
 from wemixvisor.messages import events as ev
-from wemixvisor.publisher import EventPublisher
-from wemixvisor.subscriber import ReceivedEvent
 
 Alert = dict[str, Any]
 

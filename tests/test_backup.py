@@ -12,11 +12,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from wemixvisor import backup as backups
-from wemixvisor.fsutil import atomic_write_bytes
-from wemixvisor.layout import Home
-from wemixvisor.planfiles import write_queue
-from wemixvisor.plans import Plan, PlanStatus, QueuedPlan, QueueState
+from wemixvisor.backup import store as backups
+from wemixvisor.home.fsutil import atomic_write_bytes
+from wemixvisor.home.layout import Home
+from wemixvisor.plans.files import write_queue
+from wemixvisor.plans.queue import Plan, PlanStatus, QueuedPlan, QueueState
 
 OLD = 1_600_000_000  # a past mtime: files that old are not "racy" while staging
 

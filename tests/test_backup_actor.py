@@ -15,12 +15,12 @@ import pykka
 import pytest
 
 from devtools.anvil import rpc_call, wait_for_rpc
-from wemixvisor import backup as backups
 from wemixvisor.actors.backup import BackupActor
 from wemixvisor.actors.node import NodeActor
+from wemixvisor.backup import store as backups
 from wemixvisor.bus import Bus
 from wemixvisor.config import Config, load_config
-from wemixvisor.layout import Home, init_home
+from wemixvisor.home.layout import Home, init_home
 from wemixvisor.messages.backup import (
     CreateBackup,
     FinishBackup,

@@ -19,8 +19,8 @@ import pytest
 
 from devtools.anvil import rpc_call, wait_for_rpc
 from tests.daemon_harness import Daemon, EventLog, kill_node_processes
-from wemixvisor import backup as backups
-from wemixvisor.layout import Home, add_upgrade, init_home
+from wemixvisor.backup import store as backups
+from wemixvisor.home.layout import Home, add_upgrade, init_home
 
 OLD = 1_600_000_000
 MiB = 1024 * 1024

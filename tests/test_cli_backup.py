@@ -16,9 +16,9 @@ import msgspec
 import psutil
 import pytest
 
-from wemixvisor import backup as backups
+from wemixvisor.backup import store as backups
 from wemixvisor.cli import main
-from wemixvisor.process import NodeProcess, write_pidfile
+from wemixvisor.node.process import NodeProcess, write_pidfile
 
 OLD = 1_600_000_000
 

@@ -38,7 +38,7 @@ from tests.daemon_harness import Daemon, EventLog
 from wemixvisor.cli import main
 from wemixvisor.control import ControlClient, ControlError, ControlUnreachable
 from wemixvisor.control.security import CurveClientKeys, load_server_curve
-from wemixvisor.nodelog import rotate_if_needed
+from wemixvisor.node.logfile import rotate_if_needed
 
 Cli = Callable[..., tuple[int, str, str]]
 

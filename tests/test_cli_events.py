@@ -19,9 +19,9 @@ import zmq
 
 from wemixvisor.cli import main
 from wemixvisor.commands.events import format_event
+from wemixvisor.events.publisher import EventPublisher
+from wemixvisor.events.subscriber import EventSubscriber, ReceivedEvent
 from wemixvisor.messages.events import Event, NodeRunning, SupervisorHeartbeat
-from wemixvisor.publisher import EventPublisher
-from wemixvisor.subscriber import EventSubscriber, ReceivedEvent
 
 TEXT_LINE = re.compile(
     r"^\d\d:\d\d:\d\d\.\d{3} node\.running seq=\d+ pid=\d+ startup_seconds=0\.25 by=rpc$"

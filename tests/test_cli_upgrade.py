@@ -16,8 +16,16 @@ import pytest
 
 from devtools.anvil import AnvilProcess, rpc_call
 from wemixvisor.cli import main
-from wemixvisor.commands.upgrade import platform_key
-from wemixvisor.plans import Plan, PlanStatus, QueuedPlan, QueueState, decode_state, encode_state
+from wemixvisor.plans.platforms import current_platform
+from wemixvisor.plans.queue import (
+    Plan,
+    PlanStatus,
+    QueuedPlan,
+    QueueState,
+    decode_state,
+    encode_state,
+    plan_from_object,
+)
 
 SHA = "sha256:" + "ab" * 32
 
@@ -114,7 +122,7 @@ def test_schedule_with_a_binary_url_and_checksum(home: Path) -> None:
     (entry,) = batch(home)
     assert entry["info"] == {
         "note": "hard fork",
-        "binaries": {platform_key(): f"https://example.com/gwemix.tar.gz?checksum={SHA}"},
+        "binaries": {current_platform(): f"https://example.com/gwemix.tar.gz?checksum={SHA}"},
     }
 
 
@@ -471,3 +479,30 @@ def test_add_upgrade_with_a_conflicting_height_installs_nothing(
 
     assert "conflict" in capsys.readouterr().err
     assert not (home / "wemixvisor/upgrades/v2").exists()
+
+
+# Every value `platform.machine()` returns on the platforms Python supports (uname -m on Linux and
+# the BSDs, PROCESSOR_ARCHITECTURE on Windows, the Darwin names).
+_MACHINES = (
+    "x86_64", "amd64", "AMD64", "x64", "i386", "i486", "i586", "i686", "x86",
+    "aarch64", "arm64", "ARM64", "armv6l", "armv7l", "armv8l", "arm",
+    "ppc64le", "ppc64", "s390x", "riscv64", "mips", "mips64", "loongarch64",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("machine", _MACHINES)
+def test_the_daemon_finds_the_binary_the_cli_scheduled_on_every_machine(
+    home: Path, monkeypatch: pytest.MonkeyPatch, machine: str
+) -> None:
+    """`upgrade schedule --binary` names the platform key the daemon's download looks up."""
+    import platform
+
+    from wemixvisor.upgrade.download import resolve_binary_url
+
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    url = "https://example.com/gwemix.tar.gz"
+    assert main(["upgrade", "schedule", "v2", "200", "--binary", url, "--checksum", SHA]) == 0
+
+    (entry,) = batch(home)
+    plan = plan_from_object(entry, source="test")
+    assert resolve_binary_url(plan, "gwemix") == f"{url}?checksum={SHA}"

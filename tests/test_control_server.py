@@ -29,7 +29,7 @@ from wemixvisor.control.security import (
     load_server_curve,
 )
 from wemixvisor.control.server import ControlServer
-from wemixvisor.ipc import EndpointError
+from wemixvisor.home.ipc import EndpointError
 
 SLOW = 9_999  # `logs` with this many lines is the slow request of these tests
 

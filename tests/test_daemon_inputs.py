@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from devtools.anvil import wait_for_rpc
 from tests.daemon_harness import Daemon, EventLog, kill_node_processes
-from wemixvisor.layout import Home, init_home
+from wemixvisor.home.layout import Home, init_home
 
 HOSTILE_PLANS = [
     b'{"name": "../../x", "height": 10}',

@@ -29,22 +29,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wemixvisor import download
-from wemixvisor.download import (
+from wemixvisor.home.layout import Home
+from wemixvisor.messages import events as ev
+from wemixvisor.plans.platforms import platform_key
+from wemixvisor.plans.queue import Plan, plan_from_object
+from wemixvisor.upgrade import download
+from wemixvisor.upgrade.download import (
     Checksum,
     DownloadError,
     download_binary,
     extract_binary,
     parse_checksum,
     pick_binary_url,
-    platform_key,
     resolve_binary_url,
     safe_member_path,
     split_checksum,
 )
-from wemixvisor.layout import Home
-from wemixvisor.messages import events as ev
-from wemixvisor.plans import Plan, plan_from_object
 
 FAKE_NODE = b"#!/bin/sh\necho 'anvil Version: 9.9.9-test'\n"
 SHA256_HEX = "ab" * 32

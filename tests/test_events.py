@@ -21,7 +21,9 @@ import pytest
 import zmq
 
 from wemixvisor.actors.events import EventsActor
-from wemixvisor.ipc import EndpointError
+from wemixvisor.events.publisher import EventPublisher, check_bind_endpoint
+from wemixvisor.events.subscriber import EventSubscriber, ReceivedEvent
+from wemixvisor.home.ipc import EndpointError
 from wemixvisor.messages.events import (
     ConfigRejected,
     Event,
@@ -30,8 +32,6 @@ from wemixvisor.messages.events import (
     PublishHeartbeat,
     SupervisorStopping,
 )
-from wemixvisor.publisher import EventPublisher, check_bind_endpoint
-from wemixvisor.subscriber import EventSubscriber, ReceivedEvent
 
 JOIN_DEADLINE = 5.0
 

@@ -22,7 +22,7 @@ from wemixvisor.config import Config, load_config
 from wemixvisor.messages.config import ConfigChanged
 from wemixvisor.messages.events import ConfigRejected, ConfigReloaded, PlanRejected
 from wemixvisor.messages.plans import RegisterPlans
-from wemixvisor.plans import Plan
+from wemixvisor.plans.queue import Plan
 
 WAIT = 10.0
 

@@ -26,12 +26,12 @@ from eth_utils import keccak
 
 from devtools.anvil import AnvilProcess, rpc_call, wait_for_rpc
 from tests.daemon_harness import Daemon, EventLog, kill_node_processes
-from wemixvisor import governance as gov
 from wemixvisor.actors.governance import GovernanceActor
 from wemixvisor.bus import Bus
+from wemixvisor.chain import governance as gov
 from wemixvisor.commands.governance import render_proposals
 from wemixvisor.config import Config, load_config
-from wemixvisor.layout import Home, add_upgrade, init_home
+from wemixvisor.home.layout import Home, add_upgrade, init_home
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.governance import (
     GetChainInfo,
@@ -40,7 +40,7 @@ from wemixvisor.messages.governance import (
     ProposalState,
 )
 from wemixvisor.messages.plans import RegisterPlans
-from wemixvisor.plans import PlanError
+from wemixvisor.plans.queue import PlanError
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent

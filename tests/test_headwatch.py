@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wemixvisor.headwatch import (
+from wemixvisor.chain.headwatch import (
     MAX_HEIGHT,
     Backoff,
     MalformedAnswer,
@@ -18,7 +18,7 @@ from wemixvisor.headwatch import (
     decode_ws_message,
     parse_height,
 )
-from wemixvisor.rpc import RpcError
+from wemixvisor.chain.rpc import RpcError
 
 # --- parse_height ------------------------------------------------------------------------------
 

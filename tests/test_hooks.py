@@ -10,8 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from wemixvisor.hooks import run_app_preupgrade, run_custom_preupgrade, run_hook
-from wemixvisor.plans import Plan
+from wemixvisor.plans.queue import Plan
+from wemixvisor.upgrade.hooks import run_app_preupgrade, run_custom_preupgrade, run_hook
 
 
 def script(path: Path, body: str) -> Path:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wemixvisor.layout import (
+from wemixvisor.home.layout import (
     UPGRADE_NAME_RE,
     Current,
     Home,

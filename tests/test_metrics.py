@@ -27,8 +27,8 @@ from tests.control_harness import (
     wait_status,
 )
 from wemixvisor.control import ControlClient
-from wemixvisor.metrics import _EventMetrics
-from wemixvisor.subscriber import ReceivedEvent
+from wemixvisor.events.metrics import _EventMetrics
+from wemixvisor.events.subscriber import ReceivedEvent
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -14,7 +14,7 @@ from devtools.anvil import wait_for_rpc
 from wemixvisor.actors.node import NodeActor
 from wemixvisor.bus import Bus
 from wemixvisor.config import load_config
-from wemixvisor.layout import Home, init_home
+from wemixvisor.home.layout import Home, init_home
 from wemixvisor.messages.events import Event
 from wemixvisor.messages.node import (
     GetNodeStatus,

@@ -17,8 +17,8 @@ import pytest
 
 from devtools.anvil import rpc_call, wait_for_rpc
 from tests.daemon_harness import Daemon, EventLog, kill_node_processes
-from wemixvisor.layout import Home, init_home
-from wemixvisor.process import group_members
+from wemixvisor.home.layout import Home, init_home
+from wemixvisor.node.process import group_members
 
 MakeDaemon = Callable[..., Daemon]
 

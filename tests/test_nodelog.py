@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from wemixvisor.nodelog import rotate_if_needed, rotated_name
+from wemixvisor.node.logfile import rotate_if_needed, rotated_name
 
 
 def test_small_log_is_left_alone(tmp_path: Path) -> None:

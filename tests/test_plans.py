@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wemixvisor import plans
-from wemixvisor.plans import (
+from wemixvisor.plans import queue as plans
+from wemixvisor.plans.queue import (
     MAX_HEIGHT,
     MAX_PLAN_BYTES,
     Plan,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wemixvisor.restart_policy import (
+from wemixvisor.node.restart_policy import (
     ExitAction,
     RestartHistory,
     RestartPolicy,

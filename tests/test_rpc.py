@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from devtools.anvil import AnvilProcess
-from wemixvisor.rpc import MAX_RESPONSE_BYTES, RpcClient, RpcError, RpcMethodNotFound
+from wemixvisor.chain.rpc import MAX_RESPONSE_BYTES, RpcClient, RpcError, RpcMethodNotFound
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pykka
 import pytest
 
 from wemixvisor.actors.base import SupervisedActor
+from wemixvisor.actors.supervision import Supervisor
 from wemixvisor.bus import Bus
-from wemixvisor.supervision import Supervisor
 
 
 class Counter(SupervisedActor):

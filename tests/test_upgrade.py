@@ -21,7 +21,7 @@ import pytest
 
 from devtools.anvil import AnvilProcess, rpc_call, wait_for_rpc
 from tests.daemon_harness import Daemon, EventLog, kill_node_processes
-from wemixvisor.layout import Home, add_upgrade, init_home
+from wemixvisor.home.layout import Home, add_upgrade, init_home
 
 H_AHEAD = 4  # blocks between "now" and the plan's height: enough to register it in time
 

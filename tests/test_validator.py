@@ -23,10 +23,10 @@ from tests.daemon_harness import Daemon, EventLog, kill_node_processes
 from tests.wbft_proxy import WbftDouble, address, wait_for_block
 from wemixvisor.actors.governance import GovernanceActor
 from wemixvisor.bus import Bus
+from wemixvisor.chain.wbft import SIGNING_CHECK_BLOCKS
 from wemixvisor.config import load_config
-from wemixvisor.layout import Home, add_upgrade, init_home
+from wemixvisor.home.layout import Home, add_upgrade, init_home
 from wemixvisor.messages.governance import ChainInfo, GetChainInfo
-from wemixvisor.wbft import SIGNING_CHECK_BLOCKS
 
 ME = address(0xA1)
 VALIDATORS = [ME, address(0xB2), address(0xC3), address(0xD4)]

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from tests.wbft_proxy import address
-from wemixvisor.rpc import RpcClient, RpcError, RpcMethodNotFound
-from wemixvisor.wbft import (
+from wemixvisor.chain.rpc import RpcClient, RpcError, RpcMethodNotFound
+from wemixvisor.chain.wbft import (
     MAX_VALIDATORS,
     MalformedAnswer,
     NotWbft,

@@ -33,19 +33,19 @@ from wemixvisor.actors.governance import GovernanceActor
 from wemixvisor.actors.height import HeightActor
 from wemixvisor.actors.node import NodeActor
 from wemixvisor.actors.orchestrator import OrchestratorActor
+from wemixvisor.actors.supervision import Supervisor
 from wemixvisor.bus import Bus
 from wemixvisor.config import Config, ConfigError, apply_reloadable, load_config
 from wemixvisor.control.security import ServerCurve, keys_dir_of, server_curve_for
 from wemixvisor.control.verbs import ControlContext
-from wemixvisor.ipc import EndpointError
-from wemixvisor.layout import Home
+from wemixvisor.events.metrics import MetricsExporter
+from wemixvisor.home.ipc import EndpointError
+from wemixvisor.home.layout import Home
 from wemixvisor.logs import setup_logging
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.events import PublishHeartbeat
 from wemixvisor.messages.node import GetNodeStatus, NodeStatus, StopNode
-from wemixvisor.metrics import MetricsExporter
-from wemixvisor.process import become_subreaper
-from wemixvisor.supervision import Supervisor
+from wemixvisor.node.process import become_subreaper
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

@@ -6,40 +6,53 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
-from pathlib import Path
 
 from loguru import logger
 
-from wemixvisor.commands import COMMANDS
-from wemixvisor.config import Config, ConfigError, load_config
+from wemixvisor.commands import (
+    add_upgrade,
+    alert,
+    backup,
+    config,
+    events,
+    governance,
+    init,
+    keys,
+    logs,
+    node_control,
+    run,
+    show_upgrade_info,
+    status,
+    upgrade,
+    version,
+)
+from wemixvisor.commands.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    CliContext,
+    Command,
+    CommandError,
+)
+from wemixvisor.config import ConfigError
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-
-
-class CommandError(Exception):
-    """A command failed in a way the operator must read; printed without a traceback."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-@dataclass
-class CliContext:
-    """What every command gets: the global flags and a lazily loaded configuration."""
-
-    env: dict[str, str]
-    overrides: dict[str, str] = field(default_factory=dict)
-
-    @cached_property
-    def config(self) -> Config:
-        """Configuration from flags > environment > config.toml > defaults."""
-        return load_config(env=self.env, overrides=self.overrides)
+COMMANDS: tuple[Command, ...] = (
+    init,
+    add_upgrade,
+    run,
+    events,
+    config,
+    version,
+    upgrade,
+    show_upgrade_info,
+    status,
+    node_control,
+    logs,
+    backup,
+    alert,
+    keys,
+    governance,
+)
+"""Every verb, in the order `--help` lists them."""
 
 
 def _parse_set(value: str) -> tuple[str, str]:
@@ -95,11 +108,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     return code
-
-
-def home_from_env(env: dict[str, str]) -> Path:
-    """DAEMON_HOME as given (validated by the config loader), default ~/.wemixd."""
-    return Path(env.get("DAEMON_HOME") or Path.home() / ".wemixd")
 
 
 if __name__ == "__main__":

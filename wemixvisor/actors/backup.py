@@ -24,12 +24,11 @@ import msgspec
 import pykka
 from loguru import logger
 
-from wemixvisor import backup as backups
-from wemixvisor import planfiles
 from wemixvisor.actors.base import FailureSink, SupervisedActor
+from wemixvisor.backup import store as backups
 from wemixvisor.bus import Bus
 from wemixvisor.config import Config, apply_reloadable
-from wemixvisor.layout import Home
+from wemixvisor.home.layout import Home
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.backup import (
     CreateBackup,
@@ -41,7 +40,8 @@ from wemixvisor.messages.backup import (
 )
 from wemixvisor.messages.config import ConfigChanged
 from wemixvisor.messages.node import GetNodeStatus, NodeState, NodeStatus, StartNode, StopNode
-from wemixvisor.plans import PlanError, PlanStatus
+from wemixvisor.plans import files as planfiles
+from wemixvisor.plans.queue import PlanError, PlanStatus
 
 PROGRESS_INTERVAL = 0.5
 """Seconds between two backup.progress events of one operation (at most 2 per second)."""

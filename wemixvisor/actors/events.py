@@ -6,8 +6,8 @@ from types import TracebackType
 from typing import Any
 
 from wemixvisor.actors.base import FailureSink, SupervisedActor
+from wemixvisor.events.publisher import DEFAULT_SEND_HWM, EventPublisher, PublisherStats
 from wemixvisor.messages.events import Event, PublishHeartbeat, SupervisorHeartbeat
-from wemixvisor.publisher import DEFAULT_SEND_HWM, EventPublisher, PublisherStats
 
 
 class EventsActor(SupervisedActor):

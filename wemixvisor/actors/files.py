@@ -31,7 +31,7 @@ from wemixvisor.logs import apply_level
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.config import ConfigChanged
 from wemixvisor.messages.plans import RegisterPlans, ResendPlans
-from wemixvisor.planfiles import (
+from wemixvisor.plans.files import (
     FileWatch,
     PlanRejection,
     Reading,
@@ -40,7 +40,7 @@ from wemixvisor.planfiles import (
     plan_file,
     plan_file_rejection,
 )
-from wemixvisor.plans import MAX_PLAN_BYTES, Plan, PlanError, parse_plan
+from wemixvisor.plans.queue import MAX_PLAN_BYTES, Plan, PlanError, parse_plan
 
 CONFIG_ROLES = ("node", "height", "orchestrator", "backup", "governance", "files")
 """Every role told `ConfigChanged` after a valid config.toml edit (a role nobody plays is fine)."""

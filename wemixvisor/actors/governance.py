@@ -2,7 +2,7 @@
 
 Two helper threads do the network I/O and report back with messages:
 
-- the log follower (`wemixvisor.governance.LogFollower`), only while contracts are configured:
+- the log follower (`wemixvisor.chain.governance.LogFollower`), only while contracts are configured:
   every `poll_interval` it reads the configured contracts' logs up to head - `confirmations`;
 - the chain prober: `istanbul_*` facts for `status`, every CHAIN_REFRESH seconds on a WBFT
   chain, every NOT_WBFT_RECHECK seconds elsewhere (one "method not found" answer, quietly).
@@ -25,18 +25,18 @@ import msgspec
 import pykka
 from loguru import logger
 
-from wemixvisor import governance as gov
 from wemixvisor.actors.base import FailureSink, SupervisedActor
 from wemixvisor.bus import Bus
+from wemixvisor.chain import governance as gov
+from wemixvisor.chain.rpc import RpcClient, RpcError
+from wemixvisor.chain.wbft import WbftClient, read_chain_info
 from wemixvisor.config import Config
-from wemixvisor.layout import Home
+from wemixvisor.home.layout import Home
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.config import ConfigChanged
 from wemixvisor.messages.governance import ChainInfo, GetChainInfo, GetProposals, Proposal
 from wemixvisor.messages.plans import RegisterPlans
-from wemixvisor.plans import MAX_HEIGHT, PlanError, validate_name
-from wemixvisor.rpc import RpcClient, RpcError
-from wemixvisor.wbft import WbftClient, read_chain_info
+from wemixvisor.plans.queue import MAX_HEIGHT, PlanError, validate_name
 
 CHAIN_REFRESH = 30.0
 """Seconds between two reads of the validator facts on a WBFT chain."""

@@ -1,6 +1,6 @@
 """HeightActor: follows the chain head over the node's JSON-RPC (SPEC §13.1).
 
-All network I/O runs on one helper thread (`wemixvisor.headwatch`): a `newHeads` subscription for
+All network I/O runs on one helper thread (`chain.headwatch`): a `newHeads` subscription for
 a ws(s):// address, else `eth_blockNumber` polling. The thread reports each new head and each
 failed attempt with a message tagged by its generation; the actor keeps the state (head, RPC
 availability, stall), forwards every new head to the orchestrator at once and publishes events.
@@ -19,8 +19,8 @@ from loguru import logger
 
 from wemixvisor.actors.base import FailureSink, SupervisedActor
 from wemixvisor.bus import Bus
+from wemixvisor.chain.headwatch import HeadPoller, HeadSubscriber, HeadWatcher, StallWatch
 from wemixvisor.config import Config
-from wemixvisor.headwatch import HeadPoller, HeadSubscriber, HeadWatcher, StallWatch
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.config import ConfigChanged
 from wemixvisor.messages.height import GetHeight, HeadObserved, HeightStatus, RpcAvailability

@@ -22,11 +22,11 @@ import psutil
 import pykka
 from loguru import logger
 
-from wemixvisor import process as proc_os
 from wemixvisor.actors.base import FailureSink, SupervisedActor
 from wemixvisor.bus import Bus
+from wemixvisor.chain.rpc import RpcClient, RpcError
 from wemixvisor.config import Config, apply_reloadable
-from wemixvisor.layout import Home, LayoutError, read_current
+from wemixvisor.home.layout import Home, LayoutError, read_current
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.config import ConfigChanged
 from wemixvisor.messages.node import (
@@ -40,9 +40,14 @@ from wemixvisor.messages.node import (
     StopNode,
     WatchNode,
 )
-from wemixvisor.nodelog import LogRotator
-from wemixvisor.restart_policy import ExitAction, RestartHistory, RestartPolicy, decide_after_exit
-from wemixvisor.rpc import RpcClient, RpcError
+from wemixvisor.node import process as proc_os
+from wemixvisor.node.logfile import LogRotator
+from wemixvisor.node.restart_policy import (
+    ExitAction,
+    RestartHistory,
+    RestartPolicy,
+    decide_after_exit,
+)
 
 _PROBE_INTERVAL = 0.01
 _EXIT_HISTORY = 20

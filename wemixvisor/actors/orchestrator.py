@@ -18,21 +18,26 @@ from typing import Any
 import msgspec
 from loguru import logger
 
-from wemixvisor import plans as queue_rules
 from wemixvisor.actors.base import FailureSink, SupervisedActor
 from wemixvisor.bus import Bus
+from wemixvisor.chain.wbft import start_signing_check
 from wemixvisor.config import Config, apply_reloadable
-from wemixvisor.fsutil import atomic_write_bytes
-from wemixvisor.layout import Home, LayoutError, read_current
+from wemixvisor.home.fsutil import atomic_write_bytes
+from wemixvisor.home.layout import Home, LayoutError, read_current
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.backup import PrestageBackup
 from wemixvisor.messages.config import ConfigChanged
 from wemixvisor.messages.height import HeadObserved, RpcAvailability
 from wemixvisor.messages.node import StartNode
 from wemixvisor.messages.plans import CancelPlan, ListPlans, RegisterPlans, ResendPlans
-from wemixvisor.plans import Plan, PlanError, PlanStatus, QueueState, RegisterOutcome
-from wemixvisor.preflight import check_plan, fetch_missing_binary, warn_if_quorum_at_risk
-from wemixvisor.upgrade import (
+from wemixvisor.plans import queue as queue_rules
+from wemixvisor.plans.queue import Plan, PlanError, PlanStatus, QueueState, RegisterOutcome
+from wemixvisor.upgrade.preflight import (
+    check_plan,
+    fetch_missing_binary,
+    warn_if_quorum_at_risk,
+)
+from wemixvisor.upgrade.saga import (
     Journal,
     JournalError,
     Outcome,
@@ -41,7 +46,6 @@ from wemixvisor.upgrade import (
     UpgradeSaga,
     load_journal,
 )
-from wemixvisor.wbft import start_signing_check
 
 PREFLIGHT_RECHECK = 60.0  # seconds between re-checks of a plan whose preflight failed
 PREFLIGHT_AHEAD_BLOCKS = 10  # re-check this many blocks before H

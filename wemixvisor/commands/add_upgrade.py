@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from wemixvisor.commands import upgrade
-from wemixvisor.layout import Home, LayoutError, add_upgrade
-
-if TYPE_CHECKING:
-    from wemixvisor.cli import CliContext
+from wemixvisor.commands.common import EXIT_OK, CliContext, CommandError
+from wemixvisor.home.layout import Home, LayoutError, add_upgrade
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -47,7 +44,6 @@ def run_add_upgrade(args: argparse.Namespace, ctx: CliContext) -> int:
     that a refused plan installs nothing; it is written into the batch file after the install.
     """
     # cli imports this module (via commands/__init__), so cli is imported at call time.
-    from wemixvisor.cli import EXIT_OK, CommandError  # noqa: PLC0415
 
     config = ctx.config
     scheduled = None

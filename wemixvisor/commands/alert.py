@@ -1,7 +1,7 @@
 """`wemixvisor alert (--webhook URL | --exec CMD) [--topics PREFIX...]`: events to alerting.
 
 Runs until SIGTERM or Ctrl-C. It follows the daemon's events socket (reconnecting when the
-daemon restarts) and delivers each matching event as an alert, see `wemixvisor.alert`.
+daemon restarts) and delivers each matching event as an alert, see `wemixvisor.events.alert`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,10 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import TYPE_CHECKING
 
-from wemixvisor.alert import AlertForwarder, ExecSink, Sink, WebhookSink
-from wemixvisor.control.cli import seconds
-from wemixvisor.subscriber import EventSubscriber
-
-if TYPE_CHECKING:
-    from wemixvisor.cli import CliContext
+from wemixvisor.commands.common import EXIT_USAGE, CliContext, CommandError, seconds
+from wemixvisor.events.alert import AlertForwarder, ExecSink, Sink, WebhookSink
+from wemixvisor.events.subscriber import EventSubscriber
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -81,7 +77,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _sink(args: argparse.Namespace) -> Sink:
-    from wemixvisor.cli import EXIT_USAGE, CommandError  # noqa: PLC0415
 
     try:
         if args.webhook is not None:
@@ -93,7 +88,6 @@ def _sink(args: argparse.Namespace) -> Sink:
 
 def handle(args: argparse.Namespace, ctx: CliContext) -> int:
     """Forward events until SIGTERM or Ctrl-C."""
-    from wemixvisor.cli import EXIT_USAGE, CommandError  # noqa: PLC0415
 
     if args.queue < 1:
         raise CommandError("--queue must be at least 1", EXIT_USAGE)

@@ -16,22 +16,27 @@ import contextlib
 import sys
 import time
 from collections.abc import Iterator
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import msgspec
 
-from wemixvisor import backup as backups
+from wemixvisor.backup import store as backups
+from wemixvisor.commands.common import (
+    EXIT_FAILURE,
+    CliContext,
+    CommandError,
+    add_timeout_argument,
+    open_client,
+    print_result,
+    request,
+)
 from wemixvisor.config import Config
-from wemixvisor.control.cli import add_timeout_argument, open_client, print_result, request
 from wemixvisor.control.client import ControlClient
-from wemixvisor.layout import Home
-from wemixvisor.planfiles import DaemonRunningError, daemon_running, holding_daemon_lock
-from wemixvisor.plans import PlanError
-from wemixvisor.process import find_adoptable, find_orphan_node, read_pidfile
-from wemixvisor.subscriber import EventSubscriber
-
-if TYPE_CHECKING:
-    from wemixvisor.cli import CliContext
+from wemixvisor.events.subscriber import EventSubscriber
+from wemixvisor.home.layout import Home
+from wemixvisor.node.process import find_adoptable, find_orphan_node, read_pidfile
+from wemixvisor.plans.files import DaemonRunningError, daemon_running, holding_daemon_lock
+from wemixvisor.plans.queue import PlanError
 
 CONNECT_WAIT = 2.0
 """Seconds to let the events subscription settle before a long request is sent."""
@@ -125,7 +130,6 @@ def _label(text: str) -> str:
 
 def _fail(message: str) -> Exception:
     # cli imports this module (via commands/__init__), so cli is imported at call time.
-    from wemixvisor.cli import EXIT_FAILURE, CommandError  # noqa: PLC0415
 
     return CommandError(message, EXIT_FAILURE)
 

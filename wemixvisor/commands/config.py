@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import msgspec
 
+from wemixvisor.commands.common import CliContext
 from wemixvisor.config import (
     SECTIONS,
     SETTINGS,
@@ -24,9 +24,6 @@ from wemixvisor.config import (
     load_config_with_sources,
     setting_value,
 )
-
-if TYPE_CHECKING:
-    from wemixvisor.cli import CliContext
 
 # Comments with the source start at this column when the `key = value` part is short enough.
 _SOURCE_COLUMN = 44

@@ -12,14 +12,18 @@ import os
 import sys
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
-from wemixvisor.subscriber import EventSubscriber, ReceivedEvent
-
-if TYPE_CHECKING:
-    from wemixvisor.cli import CliContext
+from wemixvisor.commands.common import (
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CliContext,
+    CommandError,
+)
+from wemixvisor.events.subscriber import EventSubscriber, ReceivedEvent
 
 # Envelope keys left out of text lines: the time and topic lead the line already, the run is
 # named in gap warnings.
@@ -70,7 +74,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def handle(args: argparse.Namespace, ctx: CliContext) -> int:
     """Print events until --count is reached, --timeout passes idle, or Ctrl-C."""
     # cli imports this module (via commands/__init__), so cli is imported at call time.
-    from wemixvisor.cli import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CommandError  # noqa: PLC0415
 
     endpoints: list[str] = args.endpoints or [ctx.config.events.endpoint]
     try:

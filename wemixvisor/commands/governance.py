@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from wemixvisor.control.cli import add_timeout_argument, call, print_result
-
-if TYPE_CHECKING:
-    from wemixvisor.cli import CliContext
+from wemixvisor.commands.common import CliContext, add_timeout_argument, call, print_result
 
 _COLUMNS = ("CONTRACT", "KIND", "ID", "STATE", "FOR", "AGAINST", "QUORUM", "PLAN")
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from wemixvisor.layout import Home, LayoutError, init_home
-
-if TYPE_CHECKING:
-    from wemixvisor.cli import CliContext
+from wemixvisor.commands.common import EXIT_OK, CliContext, CommandError
+from wemixvisor.home.layout import Home, LayoutError, init_home
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,7 +29,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run_init(args: argparse.Namespace, ctx: CliContext) -> int:
     """Initialise the home from the loaded configuration and print what was done."""
     # cli imports this module (via commands/__init__), so cli is imported at call time.
-    from wemixvisor.cli import EXIT_OK, CommandError  # noqa: PLC0415
 
     config = ctx.config
     try:

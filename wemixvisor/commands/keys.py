@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
+from wemixvisor.commands.common import EXIT_FAILURE, CliContext, CommandError
 from wemixvisor.control.security import AUTHORIZED_DIR, generate_keys, keys_dir_of
-
-if TYPE_CHECKING:
-    from wemixvisor.cli import CliContext
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,7 +36,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run_generate(args: argparse.Namespace, ctx: CliContext) -> int:
     """Generate the keys."""
-    from wemixvisor.cli import EXIT_FAILURE, CommandError  # noqa: PLC0415
 
     directory = keys_dir_of(ctx.config.home)
     try:

@@ -13,15 +13,11 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import TYPE_CHECKING
 
-from wemixvisor.control.cli import add_timeout_argument, call, print_result
+from wemixvisor.commands.common import CliContext, add_timeout_argument, call, print_result
 from wemixvisor.control.logtail import follow, tail_lines
 from wemixvisor.control.protocol import MAX_LOG_LINES
-from wemixvisor.layout import Home
-
-if TYPE_CHECKING:
-    from wemixvisor.cli import CliContext
+from wemixvisor.home.layout import Home
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -10,15 +10,20 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
-from wemixvisor.control.cli import add_timeout_argument, open_client, request, seconds
+from wemixvisor.commands.common import (
+    EXIT_FAILURE,
+    CliContext,
+    CommandError,
+    add_timeout_argument,
+    open_client,
+    request,
+    seconds,
+)
 from wemixvisor.control.verbs import VERBS
-
-if TYPE_CHECKING:
-    from wemixvisor.cli import CliContext
 
 _POLL_INTERVAL = 0.1
 _FAILED = ("FATAL", "BACKOFF", "EXITED")
@@ -72,7 +77,6 @@ def _reached(verb: str, node: dict[str, Any], old_pid: int | None) -> bool | Non
 
 def handle(args: argparse.Namespace, ctx: CliContext) -> int:
     """Send the verb, then wait for the node's resulting state."""
-    from wemixvisor.cli import EXIT_FAILURE, CommandError  # noqa: PLC0415
 
     verb: str = args.verb
     with open_client(ctx, args.timeout) as client:

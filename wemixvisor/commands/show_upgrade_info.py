@@ -10,16 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
-from wemixvisor.layout import Home, LayoutError, read_current
-from wemixvisor.planfiles import PLAN_FILE, plan_file, read_capped
-from wemixvisor.plans import PlanError
-
-if TYPE_CHECKING:
-    from wemixvisor.cli import CliContext
+from wemixvisor.commands.common import EXIT_FAILURE, EXIT_OK, CliContext
+from wemixvisor.home.layout import Home, LayoutError, read_current
+from wemixvisor.plans.files import PLAN_FILE, plan_file, read_capped
+from wemixvisor.plans.queue import PlanError
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,7 +51,6 @@ def _read(path: Path) -> tuple[Any, str | None]:
 
 def run_show_upgrade_info(args: argparse.Namespace, ctx: CliContext) -> int:
     """Print both files; exit 1 when neither can be shown."""
-    from wemixvisor.cli import EXIT_FAILURE, EXIT_OK  # noqa: PLC0415
 
     config = ctx.config
     home = Home(root=config.home, name=config.node.name, data_dir=config.node.data_dir)

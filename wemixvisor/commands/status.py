@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
-from wemixvisor.control.cli import add_timeout_argument, call, print_result
-
-if TYPE_CHECKING:
-    from wemixvisor.cli import CliContext
+from wemixvisor.commands.common import CliContext, add_timeout_argument, call, print_result
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -15,24 +15,32 @@ edits the queue and the plan files under the daemon's lock.
 from __future__ import annotations
 
 import argparse
-import platform
 import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 
+from wemixvisor.chain.rpc import RpcClient, RpcError
+from wemixvisor.commands.common import (
+    DEFAULT_TIMEOUT,
+    EXIT_FAILURE,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CliContext,
+    CommandError,
+    open_client,
+)
 from wemixvisor.config import Config
-from wemixvisor.control.cli import DEFAULT_TIMEOUT, open_client
 from wemixvisor.control.client import ControlUnreachable
 from wemixvisor.control.protocol import ControlError
 from wemixvisor.control.verbs import VERBS
-from wemixvisor.layout import Home
-from wemixvisor.planfiles import (
+from wemixvisor.home.layout import Home
+from wemixvisor.plans.files import (
     DaemonRunningError,
     batch_file,
     daemon_pid,
@@ -49,7 +57,8 @@ from wemixvisor.planfiles import (
     write_batch_objects,
     write_queue,
 )
-from wemixvisor.plans import (
+from wemixvisor.plans.platforms import current_platform
+from wemixvisor.plans.queue import (
     MAX_PLAN_BYTES,
     Plan,
     PlanError,
@@ -64,10 +73,6 @@ from wemixvisor.plans import (
     validate_height,
     validate_name,
 )
-from wemixvisor.rpc import RpcClient, RpcError
-
-if TYPE_CHECKING:
-    from wemixvisor.cli import CliContext
 
 HEAD_TIMEOUT = 2.0
 """How long `schedule` waits for the node's head before scheduling without the check."""
@@ -76,15 +81,6 @@ NOT_YET_SEEN = "in file, not yet seen by the daemon"
 
 _CHECKSUM_RE = re.compile(r"\A(?:sha256:[0-9a-fA-F]{64}|sha512:[0-9a-fA-F]{128})\Z")
 _URL_FORBIDDEN_RE = re.compile(r"[\x00-\x20\x7f]")
-_ARCHES = {
-    "x86_64": "amd64",
-    "amd64": "amd64",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-    "i386": "386",
-    "i686": "386",
-    "armv7l": "arm",
-}
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -156,7 +152,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _fail(message: str, *, usage: bool = False) -> Exception:
     """The CommandError to raise: exit 2 for a bad argument, 1 for a refusal or failure."""
     # cli imports this module (via commands/__init__), so cli is imported at call time.
-    from wemixvisor.cli import EXIT_FAILURE, EXIT_USAGE, CommandError  # noqa: PLC0415
 
     return CommandError(message, EXIT_USAGE if usage else EXIT_FAILURE)
 
@@ -167,12 +162,6 @@ def home_of(config: Config) -> Home:
 
 
 # --- building a plan from arguments -------------------------------------------------------------
-
-
-def platform_key() -> str:
-    """This machine's `info.binaries` key, e.g. `linux/amd64`."""
-    machine = platform.machine().lower()
-    return f"{platform.system().lower()}/{_ARCHES.get(machine, machine)}"
 
 
 def _binary_url(url: str, checksum: str | None, must_have_checksum: bool) -> str:
@@ -239,7 +228,7 @@ def build_info(
             binaries = {}
         elif not isinstance(binaries, dict):
             raise _fail("--info binaries must be an object of platform -> URL", usage=True)
-        info["binaries"] = {**binaries, platform_key(): url}
+        info["binaries"] = {**binaries, current_platform(): url}
     return info
 
 
@@ -683,7 +672,6 @@ def run_status(args: argparse.Namespace, ctx: CliContext) -> int:
 def run_cancel(args: argparse.Namespace, ctx: CliContext) -> int:
     """Cancel a pending plan: through the running daemon, or with the daemon stopped in the
     queue and the plan files, under its lock."""
-    from wemixvisor.cli import EXIT_UNREACHABLE, CommandError  # noqa: PLC0415
 
     name: str = args.name
     try:

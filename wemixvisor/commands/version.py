@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING
 
 from wemixvisor import __version__
-
-if TYPE_CHECKING:
-    from wemixvisor.cli import CliContext
+from wemixvisor.commands.common import CliContext
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,8 +18,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def handle(args: argparse.Namespace, ctx: CliContext) -> int:
     """Print wemixvisor's version and, if `current` resolves, the node binary's."""
-    from wemixvisor.layout import Home, LayoutError, read_current  # noqa: PLC0415
-    from wemixvisor.process import detect_version  # noqa: PLC0415
+    from wemixvisor.home.layout import Home, LayoutError, read_current  # noqa: PLC0415
+    from wemixvisor.node.process import detect_version  # noqa: PLC0415
 
     config = ctx.config
     node: dict[str, str | None] = {"target": None, "binary": None, "version": None}

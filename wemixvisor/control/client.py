@@ -19,7 +19,7 @@ import zmq
 
 from wemixvisor.control.protocol import MAX_FRAME_BYTES, ControlError, decode_reply, encode_request
 from wemixvisor.control.security import CurveClientKeys
-from wemixvisor.ipc import ipc_path, unix_socket_accepts
+from wemixvisor.home.ipc import ipc_path, unix_socket_accepts
 
 __all__ = ["ControlClient", "ControlError", "ControlUnreachable"]
 

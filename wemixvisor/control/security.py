@@ -23,7 +23,7 @@ import zmq
 import zmq.auth
 from loguru import logger
 
-from wemixvisor.ipc import EndpointError
+from wemixvisor.home.ipc import EndpointError
 
 __all__ = [
     "AUTHORIZED_DIR",

@@ -37,7 +37,7 @@ from wemixvisor.control.protocol import (
     encode_ok,
 )
 from wemixvisor.control.security import ServerCurve
-from wemixvisor.ipc import EndpointError, prepare_socket_file
+from wemixvisor.home.ipc import EndpointError, prepare_socket_file
 
 __all__ = ["ControlServer", "Dispatch"]
 

@@ -25,7 +25,7 @@ from loguru import logger
 
 from wemixvisor import __version__
 from wemixvisor.actors.files import PollFiles
-from wemixvisor.backup import BackupBusy, BackupError, BackupNotFound, backup_id
+from wemixvisor.backup.store import BackupBusy, BackupError, BackupNotFound, backup_id
 from wemixvisor.bus import Bus
 from wemixvisor.config import (
     Config,
@@ -58,7 +58,7 @@ from wemixvisor.control.protocol import (
     Stop,
     Version,
 )
-from wemixvisor.layout import Home
+from wemixvisor.home.layout import Home
 from wemixvisor.messages.backup import CreateBackup, ListBackups, PruneBackups, RestoreBackup
 from wemixvisor.messages.governance import GetChainInfo, GetProposals
 from wemixvisor.messages.height import GetHeight, HeightStatus
@@ -71,8 +71,8 @@ from wemixvisor.messages.node import (
     StopNode,
 )
 from wemixvisor.messages.plans import CancelPlan, ListPlans, RegisterPlans
-from wemixvisor.planfiles import file_plans, locked_plan_files, remove_from_plan_files
-from wemixvisor.plans import (
+from wemixvisor.plans.files import file_plans, locked_plan_files, remove_from_plan_files
+from wemixvisor.plans.queue import (
     PlanError,
     PlanStatus,
     QueuedPlan,

@@ -26,7 +26,7 @@ class PrestageBackup(msgspec.Struct, frozen=True):
 class FinishBackup(msgspec.Struct, frozen=True):
     """The node is stopped: bring the pre-staged copy of `plan_name` up to date (or make a full
     one if none was staged) and mark it complete. `done` gets the backup id (str) or raises
-    wemixvisor.backup.BackupError."""
+    wemixvisor.backup.store.BackupError."""
 
     plan_name: str
     done: Any = None

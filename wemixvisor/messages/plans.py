@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from wemixvisor.plans import Plan
+from wemixvisor.plans.queue import Plan
 
 
 class RegisterPlans(msgspec.Struct, frozen=True):
@@ -32,7 +32,7 @@ class CancelPlan(msgspec.Struct, frozen=True):
 
 
 class ListPlans(msgspec.Struct, frozen=True):
-    """Ask: answered with the queue (wemixvisor.plans.QueueState) and the current journal."""
+    """Ask: answered with the queue (wemixvisor.plans.queue.QueueState) and the current journal."""
 
 
 class ResendPlans(msgspec.Struct, frozen=True):

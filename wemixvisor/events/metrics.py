@@ -25,11 +25,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from wemixvisor import __version__
 from wemixvisor.bus import Bus
+from wemixvisor.events.subscriber import EventSubscriber, ReceivedEvent
 from wemixvisor.messages.height import GetHeight, HeightStatus
 from wemixvisor.messages.node import GetNodeStatus, NodeState, NodeStatus
 from wemixvisor.messages.plans import ListPlans
-from wemixvisor.plans import PlanStatus
-from wemixvisor.subscriber import EventSubscriber, ReceivedEvent
+from wemixvisor.plans.queue import PlanStatus
 
 __all__ = ["MetricsExporter", "split_address"]
 

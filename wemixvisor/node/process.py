@@ -20,7 +20,7 @@ from pathlib import Path
 import msgspec
 import psutil
 
-from wemixvisor.fsutil import atomic_write_bytes
+from wemixvisor.home.fsutil import atomic_write_bytes
 
 # psutil's create_time is rounded to clock ticks; two readings of one process agree within this.
 _CREATE_TIME_TOLERANCE = 0.05

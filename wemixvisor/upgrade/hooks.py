@@ -19,7 +19,7 @@ from pathlib import Path
 
 import msgspec
 
-from wemixvisor.plans import Plan
+from wemixvisor.plans.queue import Plan
 
 OUTPUT_TAIL_BYTES = 8192
 

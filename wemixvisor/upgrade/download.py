@@ -20,7 +20,6 @@ import http.client
 import io
 import lzma
 import os
-import platform as platform_module
 import re
 import shutil
 import stat
@@ -43,14 +42,14 @@ import psutil
 from loguru import logger
 
 from wemixvisor import __version__
-from wemixvisor.fsutil import fsync_dir
-from wemixvisor.layout import Home, LayoutError
+from wemixvisor.home.fsutil import fsync_dir
+from wemixvisor.home.layout import Home, LayoutError
 from wemixvisor.messages import events as ev
-from wemixvisor.plans import MAX_PLAN_BYTES, Plan
-from wemixvisor.process import detect_version
+from wemixvisor.node.process import detect_version
+from wemixvisor.plans.platforms import ANY_PLATFORM, current_platform
+from wemixvisor.plans.queue import MAX_PLAN_BYTES, Plan
 
 __all__ = [
-    "ANY_PLATFORM",
     "DEFAULT_ATTEMPTS",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_ENTRIES",
@@ -58,19 +57,16 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "Checksum",
     "DownloadError",
-    "current_platform",
     "download_binary",
     "extract_binary",
     "parse_checksum",
     "pick_binary_url",
     "plan_has_binaries",
-    "platform_key",
     "resolve_binary_url",
     "safe_member_path",
     "split_checksum",
 ]
 
-ANY_PLATFORM: Final = "any"
 DEFAULT_MAX_BYTES: Final = 2 << 30
 """Largest download accepted (the archive or bare binary as fetched)."""
 DEFAULT_MAX_UNPACKED: Final = 4 << 30
@@ -91,23 +87,6 @@ _DIGEST_LENGTHS: Final = {"sha256": 64, "sha512": 128}
 _HEX_RE = re.compile(r"\A[0-9a-fA-F]+\Z")
 _ARCHIVE_SUFFIXES: Final = (".tar.gz", ".tgz", ".tar", ".zip", ".tar.bz2", ".tar.xz")
 _TEMP_RE = re.compile(r"\A\.(?P<name>.+)\.download-(?P<pid>\d+)-[^/]+\Z")
-
-_ARCH_ALIASES: Final = {
-    "x86_64": "amd64",
-    "amd64": "amd64",
-    "x64": "amd64",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-    "armv8l": "arm",  # a 32-bit userland on a 64-bit CPU runs 32-bit binaries
-    "i386": "386",
-    "i486": "386",
-    "i586": "386",
-    "i686": "386",
-    "x86": "386",
-    "armv6l": "arm",
-    "armv7l": "arm",
-    "arm": "arm",
-}
 
 
 class DownloadError(Exception):
@@ -168,17 +147,6 @@ def split_checksum(url: str) -> tuple[str, Checksum | None]:
     if len(params) == 1:
         url = urllib.parse.urlunsplit(parts._replace(query=""))
     return url, checksum
-
-
-def platform_key(system: str, machine: str) -> str:
-    """`<os>/<arch>` in Go's spelling: ("Linux", "x86_64") → "linux/amd64"."""
-    arch = machine.strip().lower()
-    return f"{system.strip().lower()}/{_ARCH_ALIASES.get(arch, arch)}"
-
-
-def current_platform() -> str:
-    """This machine's `<os>/<arch>` key, e.g. `linux/amd64`."""
-    return platform_key(platform_module.system(), platform_module.machine())
 
 
 def pick_binary_url(info: Mapping[str, Any], platform: str) -> str:

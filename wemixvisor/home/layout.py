@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from wemixvisor.fsutil import fsync_dir
+from wemixvisor.home.fsutil import fsync_dir
 
 __all__ = [
     "GENESIS",

@@ -21,20 +21,20 @@ import msgspec
 import pykka
 from loguru import logger
 
-from wemixvisor import backup as backups
-from wemixvisor import hooks
+from wemixvisor.backup import store as backups
 from wemixvisor.bus import Bus
+from wemixvisor.chain.rpc import RpcClient, RpcError
+from wemixvisor.chain.wbft import NotWbft, WbftClient
 from wemixvisor.config import Config
-from wemixvisor.fsutil import atomic_write_bytes
-from wemixvisor.layout import Home, switch_current
+from wemixvisor.home.fsutil import atomic_write_bytes
+from wemixvisor.home.layout import Home, switch_current
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.backup import FinishBackup, RestoreBackup
 from wemixvisor.messages.node import GetNodeStatus, NodeState, NodeStatus, StartNode, StopNode
-from wemixvisor.plans import Plan, plan_to_object
-from wemixvisor.preflight import check_plan, custom_preupgrade_path
-from wemixvisor.process import detect_version
-from wemixvisor.rpc import RpcClient, RpcError
-from wemixvisor.wbft import NotWbft, WbftClient
+from wemixvisor.node.process import detect_version
+from wemixvisor.plans.queue import Plan, plan_to_object
+from wemixvisor.upgrade import hooks
+from wemixvisor.upgrade.preflight import check_plan, custom_preupgrade_path
 
 BACKUP_TIMEOUT = 6 * 3600.0
 """Bound on the wait for the backup at H (and a rollback's restore): generous, because without a
@@ -79,6 +79,16 @@ class Journal(msgspec.Struct, kw_only=True):
     # (None when unknown: not validator mode, not a WBFT chain, or the node did not answer).
     validator: bool | None = None
     validator_address: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The plan's name."""
+        return self.plan.name
+
+    @property
+    def height(self) -> int:
+        """The plan's height H."""
+        return self.plan.height
 
 
 class JournalError(Exception):

@@ -35,11 +35,11 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from wemixvisor import planfiles
-from wemixvisor.fsutil import ReadRefused, atomic_write_bytes, fsync_dir, read_capped
-from wemixvisor.layout import Home
+from wemixvisor.home.fsutil import ReadRefused, atomic_write_bytes, fsync_dir, read_capped
+from wemixvisor.home.layout import Home
 from wemixvisor.messages.backup import BackupInfo
-from wemixvisor.plans import PlanError, PlanStatus
+from wemixvisor.plans import files as planfiles
+from wemixvisor.plans.queue import PlanError, PlanStatus
 
 __all__ = [
     "DATA",

@@ -18,18 +18,17 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final, Protocol
 
 import msgspec
 from loguru import logger
 
+from wemixvisor.chain.rpc import RpcClient, RpcError, RpcMethodNotFound
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.governance import ChainInfo, SealingActivity
-from wemixvisor.rpc import RpcClient, RpcError, RpcMethodNotFound
 
 if TYPE_CHECKING:
     from wemixvisor.config import Config
-    from wemixvisor.upgrade import Journal
 
 __all__ = [
     "MAX_VALIDATORS",
@@ -425,8 +424,28 @@ def assess_quorum(client: WbftClient, window: int = QUORUM_WINDOW) -> tuple[str,
     return me, quorum_risk(validators, active_validators(validators, status), me)
 
 
+class UpgradeFacts(Protocol):
+    """What the signing check needs to know of a completed upgrade."""
+
+    @property
+    def name(self) -> str:
+        """The plan's name."""
+
+    @property
+    def height(self) -> int:
+        """The plan's height H."""
+
+    @property
+    def validator(self) -> bool | None:
+        """Whether the node was a validator before the upgrade (None: unknown)."""
+
+    @property
+    def validator_address(self) -> str | None:
+        """The node's address, when known."""
+
+
 def start_signing_check(
-    journal: Journal, *, config: Config, publish: Callable[[ev.Event], None]
+    upgrade: UpgradeFacts, *, config: Config, publish: Callable[[ev.Event], None]
 ) -> None:
     """After a completed upgrade (the saga's post-upgrade hook): in validator mode, and when
     the node was a validator before the upgrade, check on a thread of its own that it commits
@@ -436,14 +455,12 @@ def start_signing_check(
     """
     if not config.node.validator_mode:
         return
-    address = journal.validator_address
-    if journal.validator is not True or address is None:
-        if journal.validator is False:
-            logger.info(
-                "upgrade {}: the node was not a validator; signing not checked", journal.plan.name
-            )
+    address = upgrade.validator_address
+    if upgrade.validator is not True or address is None:
+        if upgrade.validator is False:
+            logger.info("upgrade {}: not a validator; signing not checked", upgrade.name)
         return
-    height = journal.plan.height
+    height = upgrade.height
     client = WbftClient(RpcClient(config.rpc.address, timeout=min(config.rpc.timeout, 2.0)))
     poll = min(max(config.rpc.poll_interval, 0.1), 1.0)
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from loguru import logger
 
-from wemixvisor.rpc import RpcClient, RpcError
+from wemixvisor.chain.rpc import RpcClient, RpcError
 
 if TYPE_CHECKING:
     from websockets.sync.client import ClientConnection

@@ -1,4 +1,4 @@
-"""What the operator tool's socket verbs share: the client, exit codes, and printing a result.
+"""What every operator verb shares: its context, exit codes, errors, and the daemon client.
 
 Exit codes (SPEC §12): 0 ok, 1 an error reply, 3 no daemon answering (the message names the
 endpoint; the wait is bounded by `--timeout`).
@@ -7,21 +7,28 @@ endpoint; the wait is bounded by `--timeout`).
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Protocol
 
 import msgspec
 
+from wemixvisor.config import Config, load_config
 from wemixvisor.control import client_for
 from wemixvisor.control.client import ControlClient, ControlUnreachable
 from wemixvisor.control.protocol import ControlError
 from wemixvisor.control.verbs import VERBS
-from wemixvisor.ipc import EndpointError
-
-if TYPE_CHECKING:
-    from wemixvisor.cli import CliContext
+from wemixvisor.home.ipc import EndpointError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "CliContext",
+    "Command",
+    "CommandError",
     "add_timeout_argument",
     "call",
     "open_client",
@@ -29,6 +36,40 @@ __all__ = [
     "request",
     "seconds",
 ]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+
+class CommandError(Exception):
+    """A command failed in a way the operator must read; printed without a traceback."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class CliContext:
+    """What every command gets: the global flags and a lazily loaded configuration."""
+
+    env: dict[str, str]
+    overrides: dict[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def config(self) -> Config:
+        """Configuration from flags > environment > config.toml > defaults."""
+        return load_config(env=self.env, overrides=self.overrides)
+
+
+class Command(Protocol):
+    """What `cli.build_parser` needs of a command module."""
+
+    def register(self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        """Add this verb's parser and set its `handler` default."""
+
 
 DEFAULT_TIMEOUT = 5.0
 """Seconds the operator tool waits for a reply before it says the daemon is unreachable."""
@@ -58,7 +99,6 @@ def add_timeout_argument(parser: argparse.ArgumentParser) -> None:
 
 def open_client(ctx: CliContext, timeout: float) -> ControlClient:
     """A client of the daemon of this home (CURVE keys from the home for a tcp endpoint)."""
-    from wemixvisor.cli import EXIT_FAILURE, CommandError  # noqa: PLC0415
 
     try:
         return client_for(ctx.config, timeout)
@@ -68,7 +108,6 @@ def open_client(ctx: CliContext, timeout: float) -> ControlClient:
 
 def request(client: ControlClient, payload: dict[str, Any]) -> Any:
     """One request; an error reply is exit 1, no answer exit 3 (as CommandError)."""
-    from wemixvisor.cli import EXIT_FAILURE, EXIT_UNREACHABLE, CommandError  # noqa: PLC0415
 
     try:
         return client.request(payload)

@@ -31,10 +31,10 @@ from typing import Any, Final
 import msgspec
 from loguru import logger
 
-from wemixvisor.fsutil import atomic_write_bytes
+from wemixvisor.chain.rpc import RpcClient, RpcError
+from wemixvisor.home.fsutil import atomic_write_bytes
 from wemixvisor.messages.governance import Proposal, ProposalState
-from wemixvisor.plans import MAX_PLAN_BYTES, Plan, PlanError, plan_from_object
-from wemixvisor.rpc import RpcClient, RpcError
+from wemixvisor.plans.queue import MAX_PLAN_BYTES, Plan, PlanError, plan_from_object
 
 __all__ = [
     "GET_PROPOSAL_SELECTOR",

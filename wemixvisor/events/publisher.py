@@ -21,7 +21,7 @@ import msgspec
 import zmq
 from loguru import logger
 
-from wemixvisor.ipc import EndpointError, prepare_socket_file
+from wemixvisor.home.ipc import EndpointError, prepare_socket_file
 from wemixvisor.messages.events import Event
 
 DEFAULT_SEND_HWM = 10_000

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import msgspec
 from loguru import logger
 
-from wemixvisor.subscriber import EventSubscriber, ReceivedEvent
+from wemixvisor.events.subscriber import EventSubscriber, ReceivedEvent
 
 __all__ = [
     "AlertForwarder",

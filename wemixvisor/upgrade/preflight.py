@@ -14,15 +14,15 @@ from pathlib import Path
 
 from loguru import logger
 
-from wemixvisor.backup import BackupError, upgrade_space_problem
+from wemixvisor.backup.store import BackupError, upgrade_space_problem
+from wemixvisor.chain.rpc import RpcClient, RpcError
+from wemixvisor.chain.wbft import WbftClient, assess_quorum
 from wemixvisor.config import Config
-from wemixvisor.download import DownloadError, download_binary, plan_has_binaries
-from wemixvisor.layout import Home, LayoutError, check_binary
+from wemixvisor.home.layout import Home, LayoutError, check_binary
 from wemixvisor.messages.events import Event, ValidatorQuorumAtRisk
-from wemixvisor.plans import Plan
-from wemixvisor.process import detect_version
-from wemixvisor.rpc import RpcClient, RpcError
-from wemixvisor.wbft import WbftClient, assess_quorum
+from wemixvisor.node.process import detect_version
+from wemixvisor.plans.queue import Plan
+from wemixvisor.upgrade.download import DownloadError, download_binary, plan_has_binaries
 
 _fetch_locks: dict[Path, threading.Lock] = {}
 _fetch_locks_guard = threading.Lock()

@@ -20,10 +20,10 @@ from typing import Any
 
 import msgspec
 
-from wemixvisor.fsutil import ReadRefused, atomic_write_bytes
-from wemixvisor.fsutil import read_capped as read_capped_file
-from wemixvisor.layout import Home
-from wemixvisor.plans import (
+from wemixvisor.home.fsutil import ReadRefused, atomic_write_bytes
+from wemixvisor.home.fsutil import read_capped as read_capped_file
+from wemixvisor.home.layout import Home
+from wemixvisor.plans.queue import (
     MAX_PLAN_BYTES,
     Plan,
     PlanError,

@@ -1,0 +1,1 @@
+"""Lifecycle events: the PUB publisher, subscribers, alert forwarding and metrics."""

@@ -1,0 +1,1 @@
+"""The node process: spawning, stopping, adoption, restart policy, and its log file."""

@@ -1,0 +1,1 @@
+"""Upgrade plans: validation, the persistent queue's rules, and the plan files."""

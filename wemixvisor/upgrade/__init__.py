@@ -1,0 +1,1 @@
+"""Upgrades at height: the journaled saga, preflight checks, hooks and binary downloads."""
