@@ -1,14 +1,20 @@
-"""Shared fixtures: real anvil binaries from the local cache and a running anvil node."""
+"""Shared fixtures: real anvil binaries from the local cache, a running anvil node, a short
+directory for ipc sockets, and actor teardown."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pykka
 import pytest
 
 from devtools import anvil as devtools_anvil
 from devtools.anvil import AnvilProcess
+from tests.daemon_harness import kill_node_processes
 
 AnvilBin = Callable[[str], Path]
 
@@ -56,3 +62,24 @@ def anvil(anvil_bin_1_5_1: Path, tmp_path: Path) -> Iterator[AnvilProcess]:
         finally:
             # Even if the graceful stop raised, the node must not outlive the test.
             node.kill()
+
+
+@pytest.fixture(autouse=True)
+def stop_all_actors() -> Iterator[None]:
+    """No actor a test started outlives it."""
+    yield
+    pykka.ActorRegistry.stop_all()
+
+
+@pytest.fixture
+def short_root() -> Iterator[Path]:
+    """A short directory under /tmp (ipc socket paths must stay under 107 bytes); every process
+    whose command line names it is killed and the directory removed at the end
+    (WEMIXVISOR_KEEP_TEST_DIRS=1 keeps it for a post-mortem)."""
+    root = Path(tempfile.mkdtemp(prefix="wv-", dir="/tmp"))
+    try:
+        yield root
+    finally:
+        kill_node_processes(root)
+        if not os.environ.get("WEMIXVISOR_KEEP_TEST_DIRS"):
+            shutil.rmtree(root, ignore_errors=True)
