@@ -416,30 +416,28 @@ class WbftNetwork:
             node.committing = node.spec.validator
         return False
 
-    def _probe(self, node: _Node) -> tuple[int, str | None] | None:
+    def _probe(self, node: _Node) -> tuple[int, str] | None:
+        # The version is read every time: a node restarted with another binary between two
+        # ticks must not keep the old binary's fork rule.
         url = node.spec.rpc_url
         try:
             head = int(rpc_call(url, "eth_blockNumber", timeout=self.rpc_timeout), 16)
-            version = (
-                None
-                if node.answering
-                else str(rpc_call(url, "web3_clientVersion", timeout=self.rpc_timeout))
-            )
+            version = str(rpc_call(url, "web3_clientVersion", timeout=self.rpc_timeout))
         except _RPC_FAILURES:
             return None
         return head, version
 
-    def _observe(self, node: _Node, probe: tuple[int, str | None] | None) -> None:
+    def _observe(self, node: _Node, probe: tuple[int, str] | None) -> None:
         if probe is None:
             if node.answering:
                 logger.info("node %s stopped answering at head %s", node.address, node.head)
             node.answering, node.head, node.client_version = False, None, None
             return
         head, version = probe
-        if not node.answering:
+        if not node.answering or version != node.client_version:
             node.answering, node.stuck = True, False
             node.client_version = version
-            node.has_fork = client_has_fork(version or "", self.fork_versions)
+            node.has_fork = client_has_fork(version, self.fork_versions)
             logger.info(
                 "node %s answers: %s at head %d (fork: %s)",
                 node.address,

@@ -84,9 +84,11 @@ class NodeProxy:
         self._session = aiohttp.ClientSession(timeout=_UPSTREAM_TIMEOUT)
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_route("*", "/{tail:.*}", self._serve)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port, shutdown_timeout=1.0).start()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
     async def stop(self) -> None:
         """Close the listener, the open connections and the upstream session."""
@@ -287,8 +289,8 @@ class ProxyHost:
         """Start the loop and every proxy; raises if one cannot listen (its port is taken)."""
         self._thread.start()
         for proxy in proxies:
+            self._proxies.append(proxy)  # so that stop() closes it even if it fails to start
             self.run(proxy.start())
-            self._proxies.append(proxy)
 
     def run(self, coroutine: Coroutine[Any, Any, _T], timeout: float = 10.0) -> _T:
         """Run `coroutine` on the loop and wait for its result."""
