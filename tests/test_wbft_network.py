@@ -12,6 +12,9 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import signal
+import subprocess
+import sys
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +38,7 @@ from wemixvisor.chain.rpc import RpcClient
 from wemixvisor.chain.wbft import WbftClient
 
 BLOCK_TIME = 0.25
+REPO = Path(__file__).resolve().parent.parent
 REFUSING = 3  # node whose proxy refuses istanbul_*, like geth HTTP without --http.api istanbul
 
 
@@ -236,6 +240,7 @@ def test_hostile_inputs_never_crash_the_proxy(network: WbftNetwork) -> None:
     url = network.proxy_url(0)
     assert post(url, b"{not json")[1]["error"]["code"] == -32700
     assert post(url, b"\xff\xfe\x00")[1]["error"]["code"] == -32700
+    assert post(url, b"[" * 200_000)[1]["error"]["code"] == -32700  # nested too deep
     assert post(url, b"42")[1]["error"]["code"] == -32600
     assert post(url, b"[]")[1]["error"]["code"] == -32600
     assert post(url, b"x" * (MAX_BODY_BYTES + 1))[0] == 413
@@ -270,8 +275,9 @@ def test_hostile_inputs_never_crash_the_proxy(network: WbftNetwork) -> None:
     assert conn.getresponse().status == 405
     conn.close()
     with connect(network.proxy_ws_url(0), proxy=None, open_timeout=5) as ws:
-        ws.send("{garbage")
-        assert json.loads(ws.recv(timeout=5))["error"]["code"] == -32700
+        for garbage in ("{garbage", "[" * 200_000):
+            ws.send(garbage)
+            assert json.loads(ws.recv(timeout=5))["error"]["code"] == -32700
         ws.send(json.dumps([{"jsonrpc": "2.0", "id": 9, "method": "istanbul_nodeAddress"}]))
         assert json.loads(ws.recv(timeout=5))[0]["result"] == network.addresses[0]
     assert call(url, "istanbul_nodeAddress") == network.addresses[0]
@@ -342,6 +348,8 @@ def test_a_node_without_the_fork_stops_at_f_minus_1_until_upgraded(tmp_path: Pat
                 anvils[3].stop()  # the operator upgrades node 3 ...
                 with pytest.raises(ConnectionClosed):
                     ws.recv(timeout=10)  # ... and its clients see it go away
+            body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "istanbul_nodeAddress"})
+            assert post(network.proxy_url(3), body.encode())[0] == 502
             anvils[3] = AnvilProcess(
                 new,
                 tmp_path,
@@ -364,3 +372,29 @@ def test_a_node_without_the_fork_stops_at_f_minus_1_until_upgraded(tmp_path: Pat
         for anvil in anvils:
             anvil.stop()
             anvil.kill()
+
+
+def test_the_network_runs_as_a_process_of_its_own(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "devtools.wbft_network", "--launch", "1.5.1"]
+    command += ["--launch", "1.5.1", "--dir", str(tmp_path), "--block-time", "0.25"]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO
+    ) as process:
+        try:
+            assert process.stdout is not None
+            described = json.loads(process.stdout.readline())
+            assert described["quorum"] == 2
+            first = described["nodes"][0]
+            assert call(first["proxy_url"], "istanbul_nodeAddress") == first["address"]
+            for line in process.stdout:
+                if line.startswith("block 2:"):
+                    break
+            else:
+                pytest.fail("the network process ended before block 2")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+        finally:
+            process.kill()
+    for node in described["nodes"]:  # the process stopped the nodes it started
+        with pytest.raises(OSError, match="Connection refused"):
+            call(node["node_url"], "eth_blockNumber")

@@ -10,6 +10,14 @@ it stays at F-1, as an old binary that rejects block F would.
 The nodes are either started here (`WbftNetwork.launch`) or only named by their RPC URLs
 (started by someone else, e.g. one wemixvisor daemon per node): a node may disappear and come
 back on the same port, with another binary, at any time.
+
+What a client can rely on: every node that takes part has the same heights and block
+timestamps (a block's timestamp is max(parent's, wall clock), chosen once per height). Block
+hashes are identical only between nodes of one anvil version started with one genesis
+timestamp (`launch` does that); anvil versions differ in their default hardfork, so a 1.7.1
+node's hashes differ from a 1.5.1 node's. A transaction sent to one node is mined on that node
+only: the double exchanges no transactions. A node that cannot take a block with the network's
+timestamp (it restarted from a fresh genesis newer than the chain) is logged and left out.
 """
 
 from __future__ import annotations
@@ -387,6 +395,16 @@ class WbftNetwork:
             if node.head is not None and node.head < self._limit(node, network_head)
         ]
         list(self._pool.map(self._catch_up, behind, [network_head] * len(behind)))
+        for node in self._nodes:
+            if node.head is not None and node.head > network_head and not node.stuck:
+                logger.warning(
+                    "node %s is ahead of the network (%d > %d): mined by someone else? "
+                    "It is not counted until the network reaches it",
+                    node.address,
+                    node.head,
+                    network_head,
+                )
+                node.stuck = True
         number = network_head + 1
         ready = [
             node

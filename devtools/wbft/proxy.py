@@ -8,8 +8,8 @@ node's replies and `newHeads` notifications to a WBFT-style value of several hun
 
 While the node does not answer, HTTP requests get `502` and WebSocket connections are closed
 with code 1011, so a client sees the node as down, not as the proxy answering for it. Hostile
-input never stops a proxy: garbage gets -32700, a body over 1 MiB gets 413, a batch over 100
-calls gets -32600.
+input never stops a proxy: garbage or JSON nested over 64 levels gets -32700, a body over
+1 MiB gets 413, a batch over 100 calls gets -32600.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ logger.addHandler(logging.NullHandler())
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_BATCH = 100
+_MAX_NESTING = 64  # far deeper than any JSON-RPC request
 _UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 _JSON = {"Content-Type": "application/json"}
 
@@ -47,6 +48,39 @@ class _NodeDown(Exception):
 
 def _error(request_id: Any, code: int, message: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+
+
+def _parse(body: bytes | str) -> Any:
+    """The JSON document of a request; ValueError for malformed or absurdly nested input.
+
+    Nesting is checked before decoding: json's C decoder recurses once per level and, with
+    a raised recursion limit (web3 sets 100000), a deep enough body overflows the C stack.
+    """
+    raw = body.encode() if isinstance(body, str) else body
+    if raw.count(b"[") + raw.count(b"{") > _MAX_NESTING and _nesting(raw) > _MAX_NESTING:
+        raise ValueError("nested too deep")
+    return json.loads(raw)
+
+
+def _nesting(raw: bytes) -> int:
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
 
 
 def _is_local(request: Any) -> bool:
@@ -115,7 +149,7 @@ class NodeProxy:
     async def handle(self, body: bytes | str) -> tuple[int, bytes]:
         """HTTP status and JSON reply for one request body (single call or batch)."""
         try:
-            request = json.loads(body)
+            request = _parse(body)
         except ValueError:
             return 200, json.dumps(_error(None, -32700, "parse error")).encode()
         try:
@@ -162,7 +196,10 @@ class NodeProxy:
         if not self.serve_istanbul:
             refusal = istanbul.not_available(method)
             return _error(request_id, refusal.code, refusal.message)
-        head = int(await self._upstream_call("eth_blockNumber", []), 16)
+        try:
+            head = int(await self._upstream_call("eth_blockNumber", []), 16)
+        except (TypeError, ValueError):
+            raise _NodeDown from None
         block_hash = None
         params = request.get("params")
         try:
@@ -180,11 +217,12 @@ class NodeProxy:
     async def _upstream_call(self, method: str, params: list[Any]) -> Any:
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
         status, payload = await self._forward(body.encode(), rewrite=False)
-        if status != 200:
-            raise _NodeDown
-        reply = json.loads(payload)
-        if "result" not in reply:
-            raise _NodeDown
+        try:
+            reply = json.loads(payload)
+            if status != 200 or not isinstance(reply, dict) or "result" not in reply:
+                raise _NodeDown
+        except ValueError:
+            raise _NodeDown from None
         return reply["result"]
 
     async def _forward(self, body: bytes, *, rewrite: bool = True) -> tuple[int, bytes]:
@@ -253,7 +291,7 @@ class NodeProxy:
     async def _ws_request(self, text: str) -> str | None:
         """The proxy's own reply to one WebSocket message, or None to forward it unchanged."""
         try:
-            request = json.loads(text)
+            request = _parse(text)
         except ValueError:
             return json.dumps(_error(None, -32700, "parse error"))
         if isinstance(request, dict) and not _is_local(request):
