@@ -157,6 +157,8 @@ def _status(args: list[Any], head: int, ledger: Ledger, validators: Sequence[str
         if number > 0:
             authors[record.author] = authors.get(record.author, 0) + 1
             rounds[str(record.round)] = rounds.get(str(record.round), 0) + 1
+    # `total` counts every seal a validator put on the range: prepared and committed seals of
+    # each block, and the previous block's two seals that each block carries.
     total = {
         address: 2 * counts["prepared"][address] + 2 * counts["prev"][address]
         for address in validators

@@ -34,14 +34,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from devtools.anvil import (
-    AnvilProcess,
-    RpcError,
-    anvil_binary,
-    free_port,
-    rpc_call,
-    wait_for_rpc,
-)
+from devtools.anvil import RpcError, free_port, rpc_call
+from devtools.wbft.launched import LaunchedNodes
 from devtools.wbft.ledger import Ledger
 from devtools.wbft.proxy import NodeProxy, ProxyHost
 from devtools.wbft.rules import client_has_fork, quorum_size, validator_address
@@ -164,10 +158,7 @@ class WbftNetwork:
         self._thread = threading.Thread(target=self._run, name="wbft-network", daemon=True)
         self._pool = ThreadPoolExecutor(len(self._nodes), thread_name_prefix="wbft-rpc")
         self._host = ProxyHost()
-        self._anvils: list[AnvilProcess | None] = [None] * len(self._nodes)
-        self._versions: list[str] = []
-        self._anvil_args: list[str] = []
-        self._log_dir: Path | None = None
+        self._launched: LaunchedNodes | None = None
 
     @classmethod
     def launch(
@@ -183,72 +174,44 @@ class WbftNetwork:
     ) -> WbftNetwork:
         """A network of `len(versions)` nodes, each an anvil of that version started here with
         `--no-mining`, one genesis timestamp and a `--state` file in `directory` (so a node
-        restarted with `start_node` keeps its chain). Not started yet: call `start()`."""
+        restarted with `start_node` keeps its chain). The nodes run on return; the network
+        mines once started: use it as a context manager so that `stop()` ends them all."""
         directory.mkdir(parents=True, exist_ok=True)
-        serve = (
+        served = (
             [serve_istanbul] * len(versions)
             if isinstance(serve_istanbul, bool)
             else list(serve_istanbul)
         )
-        anvils = [
-            AnvilProcess(
-                anvil_binary(version),
-                directory,
-                block_time=None,
-                state_file=directory / f"node{index}.state.json",
-            )
-            for index, version in enumerate(versions)
-        ]
+        genesis = int(time.time()) if genesis_timestamp is None else genesis_timestamp
+        launched = LaunchedNodes(versions, directory, genesis)
         specs = [
-            NodeSpec(anvil.url, serve_istanbul=served)
-            for anvil, served in zip(anvils, serve, strict=True)
+            NodeSpec(url, serve_istanbul=serve)
+            for url, serve in zip(launched.urls, served, strict=True)
         ]
         network = cls(
             specs, block_time=block_time, fork_block=fork_block, fork_versions=fork_versions
         )
-        network._versions = list(versions)
-        network._log_dir = directory
-        genesis = int(time.time()) if genesis_timestamp is None else genesis_timestamp
-        # One genesis for all: same-version nodes then mine byte-identical blocks.
-        network._anvil_args = ["--no-mining", "--timestamp", str(genesis)]
+        network._launched = launched
         try:
-            for index in range(len(anvils)):
-                network.start_node(index, wait=False)
-            for anvil in anvils:
-                wait_for_rpc(anvil.url, timeout=30.0)
+            launched.start_all()
         except BaseException:
             network.stop()
             raise
         return network
 
-    def start_node(self, index: int, version: str | None = None, *, wait: bool = True) -> None:
+    def _launched_nodes(self) -> LaunchedNodes:
+        if self._launched is None:
+            raise RuntimeError("only nodes started by WbftNetwork.launch are started/stopped here")
+        return self._launched
+
+    def start_node(self, index: int, version: str | None = None) -> None:
         """(Re)start launched node `index` on its port and state file, with anvil `version`
-        (default: its previous one)."""
-        if self._log_dir is None:
-            raise RuntimeError("only nodes started by WbftNetwork.launch can be started here")
-        current = self._anvils[index]
-        if current is not None and current.returncode is None:
-            raise RuntimeError(f"node {index} is running")
-        if version is not None:
-            self._versions[index] = version
-        url = self._nodes[index].spec.rpc_url
-        anvil = AnvilProcess(
-            anvil_binary(self._versions[index]),
-            self._log_dir,
-            port=int(url.rsplit(":", 1)[1]),
-            block_time=None,
-            state_file=self._log_dir / f"node{index}.state.json",
-            extra_args=self._anvil_args,
-        )
-        self._anvils[index] = anvil
-        anvil.start(wait=wait)
+        (default: its previous one); returns once it answers RPC."""
+        self._launched_nodes().start(index, version)
 
     def stop_node(self, index: int) -> None:
         """Stop launched node `index` gracefully (anvil writes its state file on SIGTERM)."""
-        anvil = self._anvils[index]
-        if anvil is None:
-            raise RuntimeError("only nodes started by WbftNetwork.launch can be stopped here")
-        anvil.stop()
+        self._launched_nodes().stop(index)
 
     def start(self) -> Self:
         """Serve the proxies and start mining."""
@@ -267,12 +230,8 @@ class WbftNetwork:
             self._thread.join(30)
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._host.stop()
-        for anvil in self._anvils:
-            if anvil is not None:
-                try:
-                    anvil.stop()
-                finally:
-                    anvil.kill()
+        if self._launched is not None:
+            self._launched.stop_all()
 
     def __enter__(self) -> Self:
         if not self._thread.is_alive() and not self._stopping.is_set():
