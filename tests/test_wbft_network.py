@@ -339,7 +339,8 @@ def test_a_node_without_the_fork_stops_at_f_minus_1_until_upgraded(tmp_path: Pat
             assert (old_node.client_version, old_node.has_fork) == ("anvil/v1.5.1", False)
             assert int(call(anvils[3].url, "eth_blockNumber"), 16) == fork - 1
             assert int(call(network.proxy_url(3), "eth_blockNumber"), 16) == fork - 1
-            assert network.addresses[3] in (network.committers(fork - 1) or ())
+            before = [network.committers(number) or () for number in range(1, fork)]
+            assert any(network.addresses[3] in committers for committers in before)
             assert network.addresses[3] not in (network.committers(fork) or ())
             with pytest.raises(RpcError, match="unknown block"):
                 call(network.proxy_url(3), "istanbul_getCommitSignersFromBlock", hex(fork))

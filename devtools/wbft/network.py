@@ -133,7 +133,9 @@ class WbftNetwork:
         self.block_time = block_time
         self.fork_block = fork_block
         self.fork_versions = frozenset(fork_versions)
-        self.rpc_timeout = rpc_timeout or max(0.25, min(1.0, block_time))
+        # Generous against a loaded machine; a stopped node refuses at once, only a hung one
+        # (SIGSTOP) makes a tick wait this long.
+        self.rpc_timeout = rpc_timeout or max(0.5, min(2.0, block_time))
         self._nodes = [
             _Node(spec, (spec.address or validator_address(index)).lower())
             for index, spec in enumerate(nodes)
