@@ -181,10 +181,18 @@ class NodeProxy:
         if forwarded:
             body = json.dumps([requests[index] for index in forwarded]).encode()
             status, payload = await self._forward(body)
-            answers = json.loads(payload) if status == 200 else None
+            try:
+                answers = json.loads(payload) if status == 200 else None
+            except ValueError:
+                answers = None
             if not isinstance(answers, list) or len(answers) != len(forwarded):
                 raise _NodeDown
-            by_id = {json.dumps(answer.get("id")): answer for answer in answers}
+            # A batch's answers may come in any order: match them to the calls by id.
+            by_id = {
+                json.dumps(answer.get("id")): answer
+                for answer in answers
+                if isinstance(answer, dict)
+            }
             for index in forwarded:
                 key = json.dumps(requests[index].get("id"))
                 replies[index] = by_id.get(key, _error(requests[index].get("id"), -32603, "lost"))
@@ -282,7 +290,8 @@ class NodeProxy:
             pass
         finally:
             pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # The pump ends cancelled, or with the error of a client that went away.
+            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError, ConnectionError):
                 await pump
             await upstream.close()
             await client.close()
