@@ -28,12 +28,15 @@ from devtools.anvil import AnvilProcess, RpcError, anvil_binary, rpc_call
 from devtools.wbft import (
     MAX_BATCH,
     MAX_BODY_BYTES,
+    Ledger,
     NodeSpec,
     WbftNetwork,
     client_has_fork,
+    istanbul,
     quorum_size,
     validator_address,
 )
+from devtools.wbft.istanbul import NodeView
 from wemixvisor.chain.rpc import RpcClient
 from wemixvisor.chain.wbft import WbftClient
 
@@ -98,6 +101,35 @@ def test_validator_index_order_is_not_sorted_order() -> None:
     addresses = [validator_address(index) for index in range(4)]
     assert len(set(addresses)) == 4
     assert addresses != sorted(addresses)
+
+
+def test_a_missing_proposer_shows_as_a_round_change_in_the_answers() -> None:
+    validators = [validator_address(index) for index in range(4)]
+    ledger = Ledger(validators)
+    ledger.seal(1, 100, validators)  # validator 1 proposes block 1 in round 0
+    ledger.seal(2, 101, [validators[0], validators[1], validators[3]])  # 2 is down: round 1
+    node = NodeView(validators[0], head=2, block_hash="0x" + "ab" * 32)
+    status = istanbul.answer("istanbul_status", [], node, ledger)
+    assert status["blockRange"] == {"startBlock": 1, "endBlock": 2, "totalBlocks": 2}
+    assert status["roundStats"] == {"roundDistribution": {"0": 1, "1": 1}, "totalRounds": 2}
+    assert status["author"] == {
+        validators[0]: 0,
+        validators[1]: 1,
+        validators[2]: 0,
+        validators[3]: 1,
+    }
+    assert status["sealerActivity"]["committed"][validators[2]] == 1
+    assert status["sealerActivity"]["prevCommitted"][validators[2]] == 1  # block 2 seals block 1
+    signers = istanbul.answer("istanbul_getCommitSignersFromBlock", ["0x2"], node, ledger)
+    assert signers == {
+        "Number": 2,
+        "Hash": node.block_hash,
+        "Author": validators[3],
+        "Committers": [validators[0], validators[1], validators[3]],
+    }
+    outsider = NodeView(validator_address(9), head=2)
+    assert istanbul.answer("istanbul_isValidator", [None], outsider, ledger) is False
+    assert len(bytes.fromhex(ledger.extra_data(2)[2:])) >= 200
 
 
 def test_four_validators_mine_in_lockstep(network: WbftNetwork) -> None:

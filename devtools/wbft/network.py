@@ -387,7 +387,9 @@ class WbftNetwork:
         if not mined:
             return True
         committers = [node.address for node in mined if node.spec.validator]
-        self.ledger.seal(number, timestamp, committers or [n.address for n in ready])
+        if not committers:  # every validator's evm_mine failed: the block is theirs anyway
+            committers = [node.address for node in ready if node.spec.validator]
+        self.ledger.seal(number, timestamp, committers)
         self._timestamps[number] = timestamp
         self._head = number
         for node in mined:
