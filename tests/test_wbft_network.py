@@ -224,6 +224,12 @@ def test_a_refused_namespace_answers_method_not_found(network: WbftNetwork) -> N
     with connect(network.proxy_ws_url(REFUSING), proxy=None, open_timeout=5) as ws:
         ws.send(json.dumps({"jsonrpc": "2.0", "id": 7, "method": "istanbul_nodeAddress"}))
         assert json.loads(ws.recv(timeout=5))["error"]["code"] == -32601
+    # The operator adds `istanbul` to --http.api: the same node now answers.
+    network.set_istanbul_served(REFUSING, True)
+    try:
+        assert call(url, "istanbul_nodeAddress") == network.addresses[REFUSING]
+    finally:
+        network.set_istanbul_served(REFUSING, False)
 
 
 def test_wemixvisors_own_client_reads_the_double(network: WbftNetwork) -> None:

@@ -326,14 +326,16 @@ class ProxyHost:
     """One event-loop thread serving every proxy of a network."""
 
     def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="wbft-proxies", daemon=True
-        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._proxies: list[NodeProxy] = []
 
     def start(self, proxies: Sequence[NodeProxy]) -> None:
         """Start the loop and every proxy; raises if one cannot listen (its port is taken)."""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="wbft-proxies", daemon=True
+        )
         self._thread.start()
         for proxy in proxies:
             self._proxies.append(proxy)  # so that stop() closes it even if it fails to start
@@ -341,12 +343,15 @@ class ProxyHost:
 
     def run(self, coroutine: Coroutine[Any, Any, _T], timeout: float = 10.0) -> _T:
         """Run `coroutine` on the loop and wait for its result."""
+        if self._loop is None:
+            coroutine.close()
+            raise RuntimeError("the proxy host is not running")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     def stop(self) -> None:
         """Stop every proxy, then the loop; idempotent."""
-        if not self._thread.is_alive():
-            self._loop.close()
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
             return
         for proxy in reversed(self._proxies):
             try:
@@ -354,6 +359,7 @@ class ProxyHost:
             except Exception:
                 logger.exception("stopping the proxy on port %d", proxy.port)
         self._proxies.clear()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+        self._loop = self._thread = None
