@@ -85,9 +85,6 @@ def daemon_lock_held(home: Path) -> Iterator[int]:
         os.close(fd)
 
 
-# --- schedule ----------------------------------------------------------------------------------
-
-
 def test_schedule_writes_the_plan_into_the_batch_file(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -248,9 +245,6 @@ def test_schedule_refuses_a_passed_height_unless_now(
     assert "head unknown" not in capsys.readouterr().err
 
 
-# --- list and status ---------------------------------------------------------------------------
-
-
 def test_list_shows_the_queue_and_plans_the_daemon_has_not_seen(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -333,9 +327,6 @@ def test_status_without_anything(home: Path, capsys: pytest.CaptureFixture[str])
     assert "upgrade in progress: none" in out
 
 
-# --- cancel ------------------------------------------------------------------------------------
-
-
 def test_cancel_marks_the_plan_cancelled_and_removes_it_from_the_files(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -404,9 +395,6 @@ def test_cancel_an_unknown_or_invalid_name(
     assert capsys.readouterr().err
 
 
-# --- show-upgrade-info -------------------------------------------------------------------------
-
-
 def test_show_upgrade_info_without_any(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["show-upgrade-info"]) == 1
     assert "no upgrade-info.json to show" in capsys.readouterr().err
@@ -444,9 +432,6 @@ def test_show_upgrade_info_names_an_unreadable_file(
     assert main(["show-upgrade-info"]) == 1
 
     assert "upgrade-info.json is not valid JSON" in capsys.readouterr().err
-
-
-# --- add-upgrade --height ----------------------------------------------------------------------
 
 
 def test_add_upgrade_with_height_installs_and_schedules(
