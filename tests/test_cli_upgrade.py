@@ -272,6 +272,8 @@ def test_list_shows_the_queue_and_plans_the_daemon_has_not_seen(
 
     assert main(["upgrade", "list", "--json"]) == 0
     document = msgspec.json.decode(capsys.readouterr().out)
+    # The same reply as the running daemon's `list_upgrades`: the one verb, run on the files.
+    assert set(document) == {"daemon", "plans", "journal", "head", "problems"}
     assert document["daemon"] == {"running": False, "pid": None}
     assert [(p["name"], p["status"]) for p in document["plans"]] == [
         ("v1", "completed"),
@@ -325,6 +327,24 @@ def test_status_without_anything(home: Path, capsys: pytest.CaptureFixture[str])
     assert "daemon: not running" in out
     assert "pending: none" in out
     assert "upgrade in progress: none" in out
+
+
+def test_status_names_an_unreadable_journal_and_fails(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_queue(home, QueuedPlan(plan=Plan(name="v2", height=200)))
+    (home / "wemixvisor/state/journal.json").write_text("{half")
+
+    assert main(["upgrade", "status"]) == 1
+    captured = capsys.readouterr()
+    assert "v2 at height 200 (file)" in captured.out
+    assert "journal" in captured.err
+    assert "is not valid JSON" in captured.err
+
+    assert main(["upgrade", "status", "--json"]) == 1
+    document = msgspec.json.decode(capsys.readouterr().out)
+    assert document["journal"] is None
+    assert "is not valid JSON" in document["journal_error"]
 
 
 def test_cancel_marks_the_plan_cancelled_and_removes_it_from_the_files(
@@ -464,6 +484,20 @@ def test_add_upgrade_with_a_conflicting_height_installs_nothing(
 
     assert "conflict" in capsys.readouterr().err
     assert not (home / "wemixvisor/upgrades/v2").exists()
+
+
+def test_add_upgrade_of_a_completed_plan_installs_nothing(
+    home: Path, new_binary: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_queue(
+        home, QueuedPlan(plan=Plan(name="v2", height=100), status=PlanStatus.COMPLETED, result="ok")
+    )
+
+    assert main(["add-upgrade", "v2", str(new_binary), "--height", "1500"]) == 1
+
+    assert "already completed" in capsys.readouterr().err
+    assert not (home / "wemixvisor/upgrades/v2").exists()
+    assert not (home / "data/upgrade-info.json.batch").exists()
 
 
 # Every value `platform.machine()` returns on the platforms Python supports (uname -m on Linux and

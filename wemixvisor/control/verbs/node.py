@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import pykka
 
 from wemixvisor import __version__
 from wemixvisor.control.logtail import MAX_TAIL_BYTES, tail_lines
-from wemixvisor.control.operations import Outcome
+from wemixvisor.control.operations import Check, Outcome
 from wemixvisor.control.protocol import ControlError, ErrorCode, Logs, Restart, Start, Status, Stop
 from wemixvisor.control.verbs.base import Verb
 from wemixvisor.control.verbs.daemon import ControlContext, answer
@@ -159,8 +159,24 @@ def _brief(status: NodeStatus) -> NodeBrief:
     return NodeBrief(state=status.state.value, pid=status.pid)
 
 
-def _running_check(ctx: ControlContext, old_pid: int | None) -> Callable[[], Outcome | None]:
-    """Done when the node RUNNING (as another process than `old_pid`), failed on a failure
+def _node_operation(
+    ctx: ControlContext,
+    verb: str,
+    message: object,
+    check_for: Callable[[NodeStatus], Check],
+    timeout: float,
+) -> NodeOperationReply:
+    """Tell the node actor `message` and follow the operation with the check made for the
+    node's status before it."""
+    before = ctx.node_status()
+    ctx.tell("node", message)
+    after = ctx.node_status()
+    operation = ctx.begin_operation(verb, check_for(before), timeout)
+    return NodeOperationReply(operation=operation, before=_brief(before), node=_brief(after))
+
+
+def _running_check(ctx: ControlContext, old_pid: int | None) -> Check:
+    """Done when the node is RUNNING (as another process than `old_pid`), failed on a failure
     state."""
 
     def check() -> Outcome | None:
@@ -176,41 +192,41 @@ def _running_check(ctx: ControlContext, old_pid: int | None) -> Callable[[], Out
     return check
 
 
-class StartVerb(Verb[ControlContext, Start, NodeOperationReply]):
+_NodeRequest = TypeVar("_NodeRequest", Start, Stop, Restart)
+
+
+class _NodeOperationVerb(Verb[ControlContext, _NodeRequest, NodeOperationReply]):
+    """A verb that drives the node: answered at once, followed as an operation."""
+
+    reply_type = NodeOperationReply
+    long_operation = True
+    changes_state = True
+
+    def render(self, reply: NodeOperationReply) -> str:
+        return f"{self.name} requested (operation {reply.operation}); node {reply.node.state}"
+
+
+class StartVerb(_NodeOperationVerb[Start]):
     """`start`: start the node, or leave FATAL; followed until RUNNING or a failure state."""
 
     request_type = Start
-    reply_type = NodeOperationReply
     summary = "Start the node (also leaves FATAL)."
-    long_operation = True
-    changes_state = True
 
     def execute(self, ctx: ControlContext, request: Start) -> NodeOperationReply:
-        before = ctx.node_status()
-        ctx.tell("node", StartNode(reason="control"))
-        after = ctx.node_status()
         timeout = ctx.config.node.startsecs + _START_ALLOWANCE
-        operation = ctx.begin_operation("start", _running_check(ctx, None), timeout)
-        return NodeOperationReply(operation=operation, before=_brief(before), node=_brief(after))
-
-    def render(self, reply: NodeOperationReply) -> str:
-        return f"start requested (operation {reply.operation}); node {reply.node.state}"
+        return _node_operation(
+            ctx, "start", StartNode(reason="control"), lambda _: _running_check(ctx, None), timeout
+        )
 
 
-class StopVerb(Verb[ControlContext, Stop, NodeOperationReply]):
+class StopVerb(_NodeOperationVerb[Stop]):
     """`stop`: stop the node gracefully; followed until STOPPED."""
 
     request_type = Stop
-    reply_type = NodeOperationReply
     summary = "Stop the node gracefully."
-    long_operation = True
-    changes_state = True
 
     def execute(self, ctx: ControlContext, request: Stop) -> NodeOperationReply:
-        before = ctx.node_status()
         done: pykka.ThreadingFuture[NodeStatus] = pykka.ThreadingFuture()
-        ctx.tell("node", StopNode(reason="control", done=done))
-        after = ctx.node_status()
 
         def check() -> Outcome | None:
             try:
@@ -221,32 +237,23 @@ class StopVerb(Verb[ControlContext, Stop, NodeOperationReply]):
 
         # The node actor escalates to SIGKILL after the grace; allow for that and the reaping.
         timeout = ctx.config.node.shutdown_grace + 15.0
-        operation = ctx.begin_operation("stop", check, timeout)
-        return NodeOperationReply(operation=operation, before=_brief(before), node=_brief(after))
-
-    def render(self, reply: NodeOperationReply) -> str:
-        return f"stop requested (operation {reply.operation}); node {reply.node.state}"
+        message = StopNode(reason="control", done=done)
+        return _node_operation(ctx, "stop", message, lambda _: check, timeout)
 
 
-class RestartVerb(Verb[ControlContext, Restart, NodeOperationReply]):
+class RestartVerb(_NodeOperationVerb[Restart]):
     """`restart`: stop, then start; followed until a new process is RUNNING or fails."""
 
     request_type = Restart
-    reply_type = NodeOperationReply
     summary = "Stop the node, then start it again."
-    long_operation = True
-    changes_state = True
 
     def execute(self, ctx: ControlContext, request: Restart) -> NodeOperationReply:
-        before = ctx.node_status()
-        ctx.tell("node", RestartNode(reason="control"))
-        after = ctx.node_status()
         timeout = ctx.config.node.shutdown_grace + ctx.config.node.startsecs + _START_ALLOWANCE
-        operation = ctx.begin_operation("restart", _running_check(ctx, before.pid), timeout)
-        return NodeOperationReply(operation=operation, before=_brief(before), node=_brief(after))
 
-    def render(self, reply: NodeOperationReply) -> str:
-        return f"restart requested (operation {reply.operation}); node {reply.node.state}"
+        def check_for(before: NodeStatus) -> Check:
+            return _running_check(ctx, before.pid)
+
+        return _node_operation(ctx, "restart", RestartNode(reason="control"), check_for, timeout)
 
 
 class LogsVerb(Verb[ControlContext, Logs, LogsReply]):
