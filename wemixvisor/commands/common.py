@@ -123,44 +123,41 @@ def command_error(exc: ControlError) -> CommandError:
     return CommandError(f"{exc.code}: {message}", EXIT_FAILURE)
 
 
-def request(client: ControlClient, verb: Verb[Any, Req, Rep], request: Req) -> Rep:
+def request(client: ControlClient, verb: Verb[Any, Req, Rep], message: Req) -> Rep:
     """One request and its decoded reply; an error reply is exit 1, no answer exit 3 (as
     CommandError)."""
     try:
-        result = client.request(request)
+        return _reply(client, verb, message)
     except ControlUnreachable as exc:
         raise CommandError(str(exc), EXIT_UNREACHABLE) from None
-    except ControlError as exc:
-        raise command_error(exc) from None
-    return _decoded(verb, result)
-
-
-def _decoded(verb: Verb[Any, Req, Rep], result: Any) -> Rep:
-    try:
-        return verb.decode_reply(result)
-    except ValueError as exc:
-        raise CommandError(str(exc), EXIT_FAILURE) from None
 
 
 def call(
-    ctx: CliContext, verb: Verb[Any, Req, Rep], request_: Req, timeout: float = DEFAULT_TIMEOUT
+    ctx: CliContext, verb: Verb[Any, Req, Rep], message: Req, timeout: float = DEFAULT_TIMEOUT
 ) -> Rep:
     """Send one request to the daemon of this home and return its decoded reply."""
     with open_client(ctx, timeout) as client:
-        return request(client, verb, request_)
+        return request(client, verb, message)
 
 
 def ask_daemon(
-    ctx: CliContext, verb: Verb[Any, Req, Rep], request_: Req, timeout: float = DEFAULT_TIMEOUT
+    ctx: CliContext, verb: Verb[Any, Req, Rep], message: Req, timeout: float = DEFAULT_TIMEOUT
 ) -> Rep:
     """The running daemon's reply; an error reply is exit 1 (CommandError). ControlUnreachable
     passes through: each command decides what a silent daemon means."""
     with open_client(ctx, timeout) as client:
-        try:
-            result = client.request(request_)
-        except ControlError as exc:
-            raise command_error(exc) from None
-    return _decoded(verb, result)
+        return _reply(client, verb, message)
+
+
+def _reply(client: ControlClient, verb: Verb[Any, Req, Rep], message: Req) -> Rep:
+    try:
+        result = client.request(message)
+    except ControlError as exc:
+        raise command_error(exc) from None
+    try:
+        return verb.decode_reply(result)
+    except ValueError as exc:
+        raise CommandError(str(exc), EXIT_FAILURE) from None
 
 
 def daemon_runs(home: Home) -> bool:
@@ -172,7 +169,7 @@ def daemon_runs(home: Home) -> bool:
 
 
 def run_offline(
-    ctx: CliContext, verb: Verb[Any, Req, Rep], request_: Req, *, dry_run: bool = False
+    ctx: CliContext, verb: Verb[Any, Req, Rep], message: Req, *, dry_run: bool = False
 ) -> tuple[Rep, OfflineContext]:
     """Carry out an offline verb on the home's files, as the daemon would; its reply and the
     context it ran in (closed by then). Warnings go to stderr; a refusal is exit 1."""
@@ -181,7 +178,7 @@ def run_offline(
     offline = OfflineContext(ctx.config, dry_run=dry_run)
     try:
         with offline:
-            reply = verb.execute(offline, request_)
+            reply = verb.execute(offline, message)
     except ControlError as exc:
         raise command_error(exc) from None
     finally:

@@ -72,8 +72,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "upgrade",
         help="schedule, list or cancel upgrade plans",
         description=(
-            "Plans are written into $DAEMON_DATA_DIR/upgrade-info.json.batch, which the daemon "
-            "reads live and at every start; its queue lives in $DAEMON_HOME/wemixvisor/state."
+            "With a daemon running, each action goes through its control socket. Without one, "
+            "plans are written into $DAEMON_DATA_DIR/upgrade-info.json.batch, which the daemon "
+            "reads at every start; its queue lives in $DAEMON_HOME/wemixvisor/state."
         ),
     )
     actions = parser.add_subparsers(dest="upgrade_action", metavar="ACTION", required=True)
@@ -82,8 +83,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "schedule",
         help="schedule an upgrade at a block height",
         description=(
-            "Write the plan NAME at HEIGHT into the batch file. A height the chain has already "
-            "passed is refused unless --now (then the daemon upgrades at once)."
+            "Register the plan NAME at HEIGHT with the running daemon, or (no daemon) write it "
+            "into the batch file. A height the chain has already passed is refused unless --now "
+            "(then the daemon upgrades at once)."
         ),
     )
     schedule.add_argument("name", help="upgrade name: 1-64 characters of A-Z a-z 0-9 . _ -")
@@ -132,36 +134,32 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     cancelling.set_defaults(handler=run_cancel)
 
 
-def _fail(message: str, *, usage: bool = False) -> Exception:
-    """The CommandError to raise: exit 2 for a bad argument, 1 for a refusal or failure."""
-    return CommandError(message, EXIT_USAGE if usage else EXIT_FAILURE)
+def _usage(message: str) -> CommandError:
+    """The error for a bad argument: exit 2."""
+    return CommandError(message, EXIT_USAGE)
 
 
 def _binary_url(url: str, checksum: str | None, must_have_checksum: bool) -> str:
     # ASCII only: a URL is percent-encoded, and undecodable argv bytes cannot go into JSON.
     if len(url) > 8192 or not url.isascii() or _URL_FORBIDDEN_RE.search(url):
-        raise _fail(
-            "--binary must be an ASCII URL without spaces or control characters", usage=True
-        )
+        raise _usage("--binary must be an ASCII URL without spaces or control characters")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise _fail(f"--binary {url!r} is not an http(s):// URL", usage=True)
+        raise _usage(f"--binary {url!r} is not an http(s):// URL")
     has_checksum = any(param.startswith("checksum=") for param in parts.query.split("&") if param)
     if checksum is not None:
         if not _CHECKSUM_RE.fullmatch(checksum):
-            raise _fail(
+            raise _usage(
                 f"--checksum {checksum[:80]!r} is not sha256:<64 hex digits> or "
                 "sha512:<128 hex digits>",
-                usage=True,
             )
         if has_checksum:
-            raise _fail("--binary already carries ?checksum=; drop --checksum", usage=True)
+            raise _usage("--binary already carries ?checksum=; drop --checksum")
         url = f"{url}{'&' if parts.query else '?'}checksum={checksum.lower()}"
     elif not has_checksum and must_have_checksum:
-        raise _fail(
+        raise _usage(
             "--binary has no checksum and the daemon refuses such downloads "
             "(DAEMON_DOWNLOAD_MUST_HAVE_CHECKSUM); add --checksum sha256:<hex>",
-            usage=True,
         )
     return url
 
@@ -176,23 +174,21 @@ def build_info(
             encoded = info_text.encode()
         except UnicodeEncodeError:
             # argv bytes that are not UTF-8 arrive as lone surrogates.
-            raise _fail("--info is not valid UTF-8", usage=True) from None
+            raise _usage("--info is not valid UTF-8") from None
         if len(encoded) > MAX_PLAN_BYTES:
-            raise _fail(
-                f"--info is {len(encoded)} bytes, over the {MAX_PLAN_BYTES}-byte limit", usage=True
-            )
+            raise _usage(f"--info is {len(encoded)} bytes, over the {MAX_PLAN_BYTES}-byte limit")
         try:
             decoded = msgspec.json.decode(encoded)
         except msgspec.DecodeError as exc:
-            raise _fail(f"--info is not valid JSON: {exc}", usage=True) from None
+            raise _usage(f"--info is not valid JSON: {exc}") from None
         except RecursionError:
-            raise _fail("--info is not valid JSON: nested too deeply", usage=True) from None
+            raise _usage("--info is not valid JSON: nested too deeply") from None
         if not isinstance(decoded, dict):
             kind = "an array" if isinstance(decoded, list) else type(decoded).__name__
-            raise _fail(f"--info must be a JSON object, got {kind}", usage=True)
+            raise _usage(f"--info must be a JSON object, got {kind}")
         info = decoded
     if checksum is not None and binary is None:
-        raise _fail("--checksum needs --binary", usage=True)
+        raise _usage("--checksum needs --binary")
     if binary is not None:
         url = _binary_url(binary, checksum, must_have_checksum)
         info = dict(info or {})
@@ -200,7 +196,7 @@ def build_info(
         if binaries is None:
             binaries = {}
         elif not isinstance(binaries, dict):
-            raise _fail("--info binaries must be an object of platform -> URL", usage=True)
+            raise _usage("--info binaries must be an object of platform -> URL")
         info["binaries"] = {**binaries, current_platform(): url}
     return info
 
@@ -215,7 +211,7 @@ def plan_from_arguments(name: str, height: str, info: dict[str, Any] | None) -> 
             plan_object["info"] = info
         return plan_from_object(plan_object, "batch")
     except PlanError as exc:
-        raise _fail(str(exc), usage=True) from None
+        raise _usage(str(exc)) from None
 
 
 def schedule_request(plan: Plan, *, now: bool) -> ScheduleUpgrade:
@@ -328,7 +324,7 @@ def run_cancel(args: argparse.Namespace, ctx: CliContext) -> int:
     try:
         name = validate_name(args.name)
     except PlanError as exc:
-        raise _fail(str(exc), usage=True) from None
+        raise _usage(str(exc)) from None
     request = CancelUpgrade(id=new_request_id(), name=name)
     home = home_of(ctx.config)
     if daemon_runs(home):
