@@ -97,6 +97,29 @@ def test_schedule_writes_the_plan_into_the_batch_file(
     assert "head unknown" in captured.err
 
 
+def test_a_daemon_starting_while_a_plan_is_scheduled_is_not_turned_away(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scheduling offline only writes the plan files: it does not hold the daemon's lock while
+    it asks the chain for the head."""
+    from wemixvisor.bootstrap import daemon_lock
+    from wemixvisor.control.verbs import offline
+    from wemixvisor.home.layout import Home
+
+    started: list[bool] = []
+
+    def head_while_a_daemon_starts(config: object) -> tuple[None, str]:
+        with daemon_lock(Home(root=home, name="gwemix", data_dir=home / "data")):
+            started.append(True)
+        return None, "the node is down"
+
+    monkeypatch.setattr(offline, "chain_head", head_while_a_daemon_starts)
+
+    assert main(["upgrade", "schedule", "v2", "200"]) == 0
+    assert started == [True]
+    assert batch(home) == [{"name": "v2", "height": 200}]
+
+
 def test_schedule_with_a_binary_url_and_checksum(home: Path) -> None:
     assert (
         main(

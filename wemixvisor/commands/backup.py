@@ -44,6 +44,8 @@ from wemixvisor.control.verbs.render import size
 from wemixvisor.home.layout import Home
 from wemixvisor.node.process import find_adoptable, find_orphan_node, read_pidfile
 
+_DAEMON_STARTED = "a daemon started meanwhile; run the command again"
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `backup` verb with its `create`, `list`, `restore` and `prune` actions."""
@@ -217,7 +219,7 @@ def run_prune(args: argparse.Namespace, ctx: CliContext) -> int:
     if daemon_runs(home_of(ctx.config)):
         reply = call(ctx, BACKUP_PRUNE, request, args.timeout)
     else:
-        reply, _ = run_offline(ctx, BACKUP_PRUNE, request)
+        reply, _ = run_offline(ctx, BACKUP_PRUNE, request, locked=_DAEMON_STARTED)
     print_reply(BACKUP_PRUNE, reply, as_json=args.json)
     return 0
 
@@ -227,7 +229,7 @@ def _offline(ctx: CliContext, what: str) -> Iterator[OfflineContext]:
     """The home's files, under the daemon's lock, with no node running unsupervised."""
     try:
         with OfflineContext(ctx.config) as offline:
-            offline.require_lock("a daemon started meanwhile; run the command again")
+            offline.require_lock(_DAEMON_STARTED)
             _refuse_running_node(offline.home, what)
             yield offline
     except ControlError as exc:

@@ -169,15 +169,23 @@ def daemon_runs(home: Home) -> bool:
 
 
 def run_offline(
-    ctx: CliContext, verb: Verb[Any, Req, Rep], message: Req, *, dry_run: bool = False
+    ctx: CliContext,
+    verb: Verb[Any, Req, Rep],
+    message: Req,
+    *,
+    dry_run: bool = False,
+    locked: str | None = None,
 ) -> tuple[Rep, OfflineContext]:
     """Carry out an offline verb on the home's files, as the daemon would; its reply and the
-    context it ran in (closed by then). Warnings go to stderr; a refusal is exit 1."""
+    context it ran in (closed by then). With `locked` (what to say when a daemon holds it), the
+    daemon's lock is taken before anything is done. Warnings go to stderr; a refusal is exit 1."""
     if not verb.offline:
         raise CommandError(f"{verb.name} needs a running daemon", EXIT_UNREACHABLE)
     offline = OfflineContext(ctx.config, dry_run=dry_run)
     try:
         with offline:
+            if locked is not None:
+                offline.require_lock(locked)
             reply = verb.execute(offline, message)
     except ControlError as exc:
         raise command_error(exc) from None

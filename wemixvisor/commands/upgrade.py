@@ -62,6 +62,7 @@ from wemixvisor.plans.queue import (
     validate_name,
 )
 
+_QUEUE_OWNER = "the daemon owns the plan queue: stop it or use the control socket"
 _CHECKSUM_RE = re.compile(r"\A(?:sha256:[0-9a-fA-F]{64}|sha512:[0-9a-fA-F]{128})\Z")
 _URL_FORBIDDEN_RE = re.compile(r"[\x00-\x20\x7f]")
 
@@ -338,6 +339,6 @@ def run_cancel(args: argparse.Namespace, ctx: CliContext) -> int:
                 EXIT_UNREACHABLE,
             ) from None
     else:
-        reply, _ = run_offline(ctx, CANCEL_UPGRADE, request)
+        reply, _ = run_offline(ctx, CANCEL_UPGRADE, request, locked=_QUEUE_OWNER)
     print(CANCEL_UPGRADE.render(reply))
     return 0

@@ -1,11 +1,11 @@
 """The plan and backup verbs with the daemon down: `OfflineContext`, their context on the files.
 
-It holds the daemon's lock while it is open, so that no daemon starts meanwhile and the queue
-(`state/plans.json`) can be edited. A plan is not put in the queue but merged into the batch file
-(`upgrade-info.json.batch`), which the daemon reads when it starts; it is checked first by the
-queue's own rules against the queue and the chain head, so what the daemon would refuse is
-refused now. If a daemon holds the lock (it runs but does not answer), the context still reads
-the state and writes the plan files (the daemon reads those live), but does not edit the queue.
+What edits the daemon's state (the queue `state/plans.json`, the backups) is done holding the
+daemon's lock, so that no daemon starts meanwhile; reading the state and writing the plan files
+need no lock (the daemon only reads those, at its start and live), so a daemon starting while
+the operator lists or schedules is not turned away. A plan is not put in the queue but merged
+into the batch file (`upgrade-info.json.batch`); it is checked first by the queue's own rules
+against the queue and the chain head, so what the daemon would refuse is refused now.
 """
 
 from __future__ import annotations
@@ -76,10 +76,10 @@ def chain_head(config: Config) -> tuple[int | None, str | None]:
 class OfflineContext:
     """PlanContext and BackupContext on the files of the home `config` describes.
 
-    Use it as a context manager: entering takes the daemon's lock when no daemon holds it.
-    `dry_run` checks a plan to register without writing it. `warnings` collects what the
-    operator should know (the head could not be checked); `journal_error` says why the journal
-    could not be read by the last `plan_snapshot`.
+    Use it as a context manager: the daemon's lock, once `require_lock` took it, is released
+    when it closes. `dry_run` checks a plan to register without writing it. `warnings` collects
+    what the operator should know (the head could not be checked); `journal_error` says why the
+    journal could not be read by the last `plan_snapshot`.
     """
 
     def __init__(self, config: Config, *, dry_run: bool = False) -> None:
@@ -89,7 +89,6 @@ class OfflineContext:
         self.warnings: list[str] = []
         self.journal_error: str | None = None
         self._home = home_of(config)
-        self._holder: DaemonRunningError | None = None
         self._stack = contextlib.ExitStack()
 
     @property
@@ -98,18 +97,6 @@ class OfflineContext:
         return self._home
 
     def __enter__(self) -> OfflineContext:
-        try:
-            self._stack.enter_context(holding_daemon_lock(self._home))
-        except DaemonRunningError as exc:
-            self._holder = exc
-        except PlanError as exc:
-            raise ControlError(ErrorCode.NOT_FOUND, str(exc)) from None
-        except OSError as exc:
-            raise ControlError(
-                ErrorCode.INTERNAL, f"cannot take the daemon's lock: {exc.strerror or exc}"
-            ) from None
-        else:
-            self.locked = True
         return self
 
     def __exit__(
@@ -122,10 +109,21 @@ class OfflineContext:
         self.locked = False
 
     def require_lock(self, refusal: str) -> None:
-        """`busy` (the daemon's pid, then `refusal`) unless this context holds the lock."""
-        if not self.locked:
-            holder = self._holder or DaemonRunningError(daemon_pid(self._home))
-            raise ControlError(ErrorCode.BUSY, f"{holder}; {refusal}")
+        """Take the daemon's lock (kept until the context closes) before the daemon's state is
+        edited; `busy` (the daemon's pid, then `refusal`) when a daemon holds it."""
+        if self.locked:
+            return
+        try:
+            self._stack.enter_context(holding_daemon_lock(self._home))
+        except DaemonRunningError as exc:
+            raise ControlError(ErrorCode.BUSY, f"{exc}; {refusal}") from None
+        except PlanError as exc:
+            raise ControlError(ErrorCode.NOT_FOUND, str(exc)) from None
+        except OSError as exc:
+            raise ControlError(
+                ErrorCode.INTERNAL, f"cannot take the daemon's lock: {exc.strerror or exc}"
+            ) from None
+        self.locked = True
 
     def plan_snapshot(self) -> PlanSnapshot:
         """The queue and the journal as the daemon left them; no head (nobody follows it)."""
