@@ -15,6 +15,7 @@ from typing import Any
 
 from tests.daemon_harness import Daemon, kill_node_processes
 from wemixvisor.control import ControlClient, ControlError, ControlUnreachable
+from wemixvisor.control.protocol import Status, new_request_id
 from wemixvisor.control.security import CurveClientKeys
 from wemixvisor.home.layout import Home, init_home
 
@@ -78,7 +79,7 @@ def wait_status(
     last: Any = None
     while time.monotonic() < deadline:
         try:
-            last = client.request({"type": "status"})
+            last = client.request(Status(id=new_request_id()))
         except (ControlUnreachable, ControlError) as exc:
             last = exc
         else:
@@ -129,7 +130,7 @@ class WellBehavedClient:
         while not self._stop.is_set():
             began = time.monotonic()
             try:
-                result = self.client.request({"type": "status"})
+                result = self.client.request(Status(id=new_request_id()))
             except (ControlError, ControlUnreachable) as exc:
                 self.failures.append(repr(exc))
                 continue

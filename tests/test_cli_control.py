@@ -37,7 +37,19 @@ from tests.control_harness import (
 from tests.daemon_harness import Daemon, EventLog
 from wemixvisor.cli import main
 from wemixvisor.control import ControlClient, ControlError, ControlUnreachable
+from wemixvisor.control.protocol import new_request_id
 from wemixvisor.control.security import CurveClientKeys, load_server_curve
+from wemixvisor.control.verbs import (
+    BACKUP_LIST,
+    BACKUP_RESTORE,
+    CONFIG_RELOAD,
+    CONFIG_SHOW,
+    GOVERNANCE_PROPOSALS,
+    STATUS,
+    VERSION,
+    Verb,
+)
+from wemixvisor.messages.node import NodeState
 from wemixvisor.node.logfile import rotate_if_needed
 
 Cli = Callable[..., tuple[int, str, str]]
@@ -257,6 +269,7 @@ def test_upgrade_verbs_go_through_the_running_daemon(running: Running, cli: Cli)
             break
         assert time.monotonic() < deadline, f"v4 never queued: {rows}"
         time.sleep(0.1)
+    assert set(msgspec.json.decode(out)) == {"daemon", "plans", "journal", "head", "problems"}
     assert rows["v2"]["source"] == "control"
     assert rows["v4"]["source"] == "batch"
 
@@ -282,38 +295,46 @@ def test_upgrade_verbs_go_through_the_running_daemon(running: Running, cli: Cli)
 
 
 def test_configuration_version_backups_and_governance_over_the_socket(running: Running) -> None:
+    """Request Structs in, reply Structs out: each verb's reply type reads the daemon's result."""
     client = running.client
-    shown = client.request({"type": "config_show"})
-    assert shown["config"]["home"] == str(running.home)
-    assert shown["config"]["node"]["max_restarts"] == 5
+
+    def ask(verb: Verb[Any, Any, Any], **fields: Any) -> Any:
+        return verb.decode_reply(client.request(verb.request_type(id=new_request_id(), **fields)))
+
+    shown = ask(CONFIG_SHOW)
+    assert shown.config["home"] == str(running.home)
+    assert shown.config["node"]["max_restarts"] == 5
     config_file = running.home / "wemixvisor" / "config.toml"
     try:
         config_file.write_text('[node]\nmax_restarts = 7\n\n[rpc]\ntimeout = "2s"\n')
-        reloaded = client.request({"type": "config_reload"})
-        assert "node.max_restarts" in reloaded["changed"]
-        assert reloaded["restart_required"] == ["rpc.timeout"]
-        shown = client.request({"type": "config_show"})
-        assert shown["config"]["node"]["max_restarts"] == 7
-        assert shown["config"]["rpc"]["timeout"] == 5.0, "not reloadable: stays until a restart"
+        reloaded = ask(CONFIG_RELOAD)
+        assert "node.max_restarts" in reloaded.changed
+        assert reloaded.restart_required == ["rpc.timeout"]
+        shown = ask(CONFIG_SHOW)
+        assert shown.config["node"]["max_restarts"] == 7
+        assert shown.config["rpc"]["timeout"] == 5.0, "not reloadable: stays until a restart"
 
         config_file.write_text('[node]\nmax_restarts = "many"\n')
         with pytest.raises(ControlError) as caught:
-            client.request({"type": "config_reload"})
+            ask(CONFIG_RELOAD)
         assert caught.value.code == "bad_request"
         assert "max_restarts" in caught.value.message
-        assert client.request({"type": "config_show"})["config"]["node"]["max_restarts"] == 7
+        assert ask(CONFIG_SHOW).config["node"]["max_restarts"] == 7
     finally:
         config_file.unlink(missing_ok=True)
-    assert "node.max_restarts" in client.request({"type": "config_reload"})["changed"]
+    assert "node.max_restarts" in ask(CONFIG_RELOAD).changed
 
-    version = client.request({"type": "version"})
-    assert "1.5.1" in version["node"]["version"]
-    governance = client.request({"type": "governance_proposals"})
-    assert governance["proposals"] == []
-    assert isinstance(client.request({"type": "backup_list"})["backups"], list)
+    version = ask(VERSION)
+    assert "1.5.1" in version.node.version
+    governance = ask(GOVERNANCE_PROPOSALS)
+    assert governance.proposals == []
+    assert isinstance(ask(BACKUP_LIST).backups, list)
     with pytest.raises(ControlError) as caught:
-        client.request({"type": "backup_restore", "backup_id": "20200101T000000Z-none"})
+        ask(BACKUP_RESTORE, backup_id="20200101T000000Z-none")
     assert caught.value.code == "not_found"
+    status = ask(STATUS)
+    assert status.node.state is NodeState.RUNNING
+    assert status.daemon.pid == running.daemon.pid
 
 
 def test_garbage_sent_to_the_daemon_gets_errors_while_status_is_served(running: Running) -> None:

@@ -85,9 +85,6 @@ def daemon_lock_held(home: Path) -> Iterator[int]:
         os.close(fd)
 
 
-# --- schedule ----------------------------------------------------------------------------------
-
-
 def test_schedule_writes_the_plan_into_the_batch_file(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -98,6 +95,29 @@ def test_schedule_writes_the_plan_into_the_batch_file(
     assert "scheduled upgrade 'v1.2.0' at height 1500000" in captured.out
     assert "the daemon reads it when it starts" in captured.out
     assert "head unknown" in captured.err
+
+
+def test_a_daemon_starting_while_a_plan_is_scheduled_is_not_turned_away(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scheduling offline only writes the plan files: it does not hold the daemon's lock while
+    it asks the chain for the head."""
+    from wemixvisor.bootstrap import daemon_lock
+    from wemixvisor.control.verbs import offline
+    from wemixvisor.home.layout import Home
+
+    started: list[bool] = []
+
+    def head_while_a_daemon_starts(config: object) -> tuple[None, str]:
+        with daemon_lock(Home(root=home, name="gwemix", data_dir=home / "data")):
+            started.append(True)
+        return None, "the node is down"
+
+    monkeypatch.setattr(offline, "chain_head", head_while_a_daemon_starts)
+
+    assert main(["upgrade", "schedule", "v2", "200"]) == 0
+    assert started == [True]
+    assert batch(home) == [{"name": "v2", "height": 200}]
 
 
 def test_schedule_with_a_binary_url_and_checksum(home: Path) -> None:
@@ -248,9 +268,6 @@ def test_schedule_refuses_a_passed_height_unless_now(
     assert "head unknown" not in capsys.readouterr().err
 
 
-# --- list and status ---------------------------------------------------------------------------
-
-
 def test_list_shows_the_queue_and_plans_the_daemon_has_not_seen(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -278,6 +295,8 @@ def test_list_shows_the_queue_and_plans_the_daemon_has_not_seen(
 
     assert main(["upgrade", "list", "--json"]) == 0
     document = msgspec.json.decode(capsys.readouterr().out)
+    # The same reply as the running daemon's `list_upgrades`: the one verb, run on the files.
+    assert set(document) == {"daemon", "plans", "journal", "head", "problems"}
     assert document["daemon"] == {"running": False, "pid": None}
     assert [(p["name"], p["status"]) for p in document["plans"]] == [
         ("v1", "completed"),
@@ -333,7 +352,22 @@ def test_status_without_anything(home: Path, capsys: pytest.CaptureFixture[str])
     assert "upgrade in progress: none" in out
 
 
-# --- cancel ------------------------------------------------------------------------------------
+def test_status_names_an_unreadable_journal_and_fails(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_queue(home, QueuedPlan(plan=Plan(name="v2", height=200)))
+    (home / "wemixvisor/state/journal.json").write_text("{half")
+
+    assert main(["upgrade", "status"]) == 1
+    captured = capsys.readouterr()
+    assert "v2 at height 200 (file)" in captured.out
+    assert "journal" in captured.err
+    assert "is not valid JSON" in captured.err
+
+    assert main(["upgrade", "status", "--json"]) == 1
+    document = msgspec.json.decode(capsys.readouterr().out)
+    assert document["journal"] is None
+    assert "is not valid JSON" in document["journal_error"]
 
 
 def test_cancel_marks_the_plan_cancelled_and_removes_it_from_the_files(
@@ -404,9 +438,6 @@ def test_cancel_an_unknown_or_invalid_name(
     assert capsys.readouterr().err
 
 
-# --- show-upgrade-info -------------------------------------------------------------------------
-
-
 def test_show_upgrade_info_without_any(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["show-upgrade-info"]) == 1
     assert "no upgrade-info.json to show" in capsys.readouterr().err
@@ -446,9 +477,6 @@ def test_show_upgrade_info_names_an_unreadable_file(
     assert "upgrade-info.json is not valid JSON" in capsys.readouterr().err
 
 
-# --- add-upgrade --height ----------------------------------------------------------------------
-
-
 def test_add_upgrade_with_height_installs_and_schedules(
     home: Path, new_binary: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -479,6 +507,20 @@ def test_add_upgrade_with_a_conflicting_height_installs_nothing(
 
     assert "conflict" in capsys.readouterr().err
     assert not (home / "wemixvisor/upgrades/v2").exists()
+
+
+def test_add_upgrade_of_a_completed_plan_installs_nothing(
+    home: Path, new_binary: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_queue(
+        home, QueuedPlan(plan=Plan(name="v2", height=100), status=PlanStatus.COMPLETED, result="ok")
+    )
+
+    assert main(["add-upgrade", "v2", str(new_binary), "--height", "1500"]) == 1
+
+    assert "already completed" in capsys.readouterr().err
+    assert not (home / "wemixvisor/upgrades/v2").exists()
+    assert not (home / "data/upgrade-info.json.batch").exists()
 
 
 # Every value `platform.machine()` returns on the platforms Python supports (uname -m on Linux and

@@ -165,3 +165,67 @@ def test_valid_json_of_wrong_types_is_a_bad_request_or_a_request(
     else:
         code, decoded = None, request.verb
     assert (code, decoded) in ((ErrorCode.BAD_REQUEST, None), (None, verb))
+
+
+def test_every_verb_carries_what_a_front_end_needs_to_describe_it() -> None:
+    """Request and reply types, a summary and the long-operation flag: enough for the CLI and,
+    later, for an OpenAPI document of the HTTP API (SPEC §18)."""
+    for name, verb in VERBS.items():
+        assert issubclass(verb.reply_type, msgspec.Struct), name
+        assert verb.summary and "\n" not in verb.summary, name
+        assert isinstance(verb.long_operation, bool), name
+    long_operations = {name for name, verb in VERBS.items() if verb.long_operation}
+    assert {"start", "stop", "restart", "backup_create", "backup_restore"} <= long_operations
+    offline = {name for name, verb in VERBS.items() if verb.offline}
+    assert offline == {
+        "schedule_upgrade",
+        "cancel_upgrade",
+        "list_upgrades",
+        "backup_list",
+        "backup_prune",
+    }
+    types = [t for verb in VERBS.values() for t in (verb.request_type, verb.reply_type)]
+    schemas, components = msgspec.json.schema_components(types)
+    assert len(schemas) == 2 * len(VERBS)
+    assert "StatusReply" in components
+
+
+def test_replies_encode_as_the_wire_results_and_decode_back() -> None:
+    listing = VERBS["list_upgrades"]
+    result = {
+        "daemon": {"running": True, "pid": 7},
+        "plans": [
+            {
+                "name": "v2",
+                "height": 200,
+                "status": "pending",
+                "source": "control",
+                "late": False,
+                "result": None,
+                "registered_at": 1.5,
+                "finished_at": None,
+            },
+            {
+                "name": "v3",
+                "height": 300,
+                "info": {"binaries": {"any": "https://h/x?checksum=sha256:00"}},
+                "status": "in_file",
+                "source": "batch",
+                "late": False,
+                "result": "in file, not yet seen by the daemon",
+                "registered_at": None,
+                "finished_at": None,
+            },
+        ],
+        "journal": None,
+        "head": 120,
+        "problems": [],
+    }
+    reply = listing.decode_reply(result)
+    assert msgspec.json.decode(msgspec.json.encode(reply)) == result, "no `info` without one"
+
+    governance = VERBS["governance_proposals"]
+    for shown in ({"proposals": [], "note": "not followed"}, {"proposals": []}):
+        assert msgspec.to_builtins(governance.decode_reply(shown)) == shown
+    with pytest.raises(ValueError, match="malformed list_upgrades result"):
+        listing.decode_reply({"plans": "none"})

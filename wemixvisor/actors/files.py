@@ -29,7 +29,7 @@ from wemixvisor.bus import Bus
 from wemixvisor.config import MAX_CONFIG_BYTES, Config, ConfigError, load_config, reload_diff
 from wemixvisor.logs import apply_level
 from wemixvisor.messages import events as ev
-from wemixvisor.messages.config import ConfigChanged
+from wemixvisor.messages.config import ConfigChanged, PollFiles
 from wemixvisor.messages.plans import RegisterPlans, ResendPlans
 from wemixvisor.plans.files import (
     FileWatch,
@@ -51,11 +51,6 @@ _MIN_POLL_INTERVAL = 0.01
 # own plan.rejected, the rest one summary, so that a hostile file cannot flood events and logs.
 _MAX_ENTRY_REJECTIONS = 32
 _LOGGED_NAMES = 10
-
-
-class PollFiles(msgspec.Struct, frozen=True):
-    """Look at the watched files now (e.g. for a control `config_reload`); an `ask` returns
-    None once the poll is done. Polls also happen on their own every poll interval."""
 
 
 class _Tick(msgspec.Struct, frozen=True):

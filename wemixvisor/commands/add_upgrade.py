@@ -8,7 +8,8 @@ from pathlib import Path
 
 from wemixvisor.commands import upgrade
 from wemixvisor.commands.common import EXIT_OK, CliContext, CommandError
-from wemixvisor.home.layout import Home, LayoutError, add_upgrade
+from wemixvisor.control.verbs.offline import home_of
+from wemixvisor.home.layout import LayoutError, add_upgrade
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,8 +31,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--height",
         metavar="H",
         help=(
-            "also schedule the upgrade at block height H (written into the plan files, like "
-            "`wemixvisor upgrade schedule NAME H`)"
+            "also schedule the upgrade at block height H, like `wemixvisor upgrade schedule NAME H`"
         ),
     )
     parser.set_defaults(handler=run_add_upgrade)
@@ -40,28 +40,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run_add_upgrade(args: argparse.Namespace, ctx: CliContext) -> int:
     """Install the upgrade binary into the configured home and print where it went.
 
-    With `--height`, the plan is checked first (name, height, the chain's head, conflicts), so
-    that a refused plan installs nothing; it is written into the batch file after the install.
+    With `--height` the plan is scheduled after the install, like `upgrade schedule`. With no
+    daemon running it is checked first (name, height, the chain's head, conflicts), so that a
+    refused plan installs nothing; a running daemon decides when it is asked, after the install.
     """
-    # cli imports this module (via commands/__init__), so cli is imported at call time.
-
-    config = ctx.config
-    scheduled = None
+    request = None
     if args.height is not None:
         plan = upgrade.plan_from_arguments(args.name, args.height, None)
-        queue, _head = upgrade.check_schedule(config, plan, now=False)
-        scheduled = plan, queue
+        request = upgrade.schedule_request(plan, now=False)
+        upgrade.check_schedule(ctx, request)
     try:
-        home = Home(root=config.home, name=config.node.name, data_dir=config.node.data_dir)
-        installed = add_upgrade(home, args.name, args.binary, force=args.force)
+        installed = add_upgrade(home_of(ctx.config), args.name, args.binary, force=args.force)
     except LayoutError as exc:
         raise CommandError(str(exc)) from exc
     print(f"installed upgrade {args.name!r} binary {installed}")
-    if scheduled is not None:
-        plan, queue = scheduled
-        path = upgrade.write_schedule(config, plan, queue)
-        print(
-            f"scheduled upgrade {plan.name!r} at height {plan.height} in {path}; "
-            f"{upgrade.describe_pickup(home)}"
-        )
+    if request is not None:
+        upgrade.schedule(ctx, request)
     return EXIT_OK

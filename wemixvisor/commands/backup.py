@@ -1,54 +1,50 @@
 """`wemixvisor backup create [--label L] | list | restore ID | prune`: backups of the node's data.
 
-With a daemon running, every action goes through its control socket; `create` and `restore`
-are accepted at once with an operation id and then followed through the daemon's backup.*
-events (a progress bar on a terminal, plain lines otherwise) until they end (`--no-wait`
-returns at once). Without a daemon the files are worked on directly, holding the daemon's lock
-so that no daemon starts meanwhile; `create` and `restore` then refuse while a node runs
-unsupervised: a copy of a running node's data is not consistent, and its data cannot be swapped
-under it.
+With a daemon running, every action is its control verb, sent through the control socket;
+`create` and `restore` are accepted at once with an operation id and then followed through the
+daemon's backup.* events (`backup_follow`; `--no-wait` returns at once). Without a daemon,
+`list` and `prune` run the same verbs on the files (`OfflineContext`), and `create` and
+`restore` copy here with a progress bar, holding the daemon's lock so that no daemon starts
+meanwhile; they refuse while a node runs unsupervised: a copy of a running node's data is not
+consistent, and its data cannot be swapped under it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
-import time
 from collections.abc import Iterator
-from typing import IO, Any
 
 import msgspec
 
 from wemixvisor.backup import store as backups
+from wemixvisor.commands.backup_follow import ProgressView, follow_operation
 from wemixvisor.commands.common import (
     EXIT_FAILURE,
     CliContext,
     CommandError,
     add_timeout_argument,
-    open_client,
-    print_result,
-    request,
+    call,
+    command_error,
+    daemon_runs,
+    print_reply,
+    run_offline,
 )
-from wemixvisor.config import Config
-from wemixvisor.control.client import ControlClient
-from wemixvisor.events.subscriber import EventSubscriber
+from wemixvisor.control.protocol import (
+    BackupCreate,
+    BackupList,
+    BackupPrune,
+    BackupRestore,
+    ControlError,
+    new_request_id,
+)
+from wemixvisor.control.verbs import BACKUP_CREATE, BACKUP_LIST, BACKUP_PRUNE, BACKUP_RESTORE
+from wemixvisor.control.verbs.offline import OfflineContext, describe, home_of
+from wemixvisor.control.verbs.render import size
 from wemixvisor.home.layout import Home
 from wemixvisor.node.process import find_adoptable, find_orphan_node, read_pidfile
-from wemixvisor.plans.files import DaemonRunningError, daemon_running, holding_daemon_lock
-from wemixvisor.plans.queue import PlanError
 
-CONNECT_WAIT = 2.0
-"""Seconds to let the events subscription settle before a long request is sent."""
-
-ALIVE_CHECK = 5.0
-"""Seconds without an event of the operation before the daemon is asked whether it lives (and,
-for a create, whether the backup completed: a late subscriber may have missed the end)."""
-
-_SUCCESS = ("backup.completed", "backup.restored")
-_FAILURE = ("backup.failed", "backup.cancelled")
-_BAR_WIDTH = 30
-_MIB = 1024 * 1024
+_DAEMON_STARTED = "a daemon started meanwhile; run the command again"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -128,42 +124,31 @@ def _label(text: str) -> str:
     return text
 
 
-def _fail(message: str) -> Exception:
-    # cli imports this module (via commands/__init__), so cli is imported at call time.
-
-    return CommandError(message, EXIT_FAILURE)
-
-
-def _home(config: Config) -> Home:
-    return Home(root=config.home, name=config.node.name, data_dir=config.node.data_dir)
-
-
-def _print_json(value: Any) -> None:
+def _print_json(value: object) -> None:
     print(msgspec.json.encode(value).decode())
 
 
-# --- handlers ---------------------------------------------------------------------------------
-
-
 def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
-    """Make a backup, through the daemon when one runs, else directly."""
+    """Make a backup, through the daemon when one runs, else here."""
     config = ctx.config
-    home = _home(config)
-    if daemon_running(home):
-        payload = {"type": "backup_create", "label": args.label}
-        return _long_operation(args, ctx, payload, created=True)
-    with _offline(home):
-        _refuse_running_node(home, "back up")
+    request = BackupCreate(id=new_request_id(), label=args.label)
+    if daemon_runs(home_of(config)):
+        if args.wait:
+            return follow_operation(ctx, request, timeout=args.timeout, as_json=args.json)
+        reply = call(ctx, BACKUP_CREATE, request, args.timeout)
+        print_reply(BACKUP_CREATE, reply, as_json=args.json)
+        return 0
+    with _offline(ctx, "back up") as offline:
         view = ProgressView(f"backup {args.label}")
         try:
             manifest = backups.create_backup(
                 config.node.data_dir, config.backup.dir, args.label, progress=view
             )
         except (backups.BackupError, OSError) as exc:
-            raise _fail(f"backup failed: {_describe(exc)}") from None
+            raise CommandError(f"backup failed: {describe(exc)}", EXIT_FAILURE) from None
         finally:
             view.close()
-        removed = _prune_offline(home, config)
+        removed = offline.prune_backups().removed or []
     if args.json:
         _print_json(
             {
@@ -176,7 +161,7 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
         )
         return 0
     print(
-        f"backup {manifest.id} complete: {_size(manifest.total_bytes)} in "
+        f"backup {manifest.id} complete: {size(manifest.total_bytes)} in "
         f"{manifest.file_count} files ({manifest.seconds:.1f}s)"
     )
     if removed:
@@ -186,53 +171,36 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def run_list(args: argparse.Namespace, ctx: CliContext) -> int:
     """Print the backups (as the daemon sees them when one runs)."""
-    config = ctx.config
-    if daemon_running(_home(config)):
-        with open_client(ctx, args.timeout) as client:
-            rows: list[dict[str, Any]] = list(request(client, {"type": "backup_list"})["backups"])
+    request = BackupList(id=new_request_id())
+    if daemon_runs(home_of(ctx.config)):
+        reply = call(ctx, BACKUP_LIST, request, args.timeout)
     else:
-        rows = msgspec.to_builtins(backups.list_backups(config.backup.dir))
-    if args.json:
-        _print_json({"backups": rows})
+        reply, _ = run_offline(ctx, BACKUP_LIST, request)
+    if not reply.backups and not args.json:
+        print(f"no backups in {ctx.config.backup.dir}")
         return 0
-    if not rows:
-        print(f"no backups in {config.backup.dir}")
-        return 0
-    table = [("ID", "STATE", "SIZE", "FILES", "CREATED (UTC)")]
-    for row in rows:
-        created = time.gmtime(float(row.get("created_at") or 0))
-        table.append(
-            (
-                str(row.get("id")),
-                _state(row),
-                _size(int(row.get("total_bytes") or 0)),
-                str(row.get("file_count") or 0),
-                time.strftime("%Y-%m-%d %H:%M:%S", created),
-            )
-        )
-    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
-    for line in table:
-        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
-        print("  ".join(cells).rstrip())
+    print_reply(BACKUP_LIST, reply, as_json=args.json)
     return 0
 
 
 def run_restore(args: argparse.Namespace, ctx: CliContext) -> int:
-    """Restore a backup, through the daemon when one runs, else directly (node stopped)."""
+    """Restore a backup, through the daemon when one runs, else here (node stopped)."""
     config = ctx.config
-    home = _home(config)
-    if daemon_running(home):
-        payload = {"type": "backup_restore", "backup_id": args.backup_id}
-        return _long_operation(args, ctx, payload, created=False)
-    with _offline(home):
-        _refuse_running_node(home, "restore into the data dir of")
+    request = BackupRestore(id=new_request_id(), backup_id=args.backup_id)
+    if daemon_runs(home_of(config)):
+        if args.wait:
+            return follow_operation(ctx, request, timeout=args.timeout, as_json=args.json)
+        reply = call(ctx, BACKUP_RESTORE, request, args.timeout)
+        print_reply(BACKUP_RESTORE, reply, as_json=args.json)
+        return 0
+    with _offline(ctx, "restore into the data dir of"):
         view = ProgressView(f"restore {args.backup_id}")
         try:
             aside = backups.restore_backup(
                 config.backup.dir, args.backup_id, config.node.data_dir, progress=view
             )
         except (backups.BackupError, OSError) as exc:
-            raise _fail(f"restore failed: {_describe(exc)}") from None
+            raise CommandError(f"restore failed: {describe(exc)}", EXIT_FAILURE) from None
         finally:
             view.close()
     if args.json:
@@ -247,39 +215,25 @@ def run_restore(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def run_prune(args: argparse.Namespace, ctx: CliContext) -> int:
     """Remove what retention does not keep."""
-    config = ctx.config
-    home = _home(config)
-    if daemon_running(home):
-        with open_client(ctx, args.timeout) as client:
-            result = request(client, {"type": "backup_prune"})
-        print_result("backup_prune", result, as_json=args.json)
-        return 0
-    with _offline(home):
-        removed = _prune_offline(home, config)
-    if args.json:
-        _print_json({"operation": None, "removed": removed})
+    request = BackupPrune(id=new_request_id())
+    if daemon_runs(home_of(ctx.config)):
+        reply = call(ctx, BACKUP_PRUNE, request, args.timeout)
     else:
-        print("removed: " + (", ".join(removed) or "nothing"))
+        reply, _ = run_offline(ctx, BACKUP_PRUNE, request, locked=_DAEMON_STARTED)
+    print_reply(BACKUP_PRUNE, reply, as_json=args.json)
     return 0
 
 
-# --- without a daemon -------------------------------------------------------------------------
-
-
 @contextlib.contextmanager
-def _offline(home: Home) -> Iterator[None]:
-    """Hold the daemon's lock while working on the files; CommandError when a daemon has it."""
+def _offline(ctx: CliContext, what: str) -> Iterator[OfflineContext]:
+    """The home's files, under the daemon's lock, with no node running unsupervised."""
     try:
-        lock = holding_daemon_lock(home)
-        lock.__enter__()
-    except DaemonRunningError as exc:
-        raise _fail(f"a daemon started meanwhile ({exc}); run the command again") from None
-    except PlanError as exc:
-        raise _fail(str(exc)) from None
-    try:
-        yield
-    finally:
-        lock.__exit__(None, None, None)
+        with OfflineContext(ctx.config) as offline:
+            offline.require_lock(_DAEMON_STARTED)
+            _refuse_running_node(offline.home, what)
+            yield offline
+    except ControlError as exc:
+        raise command_error(exc) from None
 
 
 def _refuse_running_node(home: Home, what: str) -> None:
@@ -291,175 +245,8 @@ def _refuse_running_node(home: Home, what: str) -> None:
         orphan = find_orphan_node(home.visor_dir)
         pid = orphan.pid if orphan is not None else None
     if pid is not None:
-        raise _fail(
+        raise CommandError(
             f"the node (pid {pid}) runs without a daemon: cannot {what} a running node; stop it "
-            "first, or start the daemon and run this again"
+            "first, or start the daemon and run this again",
+            EXIT_FAILURE,
         )
-
-
-def _prune_offline(home: Home, config: Config) -> list[str]:
-    try:
-        protected = backups.protected_backups(home, config.backup.dir)
-        return backups.prune_backups(config.backup.dir, config.backup.keep, protected)
-    except (backups.BackupError, OSError) as exc:
-        raise _fail(f"prune failed: {_describe(exc)}") from None
-
-
-# --- through the daemon -----------------------------------------------------------------------
-
-
-def _long_operation(
-    args: argparse.Namespace, ctx: CliContext, payload: dict[str, Any], *, created: bool
-) -> int:
-    verb = str(payload["type"])
-    if not args.wait:
-        with open_client(ctx, args.timeout) as client:
-            print_result(verb, request(client, payload), as_json=args.json)
-        return 0
-    # Subscribed before asking: events published before a subscriber joins are lost.
-    subscriber = EventSubscriber([ctx.config.events.endpoint], ["backup."])
-    try:
-        settle = time.monotonic() + CONNECT_WAIT
-        while not subscriber.connected and time.monotonic() < settle:
-            subscriber.receive(timeout=0.05)
-        with open_client(ctx, args.timeout) as client:
-            result = request(client, payload)
-            operation = str(result["operation"])
-            if not args.json:
-                print(f"{verb.replace('_', ' ')}: operation {operation}", file=sys.stderr)
-            return _follow(
-                subscriber,
-                client,
-                operation,
-                created=operation if created else None,
-                as_json=args.json,
-            )
-    finally:
-        subscriber.close()
-
-
-def _follow(
-    subscriber: EventSubscriber,
-    client: ControlClient,
-    operation: str,
-    *,
-    created: str | None,
-    as_json: bool,
-) -> int:
-    """Show the operation's events until it ends; exit 0 on success, 1 on failure."""
-    view = ProgressView(operation)
-    quiet_since = time.monotonic()
-    try:
-        while True:
-            event = subscriber.receive(timeout=1.0)
-            if event is None or event.payload.get("id") != operation:
-                if time.monotonic() - quiet_since >= ALIVE_CHECK:
-                    quiet_since = time.monotonic()
-                    # Raises exit 3 when the daemon went away.
-                    rows = request(client, {"type": "backup_list"})["backups"]
-                    if created is not None and any(
-                        row.get("id") == created and row.get("complete") for row in rows
-                    ):
-                        view.close()
-                        print(f"backup {created} complete")
-                        return 0
-                continue
-            quiet_since = time.monotonic()
-            payload = event.payload
-            if as_json:
-                print(event.to_json().decode(), flush=True)
-            if event.topic == "backup.progress":
-                if not as_json:
-                    view(int(payload.get("bytes_done") or 0), int(payload.get("bytes_total") or 0))
-            elif event.topic in _SUCCESS:
-                view.close()
-                if not as_json:
-                    print(_describe_end(event.topic, payload))
-                return 0
-            elif event.topic in _FAILURE:
-                view.close()
-                reason = payload.get("error") or payload.get("reason") or ""
-                raise _fail(f"{event.topic} {operation}: {reason}")
-    except KeyboardInterrupt:
-        view.close()
-        print(
-            f"{operation} goes on in the daemon; follow it with `wemixvisor events backup.`",
-            file=sys.stderr,
-        )
-        return 0
-
-
-def _describe_end(topic: str, payload: dict[str, Any]) -> str:
-    seconds = float(payload.get("seconds") or 0)
-    if topic == "backup.restored":
-        return (
-            f"restored {payload.get('backup_id')} in {seconds:.1f}s; "
-            f"the data it replaced is in {payload.get('aside')}"
-        )
-    return (
-        f"backup {payload.get('id')} complete: {_size(int(payload.get('total_bytes') or 0))}, "
-        f"{_size(int(payload.get('changed_bytes') or 0))} copied ({seconds:.1f}s)"
-    )
-
-
-# --- presentation -----------------------------------------------------------------------------
-
-
-class ProgressView:
-    """Progress of a long copy on stderr: a bar redrawn in place on a terminal, else a plain
-    line at most every few seconds (logs and pipes)."""
-
-    def __init__(self, title: str, stream: IO[str] | None = None) -> None:
-        self.title = title
-        self.stream = sys.stderr if stream is None else stream
-        self.tty = self.stream.isatty()
-        self._interval = 0.1 if self.tty else 2.0
-        self._last = 0.0
-        self._drawn = False
-
-    def __call__(self, done: int, total: int) -> None:
-        """Show `done` of `total` bytes (rate-limited)."""
-        now = time.monotonic()
-        if now - self._last < self._interval:
-            return
-        self._last = now
-        fraction = min(done / total, 1.0) if total > 0 else 0.0
-        figures = f"{fraction:4.0%} {done / _MIB:,.1f}/{total / _MIB:,.1f} MiB"
-        if self.tty:
-            filled = int(fraction * _BAR_WIDTH)
-            bar = "#" * filled + "-" * (_BAR_WIDTH - filled)
-            self.stream.write(f"\r{self.title} [{bar}] {figures}")
-            self._drawn = True
-        else:
-            self.stream.write(f"{self.title}: {figures}\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        """End the bar's line (on a terminal)."""
-        if self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._drawn = False
-
-
-def _state(row: dict[str, Any]) -> str:
-    if row.get("complete"):
-        return "complete"
-    if row.get("plan"):
-        return f"staged for {row['plan']}"
-    return "INCOMPLETE"
-
-
-def _size(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
-    return str(exc)

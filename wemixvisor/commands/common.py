@@ -7,18 +7,21 @@ endpoint; the wait is bounded by `--timeout`).
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
 from wemixvisor.config import Config, load_config
 from wemixvisor.control import client_for
 from wemixvisor.control.client import ControlClient, ControlUnreachable
-from wemixvisor.control.protocol import ControlError
-from wemixvisor.control.verbs import VERBS
+from wemixvisor.control.protocol import ControlError, Request
+from wemixvisor.control.verbs import OfflineContext, Verb
 from wemixvisor.home.ipc import EndpointError
+from wemixvisor.home.layout import Home
+from wemixvisor.plans.files import daemon_pid, daemon_running
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -30,17 +33,25 @@ __all__ = [
     "Command",
     "CommandError",
     "add_timeout_argument",
+    "ask_daemon",
     "call",
+    "command_error",
+    "daemon_runs",
     "open_client",
-    "print_result",
+    "print_reply",
     "request",
+    "run_offline",
     "seconds",
+    "warn_fall_back",
 ]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+
+Req = TypeVar("Req", bound=Request)
+Rep = TypeVar("Rep", bound=msgspec.Struct)
 
 
 class CommandError(Exception):
@@ -106,26 +117,98 @@ def open_client(ctx: CliContext, timeout: float) -> ControlClient:
         raise CommandError(str(exc), EXIT_FAILURE) from None
 
 
-def request(client: ControlClient, payload: dict[str, Any]) -> Any:
-    """One request; an error reply is exit 1, no answer exit 3 (as CommandError)."""
+def command_error(exc: ControlError) -> CommandError:
+    """The exit-1 error for a refusal, in the operator's words (the flag, not the field)."""
+    message = exc.message.replace("send it with now=true", "use --now")
+    return CommandError(f"{exc.code}: {message}", EXIT_FAILURE)
 
+
+def request(client: ControlClient, verb: Verb[Any, Req, Rep], message: Req) -> Rep:
+    """One request and its decoded reply; an error reply is exit 1, no answer exit 3 (as
+    CommandError)."""
     try:
-        return client.request(payload)
+        return _reply(client, verb, message)
     except ControlUnreachable as exc:
         raise CommandError(str(exc), EXIT_UNREACHABLE) from None
-    except ControlError as exc:
-        raise CommandError(f"{exc.code}: {exc.message}", EXIT_FAILURE) from None
 
 
-def call(ctx: CliContext, payload: dict[str, Any], timeout: float = DEFAULT_TIMEOUT) -> Any:
-    """Send one request to the daemon of this home and return its result."""
+def call(
+    ctx: CliContext, verb: Verb[Any, Req, Rep], message: Req, timeout: float = DEFAULT_TIMEOUT
+) -> Rep:
+    """Send one request to the daemon of this home and return its decoded reply."""
     with open_client(ctx, timeout) as client:
-        return request(client, payload)
+        return request(client, verb, message)
 
 
-def print_result(verb: str, result: Any, *, as_json: bool) -> None:
-    """The result as one JSON object, or as the verb renders it for people."""
+def ask_daemon(
+    ctx: CliContext, verb: Verb[Any, Req, Rep], message: Req, timeout: float = DEFAULT_TIMEOUT
+) -> Rep:
+    """The running daemon's reply; an error reply is exit 1 (CommandError). ControlUnreachable
+    passes through: each command decides what a silent daemon means."""
+    with open_client(ctx, timeout) as client:
+        return _reply(client, verb, message)
+
+
+def _reply(client: ControlClient, verb: Verb[Any, Req, Rep], message: Req) -> Rep:
+    try:
+        result = client.request(message)
+    except ControlError as exc:
+        raise command_error(exc) from None
+    try:
+        return verb.decode_reply(result)
+    except ValueError as exc:
+        raise CommandError(str(exc), EXIT_FAILURE) from None
+
+
+def daemon_runs(home: Home) -> bool:
+    """Whether a daemon holds the home's lock (False when the lock cannot be read)."""
+    try:
+        return daemon_running(home)
+    except OSError:
+        return False
+
+
+def run_offline(
+    ctx: CliContext,
+    verb: Verb[Any, Req, Rep],
+    message: Req,
+    *,
+    dry_run: bool = False,
+    locked: str | None = None,
+) -> tuple[Rep, OfflineContext]:
+    """Carry out an offline verb on the home's files, as the daemon would; its reply and the
+    context it ran in (closed by then). With `locked` (what to say when a daemon holds it), the
+    daemon's lock is taken before anything is done. Warnings go to stderr; a refusal is exit 1."""
+    if not verb.offline:
+        raise CommandError(f"{verb.name} needs a running daemon", EXIT_UNREACHABLE)
+    offline = OfflineContext(ctx.config, dry_run=dry_run)
+    try:
+        with offline:
+            if locked is not None:
+                offline.require_lock(locked)
+            reply = verb.execute(offline, message)
+    except ControlError as exc:
+        raise command_error(exc) from None
+    finally:
+        if not dry_run:
+            for warning in offline.warnings:
+                print(f"wemixvisor: {warning}", file=sys.stderr)
+    return reply, offline
+
+
+def warn_fall_back(exc: ControlUnreachable, home: Home) -> None:
+    """Say that the running daemon is silent and the files are used instead."""
+    pid = daemon_pid(home)
+    print(
+        f"wemixvisor: daemon (pid {pid if pid is not None else '?'}) runs but {exc}; "
+        "using the plan files",
+        file=sys.stderr,
+    )
+
+
+def print_reply(verb: Verb[Any, Any, Rep], reply: Rep, *, as_json: bool) -> None:
+    """The reply as one JSON object, or as the verb renders it for people."""
     if as_json:
-        print(msgspec.json.encode(result).decode())
+        print(msgspec.json.encode(reply).decode())
     else:
-        print(VERBS[verb].render(result))
+        print(verb.render(reply))

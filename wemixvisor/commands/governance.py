@@ -11,9 +11,9 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
-from wemixvisor.commands.common import CliContext, add_timeout_argument, call, print_result
-
-_COLUMNS = ("CONTRACT", "KIND", "ID", "STATE", "FOR", "AGAINST", "QUORUM", "PLAN")
+from wemixvisor.commands.common import CliContext, add_timeout_argument, call, print_reply
+from wemixvisor.control.protocol import GovernanceProposals, new_request_id
+from wemixvisor.control.verbs import GOVERNANCE_PROPOSALS
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,47 +40,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def handle_proposals(args: argparse.Namespace, ctx: CliContext) -> int:
     """Print the proposals the daemon follows."""
-    result = call(ctx, {"type": "governance_proposals"}, args.timeout)
-    if args.json:
-        print_result("governance_proposals", result, as_json=True)
-    else:
-        print(render_proposals(result))
+    request = GovernanceProposals(id=new_request_id())
+    reply = call(ctx, GOVERNANCE_PROPOSALS, request, args.timeout)
+    print_reply(GOVERNANCE_PROPOSALS, reply, as_json=args.json)
     return 0
 
 
 def render_proposals(result: Mapping[str, Any]) -> str:
-    """The `governance_proposals` result as a table for people."""
-    proposals = result.get("proposals") or []
-    if not proposals:
-        note = result.get("note")
-        return f"no proposals ({note})" if note else "no proposals"
-    rows = [_COLUMNS, *(_row(p) for p in proposals)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS) - 1)]
-    lines = []
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
-        lines.append("  ".join([*cells, row[-1]]).rstrip())
-    return "\n".join(lines)
-
-
-def _row(proposal: Mapping[str, Any]) -> tuple[str, ...]:
-    quorum = proposal.get("quorum")
-    return (
-        str(proposal.get("contract", "?")),
-        str(proposal.get("kind", "?")),
-        str(proposal.get("id", "?")),
-        str(proposal.get("state", "?")),
-        str(proposal.get("votes_for", "?")),
-        str(proposal.get("votes_against", "?")),
-        "?" if quorum is None else str(quorum),
-        _plan(proposal),
-    )
-
-
-def _plan(proposal: Mapping[str, Any]) -> str:
-    if proposal.get("kind") != "upgrade":
-        action = proposal.get("action")
-        return f"action {action}" if action else ""
-    name, height, outcome = proposal.get("name"), proposal.get("height"), proposal.get("plan")
-    text = f"{name} at {height}" if name is not None else "(unreadable)"
-    return f"{text}: {outcome}" if outcome else text
+    """A `governance_proposals` result (decoded JSON) as the table `governance proposals`
+    prints."""
+    return GOVERNANCE_PROPOSALS.render(GOVERNANCE_PROPOSALS.decode_reply(result))

@@ -14,9 +14,10 @@ import sys
 import threading
 from types import FrameType
 
-from wemixvisor.commands.common import CliContext, add_timeout_argument, call, print_result
+from wemixvisor.commands.common import CliContext, add_timeout_argument, call, print_reply
 from wemixvisor.control.logtail import follow, tail_lines
-from wemixvisor.control.protocol import MAX_LOG_LINES
+from wemixvisor.control.protocol import MAX_LOG_LINES, Logs, new_request_id
+from wemixvisor.control.verbs import LOGS
 from wemixvisor.home.layout import Home
 
 
@@ -59,8 +60,8 @@ def _line_count(text: str) -> int:
 def handle(args: argparse.Namespace, ctx: CliContext) -> int:
     """Print the last lines, then follow if asked."""
     if not args.follow:
-        result = call(ctx, {"type": "logs", "lines": args.lines}, args.timeout)
-        print_result("logs", result, as_json=args.json)
+        reply = call(ctx, LOGS, Logs(id=new_request_id(), lines=args.lines), args.timeout)
+        print_reply(LOGS, reply, as_json=args.json)
         return 0
     config = ctx.config
     path = Home(config.home, config.node.name, config.node.data_dir).node_log

@@ -20,13 +20,22 @@ from wemixvisor.commands.common import (
     CommandError,
     add_timeout_argument,
     open_client,
+    print_reply,
     request,
     seconds,
 )
-from wemixvisor.control.verbs import VERBS
+from wemixvisor.control.protocol import Status, new_request_id
+from wemixvisor.control.verbs import RESTART, START, STATUS, STOP, Verb
+from wemixvisor.control.verbs.replies import NodeOperationReply
+from wemixvisor.messages.node import NodeState, NodeStatus
 
 _POLL_INTERVAL = 0.1
-_FAILED = ("FATAL", "BACKOFF", "EXITED")
+_FAILED = (NodeState.FATAL, NodeState.BACKOFF, NodeState.EXITED)
+_NODE_VERBS: dict[str, Verb[Any, Any, NodeOperationReply]] = {
+    "start": START,
+    "stop": STOP,
+    "restart": RESTART,
+}
 _START_ALLOWANCE = 60.0
 
 _VERBS = {
@@ -65,47 +74,42 @@ def _deadline(verb: str, ctx: CliContext) -> float:
     return node.shutdown_grace + node.startsecs + _START_ALLOWANCE
 
 
-def _reached(verb: str, node: dict[str, Any], old_pid: int | None) -> bool | None:
+def _reached(verb: str, node: NodeStatus, old_pid: int | None) -> bool | None:
     """True when the node is where `verb` wanted it, False on a failure state, else None."""
-    state = node["state"]
+    state = node.state
     if verb == "stop":
-        return True if state == "STOPPED" else None
-    if state == "RUNNING" and (verb == "start" or old_pid is None or node["pid"] != old_pid):
+        return True if state is NodeState.STOPPED else None
+    if state is NodeState.RUNNING and (verb == "start" or old_pid is None or node.pid != old_pid):
         return True
     return False if state in _FAILED else None
 
 
 def handle(args: argparse.Namespace, ctx: CliContext) -> int:
     """Send the verb, then wait for the node's resulting state."""
-
-    verb: str = args.verb
+    verb = _NODE_VERBS[args.verb]
     with open_client(ctx, args.timeout) as client:
-        reply = request(client, {"type": verb})
+        reply = request(client, verb, verb.request_type(id=new_request_id()))
         if args.no_wait:
-            if args.json:
-                print(msgspec.json.encode(reply).decode())
-            else:
-                print(VERBS[verb].render(reply))
+            print_reply(verb, reply, as_json=args.json)
             return 0
-        old_pid = reply["before"]["pid"]
-        wait = args.wait if args.wait is not None else _deadline(verb, ctx)
+        old_pid = reply.before.pid
+        wait = args.wait if args.wait is not None else _deadline(args.verb, ctx)
         deadline = time.monotonic() + wait
         while True:
-            status = request(client, {"type": "status"})
-            node = status["node"]
-            reached = _reached(verb, node, old_pid)
+            node = request(client, STATUS, Status(id=new_request_id())).node
+            reached = _reached(args.verb, node, old_pid)
             if reached is not None or time.monotonic() >= deadline:
                 break
             time.sleep(_POLL_INTERVAL)
     if args.json:
-        print(msgspec.json.encode({"operation": reply["operation"], "node": node}).decode())
+        print(msgspec.json.encode({"operation": reply.operation, "node": node}).decode())
     if reached:
         if not args.json:
-            pid = f" (pid {node['pid']})" if node["pid"] is not None else ""
-            print(f"node {node['state']}{pid}")
+            pid = f" (pid {node.pid})" if node.pid is not None else ""
+            print(f"node {node.state.value}{pid}")
         return 0
     if reached is None:
-        raise CommandError(f"node still {node['state']} after {wait:g}s", EXIT_FAILURE)
-    detail = f": {node['last_error']}" if node.get("last_error") else ""
-    print(f"wemixvisor: node {node['state']}{detail}", file=sys.stderr)
+        raise CommandError(f"node still {node.state.value} after {wait:g}s", EXIT_FAILURE)
+    detail = f": {node.last_error}" if node.last_error else ""
+    print(f"wemixvisor: node {node.state.value}{detail}", file=sys.stderr)
     return EXIT_FAILURE

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from wemixvisor.commands.common import CliContext, add_timeout_argument, call, print_result
+from wemixvisor.commands.common import CliContext, add_timeout_argument, call, print_reply
+from wemixvisor.control.protocol import Status, new_request_id
+from wemixvisor.control.verbs import STATUS
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,5 +27,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def handle(args: argparse.Namespace, ctx: CliContext) -> int:
     """Print the daemon's status."""
-    print_result("status", call(ctx, {"type": "status"}, args.timeout), as_json=args.json)
+    reply = call(ctx, STATUS, Status(id=new_request_id()), args.timeout)
+    print_reply(STATUS, reply, as_json=args.json)
     return 0

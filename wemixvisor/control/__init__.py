@@ -1,8 +1,9 @@
 """The control socket (SPEC §11): protocol, server, client, verbs and their security.
 
 Operator tools use `client_for(config)` (or `ControlClient(endpoint, timeout, curve=...)`) and
-`ControlClient.request({"type": "status"})`, which returns the reply's result or raises
-`ControlError(code, message)` / `ControlUnreachable(endpoint)`.
+`ControlClient.request(Status(id=new_request_id()))`, which returns the reply's result or raises
+`ControlError(code, message)` / `ControlUnreachable(endpoint)`; each verb of `control.verbs`
+decodes that result into its reply Struct.
 """
 
 from __future__ import annotations

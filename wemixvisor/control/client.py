@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
 import zmq
 
-from wemixvisor.control.protocol import MAX_FRAME_BYTES, ControlError, decode_reply, encode_request
+from wemixvisor.control.protocol import (
+    MAX_FRAME_BYTES,
+    ControlError,
+    Request,
+    decode_reply,
+    encode_request,
+    new_request_id,
+)
 from wemixvisor.control.security import CurveClientKeys
 from wemixvisor.home.ipc import ipc_path, unix_socket_accepts
 
@@ -37,10 +44,10 @@ class ControlUnreachable(Exception):
 class ControlClient:
     """Sends requests to the daemon's control endpoint.
 
-    `request({"type": "status"})` returns the reply's `result`; an `id` is added when the
-    payload has none. Raises ControlError for an error reply and ControlUnreachable when no
-    reply arrives within `timeout` seconds. `curve` holds the keys for a CURVE-protected tcp
-    endpoint. Safe to share between threads: every request has its own socket.
+    `request(Status(id=new_request_id()))` returns the reply's `result`. Raises ControlError
+    for an error reply and ControlUnreachable when no reply arrives within `timeout` seconds.
+    `curve` holds the keys for a CURVE-protected tcp endpoint. Safe to share between threads:
+    every request has its own socket.
     """
 
     def __init__(
@@ -54,13 +61,21 @@ class ControlClient:
         self._context: zmq.Context[zmq.Socket[bytes]] | None = zmq.Context()
         self._answered = False  # the last request got a reply: skip the listener probe
 
-    def request(self, payload: dict[str, Any]) -> Any:
-        """Send one request and return the `result` of its reply."""
+    def request(self, request: Request | Mapping[str, Any]) -> Any:
+        """Send one request and return the `result` of its reply (decoded JSON).
+
+        `request` is a request Struct; a mapping is sent as it is (an `id` added when it has
+        none), for tools that speak the wire format directly.
+        """
         if self._context is None:
             raise RuntimeError("the control client is closed")
-        message = dict(payload)
-        request_id = message.setdefault("id", uuid.uuid4().hex[:16])
-        raw = encode_request(message)
+        if isinstance(request, Request):
+            request_id: Any = request.id
+            raw = encode_request(request)
+        else:
+            message = dict(request)
+            request_id = message.setdefault("id", new_request_id())
+            raw = encode_request(message)
         if not self._answered:
             self._check_listener()
         self._answered = False

@@ -12,6 +12,8 @@ missing fields are `bad_request`; an unknown `type` is `unknown_type`).
 from __future__ import annotations
 
 import enum
+import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final
 
@@ -49,6 +51,7 @@ __all__ = [
     "encode_error",
     "encode_ok",
     "encode_request",
+    "new_request_id",
 ]
 
 MAX_REQUEST_BYTES: Final = 2 * 1024 * 1024
@@ -87,9 +90,6 @@ class ControlError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
-
-
-# --- requests ---------------------------------------------------------------------------------
 
 
 class Request(
@@ -271,12 +271,15 @@ def decode_request(raw: bytes) -> Request:
         raise DecodeFailure(ErrorCode.BAD_REQUEST, "JSON nested too deeply", request_id) from None
 
 
-def encode_request(payload: dict[str, Any]) -> bytes:
-    """A request object as sent on the wire."""
-    return msgspec.json.encode(payload)
+def new_request_id() -> str:
+    """A fresh request id."""
+    return uuid.uuid4().hex[:16]
 
 
-# --- replies ----------------------------------------------------------------------------------
+def encode_request(request: Request | Mapping[str, Any]) -> bytes:
+    """A request as sent on the wire: a request Struct, or (for tools that send raw or
+    malformed requests on purpose) a JSON object."""
+    return msgspec.json.encode(request)
 
 
 class _ErrorBody(msgspec.Struct, frozen=True):

@@ -123,8 +123,6 @@ class ControlServer:
                 return
         self._close_pipe()
 
-    # --- the server thread ----------------------------------------------------------------
-
     def _run(self) -> None:
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         auth: ThreadAuthenticator | None = None

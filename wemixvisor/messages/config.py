@@ -15,3 +15,9 @@ class ConfigChanged(msgspec.Struct, frozen=True):
 
     config: Any
     changed: list[str]
+
+
+class PollFiles(msgspec.Struct, frozen=True):
+    """To the files actor: look at the watched files (plan files, config.toml) now, e.g. for a
+    control `config_reload`; an `ask` returns None once the poll is done. Polls also happen on
+    their own every poll interval."""

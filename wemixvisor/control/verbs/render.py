@@ -1,0 +1,253 @@
+"""Replies as text for the operator: the status screen and the tables of plans, backups and
+governance proposals."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+import msgspec
+
+from wemixvisor.control.verbs.replies import (
+    BackupListReply,
+    GovernanceProposalsReply,
+    PlanRow,
+    StatusReply,
+    UpgradeStatus,
+)
+from wemixvisor.messages.backup import BackupInfo
+from wemixvisor.messages.governance import ChainInfo, Proposal
+
+__all__ = [
+    "NOT_YET_SEEN",
+    "duration",
+    "render_backups",
+    "render_plans",
+    "render_proposals",
+    "render_status",
+    "render_upgrade_status",
+    "size",
+]
+
+NOT_YET_SEEN = "in file, not yet seen by the daemon"
+"""The `result` of a plan row that is only in the plan files."""
+
+_PROPOSAL_COLUMNS = ("CONTRACT", "KIND", "ID", "STATE", "FOR", "AGAINST", "QUORUM", "PLAN")
+
+
+def duration(seconds: float | None) -> str:
+    """A duration the way `status` shows it: 2d3h, 4h5m, 6m7s, 8.9s."""
+    if seconds is None:
+        return "-"
+    total = int(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{seconds:.1f}s"
+
+
+def size(count: int) -> str:
+    """A byte count in B, KiB, MiB or GiB."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def _clock(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _chain_line(chain: ChainInfo) -> str:
+    validator = chain.is_validator
+    role = "?" if validator is None else "validator" if validator else "not a validator"
+    text = f"wbft      {chain.node_address or '-'}  {role}"
+    if chain.validator_count is not None:
+        text += f"  validators {chain.validator_count}"
+    sealing = chain.sealing
+    if sealing:
+        text += f"  sealed {sealing.sealed}/{sealing.blocks} recent blocks"
+    if chain.error:
+        text += f"  ({chain.error})"
+    return text
+
+
+def render_status(reply: StatusReply) -> str:
+    """`wemixvisor status` as text."""
+    node = reply.node
+    lines = [
+        f"node      {node.state.value}  pid {node.pid or '-'}  up {duration(node.uptime)}  "
+        f"restarts {node.restarts} ({node.restarts_in_window} in window)"
+        + ("  adopted" if node.adopted else ""),
+        f"binary    {node.target or '-'}: {node.binary or '-'}  "
+        f"({node.version or 'version unknown'})",
+        f"cpu/rss   {node.cpu_percent:.1f} %  {size(node.rss_bytes)}",
+    ]
+    if node.last_error:
+        lines.append(f"error     {node.last_error}")
+    head = reply.head
+    if head is None:
+        lines.append("head      unknown (height actor not answering)")
+    else:
+        height = head.height if head.height is not None else "unknown"
+        rpc = "rpc up" if head.rpc_available else f"rpc DOWN: {head.last_error or '-'}"
+        stalled = "  STALLED" if head.stalled else ""
+        lines.append(f"head      {height}  ({head.mode}, {rpc}){stalled}")
+    plans = reply.plans
+    if plans is None:
+        lines.append("plans     unknown (orchestrator not answering)")
+    else:
+        shown = ", ".join(
+            f"{p.name} at {p.height}" + (" (late)" if p.late else "") for p in plans.pending
+        )
+        lines.append(f"plans     {len(plans.pending)} pending" + (f": {shown}" if shown else ""))
+        running = plans.in_progress
+        if running is not None:
+            lines.append(f"upgrade   {running.name} at {running.height}: step {running.step}")
+        last = plans.last_upgrade
+        if last is not None:
+            lines.append(
+                f"last      {last.name} at {last.height} {last.status} "
+                f"{_clock(last.finished_at)}" + (f": {last.result}" if last.result else "")
+            )
+        else:
+            lines.append("last      no upgrade yet")
+    if reply.chain is not None and reply.chain.wbft:
+        lines.append(_chain_line(reply.chain))
+    daemon = reply.daemon
+    restarts = {role: n for role, n in daemon.actor_restarts.items() if n}
+    lines.append(
+        f"daemon    {daemon.version}  pid {daemon.pid}  up {duration(daemon.uptime)}"
+        f"  run {str(daemon.run_id or '-')[:8]}"
+        + (f"  actor restarts {restarts}" if restarts else "")
+        + ("  STOPPING" if daemon.stopping else "")
+    )
+    lines.extend(f"warning   {problem}" for problem in reply.problems)
+    return "\n".join(lines)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, free_last: bool) -> str:
+    """Columns padded to their widest cell; the last one unpadded when `free_last`."""
+    padded = len(header) - 1 if free_last else len(header)
+    widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(padded)]
+    lines = []
+    for cells in [header, *rows]:
+        parts = [cell.ljust(width) for cell, width in zip(cells[:padded], widths, strict=True)]
+        lines.append("  ".join([*parts, *cells[padded:]]).rstrip())
+    return "\n".join(lines)
+
+
+def render_plans(rows: Sequence[PlanRow]) -> str:
+    """`upgrade list`: a table of plans, or `no plans`."""
+    if not rows:
+        return "no plans"
+    header = ("NAME", "HEIGHT", "STATUS", "SOURCE", "LATE", "RESULT")
+    cells = [
+        (
+            row.name,
+            str(row.height),
+            row.status.replace("_", " "),
+            row.source,
+            "yes" if row.late else "",
+            row.result or "",
+        )
+        for row in rows
+    ]
+    return _table(header, cells, free_last=True)
+
+
+def render_upgrade_status(status: UpgradeStatus) -> str:
+    """`upgrade status`: the daemon, the pending plans and the journal."""
+    daemon = status.daemon
+    if daemon.running is None:
+        lines = ["daemon: unknown (cannot read its lock)"]
+    elif daemon.running:
+        lines = [f"daemon: running (pid {daemon.pid if daemon.pid is not None else '?'})"]
+    else:
+        lines = ["daemon: not running"]
+    if status.pending:
+        lines.append("pending:")
+        for row in status.pending:
+            notes = [row.source]
+            if row.late:
+                notes.append("late: runs at once")
+            if row.status == "in_file":
+                notes.append(NOT_YET_SEEN)
+            lines.append(f"  {row.name} at height {row.height} ({', '.join(notes)})")
+    else:
+        lines.append("pending: none")
+    if status.journal is not None:
+        lines.append("upgrade in progress (journal):")
+        lines.extend(
+            f"  {key}: {msgspec.json.encode(value).decode()}"
+            for key, value in status.journal.items()
+        )
+    elif status.journal_error is None:
+        lines.append("upgrade in progress: none")
+    return "\n".join(lines)
+
+
+def _backup_state(backup: BackupInfo) -> str:
+    if backup.complete:
+        return "complete"
+    if backup.plan:
+        return f"staged for {backup.plan}"
+    return "INCOMPLETE"
+
+
+def render_backups(reply: BackupListReply) -> str:
+    """`backup list`: a table of backups, or `no backups`."""
+    if not reply.backups:
+        return "no backups"
+    header = ("ID", "STATE", "SIZE", "FILES", "CREATED (UTC)")
+    cells = [
+        (
+            backup.id,
+            _backup_state(backup),
+            size(backup.total_bytes),
+            str(backup.file_count),
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(backup.created_at)),
+        )
+        for backup in reply.backups
+    ]
+    return _table(header, cells, free_last=False)
+
+
+def _proposal_plan(proposal: Proposal) -> str:
+    if proposal.kind != "upgrade":
+        return f"action {proposal.action}" if proposal.action else ""
+    name, height, outcome = proposal.name, proposal.height, proposal.plan
+    text = f"{name} at {height}" if name is not None else "(unreadable)"
+    return f"{text}: {outcome}" if outcome else text
+
+
+def render_proposals(reply: GovernanceProposalsReply) -> str:
+    """`governance proposals`: one line per proposal and, for an upgrade, its plan's fate."""
+    if not reply.proposals:
+        note = reply.note if isinstance(reply.note, str) else None
+        return f"no proposals ({note})" if note else "no proposals"
+    cells = [
+        (
+            p.contract,
+            p.kind,
+            str(p.id),
+            p.state.value,
+            str(p.votes_for),
+            str(p.votes_against),
+            "?" if p.quorum is None else str(p.quorum),
+            _proposal_plan(p),
+        )
+        for p in reply.proposals
+    ]
+    return _table(_PROPOSAL_COLUMNS, cells, free_last=True)

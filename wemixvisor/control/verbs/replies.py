@@ -1,0 +1,250 @@
+"""The reply of every verb: a Struct whose JSON is the wire reply's `result` (SPEC §11).
+
+Field order is the order on the wire. A field that is `UNSET` is left out of the JSON (a plan
+row's `info` when the plan has none, the `note` of governance proposals when an actor runs).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from wemixvisor.control.verbs.base import DaemonState
+from wemixvisor.messages.backup import BackupInfo
+from wemixvisor.messages.governance import ChainInfo, Proposal
+from wemixvisor.messages.height import HeightStatus
+from wemixvisor.messages.node import NodeStatus
+
+__all__ = [
+    "BackupCreateReply",
+    "BackupListReply",
+    "BackupPruneReply",
+    "BackupRestoreReply",
+    "CancelUpgradeReply",
+    "ConfigReloadReply",
+    "ConfigShowReply",
+    "DaemonSection",
+    "DaemonState",
+    "GovernanceProposalsReply",
+    "InProgress",
+    "LastUpgrade",
+    "ListUpgradesReply",
+    "LogsReply",
+    "NodeBrief",
+    "NodeOperationReply",
+    "PendingPlan",
+    "PlanRow",
+    "PlansSection",
+    "ScheduleUpgradeReply",
+    "StatusReply",
+    "UpgradeStatus",
+    "VersionNode",
+    "VersionReply",
+]
+
+
+class PendingPlan(msgspec.Struct, frozen=True):
+    """A pending plan in `status`."""
+
+    name: str
+    height: int
+    late: bool
+    source: str
+
+
+class InProgress(msgspec.Struct, frozen=True):
+    """The upgrade being carried out, and its step."""
+
+    name: str
+    height: int
+    step: str
+
+
+class LastUpgrade(msgspec.Struct, frozen=True):
+    """The upgrade that finished last, and how."""
+
+    name: str
+    height: int
+    status: str
+    result: str | None
+    finished_at: float | None
+
+
+class PlansSection(msgspec.Struct, frozen=True):
+    """The plans part of `status`."""
+
+    pending: list[PendingPlan]
+    in_progress: InProgress | None
+    last_upgrade: LastUpgrade | None
+
+
+class DaemonSection(msgspec.Struct, frozen=True):
+    """The daemon part of `status`."""
+
+    version: str
+    pid: int
+    uptime: float
+    run_id: str | None
+    home: str
+    stopping: bool
+    actor_restarts: dict[str, int]
+
+
+class StatusReply(msgspec.Struct, frozen=True):
+    """`status`: the node, the chain head, the plans, validator facts and the daemon; a part
+    whose actor did not answer is null, with the reason in `problems`."""
+
+    node: NodeStatus
+    head: HeightStatus | None
+    plans: PlansSection | None
+    chain: ChainInfo | None
+    daemon: DaemonSection
+    problems: list[str]
+
+
+class NodeBrief(msgspec.Struct, frozen=True):
+    """The node's state and pid."""
+
+    state: str
+    pid: int | None
+
+
+class NodeOperationReply(msgspec.Struct, frozen=True):
+    """`start`, `stop`, `restart`: the operation id, the node before and right after."""
+
+    operation: str
+    before: NodeBrief
+    node: NodeBrief
+
+
+class LogsReply(msgspec.Struct, frozen=True):
+    """`logs`: the last lines of the node log (`more`: the file holds earlier ones)."""
+
+    path: str
+    exists: bool
+    lines: list[str]
+    more: bool
+
+
+class ScheduleUpgradeReply(msgspec.Struct, frozen=True):
+    """`schedule_upgrade`: what registering did (`added`, `updated`, `unchanged`)."""
+
+    name: str
+    height: int
+    outcome: str
+    late: bool
+    head: int | None
+
+
+class CancelUpgradeReply(msgspec.Struct, frozen=True):
+    """`cancel_upgrade`: whether the queue's plan was cancelled, and the files it left."""
+
+    name: str
+    height: int | None
+    cancelled: bool
+    already_cancelled: bool
+    removed_from: list[str]
+
+
+class PlanRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A plan of `list_upgrades`: queued, or `in_file` (not yet seen by the daemon)."""
+
+    name: str
+    height: int
+    info: dict[str, Any] | str | UnsetType = UNSET
+    status: str
+    source: str
+    late: bool
+    result: str | None
+    registered_at: float | None
+    finished_at: float | None
+
+
+class ListUpgradesReply(msgspec.Struct, frozen=True):
+    """`list_upgrades`: every plan by height, the journal of the upgrade in progress."""
+
+    daemon: DaemonState
+    plans: list[PlanRow]
+    journal: dict[str, Any] | None
+    head: int | None
+    problems: list[str]
+
+
+class UpgradeStatus(msgspec.Struct, frozen=True):
+    """`upgrade status`: the pending part of `list_upgrades`, and why the journal is unreadable
+    (when it is)."""
+
+    daemon: DaemonState
+    pending: list[PlanRow]
+    journal: dict[str, Any] | None
+    journal_error: str | None
+    problems: list[str]
+
+
+class BackupCreateReply(msgspec.Struct, frozen=True):
+    """`backup_create`: the operation that makes the backup."""
+
+    operation: str
+    label: str
+
+
+class BackupListReply(msgspec.Struct, frozen=True):
+    """`backup_list`."""
+
+    backups: list[BackupInfo]
+
+
+class BackupRestoreReply(msgspec.Struct, frozen=True):
+    """`backup_restore`: the operation that restores it."""
+
+    operation: str
+    backup_id: str
+
+
+class BackupPruneReply(msgspec.Struct, frozen=True):
+    """`backup_prune`: the removed ids, or (null) the operation of a prune still going on."""
+
+    operation: str | None
+    removed: list[str] | None
+
+
+class ConfigShowReply(msgspec.Struct, frozen=True):
+    """`config_show`: the running configuration, and the file's state."""
+
+    config: dict[str, Any]
+    config_file: str
+    config_file_exists: bool
+    restart_required: list[str]
+    file_error: str | None
+
+
+class ConfigReloadReply(msgspec.Struct, frozen=True):
+    """`config_reload`: the keys changed now, and those waiting for a restart."""
+
+    changed: list[str]
+    restart_required: list[str]
+    config_file: str
+
+
+class GovernanceProposalsReply(msgspec.Struct, frozen=True):
+    """`governance_proposals`; `note` says why there are none when governance is not followed."""
+
+    proposals: list[Proposal]
+    note: str | UnsetType = UNSET
+
+
+class VersionNode(msgspec.Struct, frozen=True):
+    """The node binary `current` points at."""
+
+    binary: str | None
+    target: str | None
+    version: str | None
+
+
+class VersionReply(msgspec.Struct, frozen=True):
+    """`version`: wemixvisor's, and the node binary's (null when the node actor is silent)."""
+
+    wemixvisor: str
+    node: VersionNode | None
