@@ -15,7 +15,7 @@ import pytest
 from wemixvisor.backup import store as backups
 from wemixvisor.home.fsutil import atomic_write_bytes
 from wemixvisor.home.layout import Home
-from wemixvisor.plans.files import write_queue
+from wemixvisor.home.state import write_queue
 from wemixvisor.plans.queue import Plan, PlanStatus, QueuedPlan, QueueState
 
 OLD = 1_600_000_000  # a past mtime: files that old are not "racy" while staging

@@ -35,10 +35,10 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from wemixvisor.home import state
 from wemixvisor.home.fsutil import ReadRefused, atomic_write_bytes, fsync_dir, read_capped
 from wemixvisor.home.layout import Home
 from wemixvisor.messages.backup import BackupInfo
-from wemixvisor.plans import files as planfiles
 from wemixvisor.plans.queue import PlanError, PlanStatus
 
 __all__ = [
@@ -1220,8 +1220,8 @@ def protected_backups(home: Home, backups_dir: Path) -> set[str]:
     every plan still pending or running. BackupError when the daemon's state is unreadable
     (then nobody can tell what is needed)."""
     try:
-        journal = planfiles.read_journal(home)
-        queue = planfiles.read_queue(home)
+        journal = state.read_journal(home)
+        queue = state.read_queue(home)
     except PlanError as exc:
         raise BackupError(f"not pruning: {exc}") from None
     protected: set[str] = set()

@@ -52,7 +52,7 @@ def run_add_upgrade(args: argparse.Namespace, ctx: CliContext) -> int:
         queue, _head = upgrade.check_schedule(config, plan, now=False)
         scheduled = plan, queue
     try:
-        home = Home(root=config.home, name=config.node.name, data_dir=config.node.data_dir)
+        home = Home.from_config(config)
         installed = add_upgrade(home, args.name, args.binary, force=args.force)
     except LayoutError as exc:
         raise CommandError(str(exc)) from exc

@@ -34,8 +34,8 @@ from wemixvisor.config import Config
 from wemixvisor.control.client import ControlClient
 from wemixvisor.events.subscriber import EventSubscriber
 from wemixvisor.home.layout import Home
+from wemixvisor.home.state import DaemonRunningError, daemon_lock, daemon_running, node_pid_file
 from wemixvisor.node.process import find_adoptable, find_orphan_node, read_pidfile
-from wemixvisor.plans.files import DaemonRunningError, daemon_running, holding_daemon_lock
 from wemixvisor.plans.queue import PlanError
 
 CONNECT_WAIT = 2.0
@@ -134,10 +134,6 @@ def _fail(message: str) -> Exception:
     return CommandError(message, EXIT_FAILURE)
 
 
-def _home(config: Config) -> Home:
-    return Home(root=config.home, name=config.node.name, data_dir=config.node.data_dir)
-
-
 def _print_json(value: Any) -> None:
     print(msgspec.json.encode(value).decode())
 
@@ -148,7 +144,7 @@ def _print_json(value: Any) -> None:
 def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
     """Make a backup, through the daemon when one runs, else directly."""
     config = ctx.config
-    home = _home(config)
+    home = Home.from_config(config)
     if daemon_running(home):
         payload = {"type": "backup_create", "label": args.label}
         return _long_operation(args, ctx, payload, created=True)
@@ -187,7 +183,7 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
 def run_list(args: argparse.Namespace, ctx: CliContext) -> int:
     """Print the backups (as the daemon sees them when one runs)."""
     config = ctx.config
-    if daemon_running(_home(config)):
+    if daemon_running(Home.from_config(config)):
         with open_client(ctx, args.timeout) as client:
             rows: list[dict[str, Any]] = list(request(client, {"type": "backup_list"})["backups"])
     else:
@@ -220,7 +216,7 @@ def run_list(args: argparse.Namespace, ctx: CliContext) -> int:
 def run_restore(args: argparse.Namespace, ctx: CliContext) -> int:
     """Restore a backup, through the daemon when one runs, else directly (node stopped)."""
     config = ctx.config
-    home = _home(config)
+    home = Home.from_config(config)
     if daemon_running(home):
         payload = {"type": "backup_restore", "backup_id": args.backup_id}
         return _long_operation(args, ctx, payload, created=False)
@@ -248,7 +244,7 @@ def run_restore(args: argparse.Namespace, ctx: CliContext) -> int:
 def run_prune(args: argparse.Namespace, ctx: CliContext) -> int:
     """Remove what retention does not keep."""
     config = ctx.config
-    home = _home(config)
+    home = Home.from_config(config)
     if daemon_running(home):
         with open_client(ctx, args.timeout) as client:
             result = request(client, {"type": "backup_prune"})
@@ -270,7 +266,7 @@ def run_prune(args: argparse.Namespace, ctx: CliContext) -> int:
 def _offline(home: Home) -> Iterator[None]:
     """Hold the daemon's lock while working on the files; CommandError when a daemon has it."""
     try:
-        lock = holding_daemon_lock(home)
+        lock = daemon_lock(home)
         lock.__enter__()
     except DaemonRunningError as exc:
         raise _fail(f"a daemon started meanwhile ({exc}); run the command again") from None
@@ -284,7 +280,7 @@ def _offline(home: Home) -> Iterator[None]:
 
 def _refuse_running_node(home: Home, what: str) -> None:
     pid: int | None = None
-    record = read_pidfile(home.state_dir / "node.pid")
+    record = read_pidfile(node_pid_file(home))
     if record is not None and find_adoptable(record) is not None:
         pid = record.pid
     else:

@@ -53,7 +53,7 @@ def run_show_upgrade_info(args: argparse.Namespace, ctx: CliContext) -> int:
     """Print both files; exit 1 when neither can be shown."""
 
     config = ctx.config
-    home = Home(root=config.home, name=config.node.name, data_dir=config.node.data_dir)
+    home = Home.from_config(config)
     places: dict[str, Path | None] = {"data": plan_file(home.data_dir)}
     target: str | None = None
     try:

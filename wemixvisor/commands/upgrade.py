@@ -40,22 +40,24 @@ from wemixvisor.control.client import ControlUnreachable
 from wemixvisor.control.protocol import ControlError
 from wemixvisor.control.verbs import VERBS
 from wemixvisor.home.layout import Home
-from wemixvisor.plans.files import (
+from wemixvisor.home.state import (
     DaemonRunningError,
-    batch_file,
+    daemon_lock,
     daemon_pid,
     daemon_running,
+    read_journal,
+    read_queue,
+    write_queue,
+)
+from wemixvisor.plans.files import (
+    batch_file,
     file_plans,
-    holding_daemon_lock,
     locked_plan_files,
     plan_file,
     read_batch_objects,
     read_capped,
-    read_journal,
-    read_queue,
     remove_from_plan_files,
     write_batch_objects,
-    write_queue,
 )
 from wemixvisor.plans.platforms import current_platform
 from wemixvisor.plans.queue import (
@@ -154,11 +156,6 @@ def _fail(message: str, *, usage: bool = False) -> Exception:
     # cli imports this module (via commands/__init__), so cli is imported at call time.
 
     return CommandError(message, EXIT_USAGE if usage else EXIT_FAILURE)
-
-
-def home_of(config: Config) -> Home:
-    """The home layout the configuration describes."""
-    return Home(root=config.home, name=config.node.name, data_dir=config.node.data_dir)
 
 
 # --- building a plan from arguments -------------------------------------------------------------
@@ -321,7 +318,7 @@ def _check_files(home: Home, queue: QueueState, plan: Plan, entries: list[dict[s
 def check_schedule(config: Config, plan: Plan, *, now: bool) -> tuple[QueueState, int | None]:
     """Refuse what the daemon would refuse, before anything is written: the queue, the height
     against the chain's head, and conflicts with the plan files. Returns the queue and head."""
-    home = home_of(config)
+    home = Home.from_config(config)
     queue = _read_queue_or_fail(home)
     _check_queue(queue, plan)
     try:
@@ -344,7 +341,7 @@ def check_schedule(config: Config, plan: Plan, *, now: bool) -> tuple[QueueState
 
 def write_schedule(config: Config, plan: Plan, queue: QueueState) -> Path:
     """Merge `plan` into the batch file (same name replaced, others kept); the file written."""
-    home = home_of(config)
+    home = Home.from_config(config)
     try:
         with locked_plan_files(home.data_dir):
             entries = read_batch_objects(home.data_dir)
@@ -426,7 +423,7 @@ def _schedule_through_daemon(ctx: CliContext, plan: Plan, *, now: bool) -> bool:
     try:
         result = ask_daemon(ctx, payload)
     except ControlUnreachable as exc:
-        _fall_back(exc, home_of(ctx.config))
+        _fall_back(exc, Home.from_config(ctx.config))
         return False
     if result.get("head") is None:
         print(
@@ -448,13 +445,14 @@ def run_schedule(args: argparse.Namespace, ctx: CliContext) -> int:
         args.info, args.binary, args.checksum, config.upgrade.download_must_have_checksum
     )
     plan = plan_from_arguments(args.name, args.height, info)
-    if _daemon_runs(home_of(config)) and _schedule_through_daemon(ctx, plan, now=args.now):
+    home = Home.from_config(config)
+    if _daemon_runs(home) and _schedule_through_daemon(ctx, plan, now=args.now):
         return 0
     queue, head = check_schedule(config, plan, now=args.now)
     path = write_schedule(config, plan, queue)
     late = head is not None and plan.height <= head
     when = f"at once (height passed, head is {head})" if late else f"at height {plan.height}"
-    print(f"scheduled upgrade {plan.name!r} {when} in {path}; {describe_pickup(home_of(config))}")
+    print(f"scheduled upgrade {plan.name!r} {when} in {path}; {describe_pickup(home)}")
     return 0
 
 
@@ -579,7 +577,7 @@ def _daemon_listing(ctx: CliContext, home: Home) -> dict[str, Any] | None:
 
 def run_list(args: argparse.Namespace, ctx: CliContext) -> int:
     """Print the queue and the plans waiting in the files."""
-    home = home_of(ctx.config)
+    home = Home.from_config(ctx.config)
     listing = _daemon_listing(ctx, home)
     if listing is not None:
         rows = [_row_of(obj) for obj in listing["plans"]]
@@ -606,7 +604,7 @@ def run_list(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def run_status(args: argparse.Namespace, ctx: CliContext) -> int:
     """Print the pending plans and the journal of the upgrade in progress."""
-    home = home_of(ctx.config)
+    home = Home.from_config(ctx.config)
     listing = _daemon_listing(ctx, home)
     journal_error: str | None = None
     if listing is not None:
@@ -678,7 +676,7 @@ def run_cancel(args: argparse.Namespace, ctx: CliContext) -> int:
         validate_name(name)
     except PlanError as exc:
         raise _fail(str(exc), usage=True) from None
-    home = home_of(ctx.config)
+    home = Home.from_config(ctx.config)
     if _daemon_runs(home):
         try:
             result = ask_daemon(ctx, {"type": "cancel_upgrade", "name": name})
@@ -692,7 +690,7 @@ def run_cancel(args: argparse.Namespace, ctx: CliContext) -> int:
         print(VERBS["cancel_upgrade"].render(result))
         return 0
     try:
-        with holding_daemon_lock(home):
+        with daemon_lock(home):
             return _cancel_locked(home, name)
     except DaemonRunningError as exc:
         raise _fail(

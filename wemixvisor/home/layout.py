@@ -16,8 +16,12 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from wemixvisor.home.fsutil import fsync_dir
+
+if TYPE_CHECKING:
+    from wemixvisor.config import Config
 
 __all__ = [
     "GENESIS",
@@ -84,6 +88,11 @@ class Home:
         if not self.root.is_absolute():
             raise LayoutError(f"DAEMON_HOME must be an absolute path, got {str(self.root)!r}")
         _validate_binary_name(self.name)
+
+    @classmethod
+    def from_config(cls, config: Config) -> Home:
+        """The home layout a configuration describes (DAEMON_HOME, DAEMON_NAME, data dir)."""
+        return cls(root=config.home, name=config.node.name, data_dir=config.node.data_dir)
 
     @property
     def visor_dir(self) -> Path:
