@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import re
 import socket
 import threading
 import time
@@ -34,7 +33,14 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from loguru import logger
 
-from wemixvisor.chain.rpc import RpcClient, RpcError
+from wemixvisor.chain.rpc import (
+    MAX_QUANTITY,
+    MalformedAnswer,
+    RpcClient,
+    RpcError,
+    describe_value,
+    parse_quantity,
+)
 
 if TYPE_CHECKING:
     from websockets.sync.client import ClientConnection
@@ -52,11 +58,8 @@ __all__ = [
     "parse_height",
 ]
 
-MAX_HEIGHT: Final = (1 << 64) - 1
+MAX_HEIGHT: Final = MAX_QUANTITY
 """The largest height a well-formed answer can carry (16 hex digits, geth's uint64)."""
-
-_HEIGHT_RE: Final = re.compile(r"0x[0-9a-fA-F]{1,16}", re.ASCII)
-_SHOWN_CHARS: Final = 40
 
 # A newHeads notification is a block header of about 1 KB: anything near this size is hostile.
 _WS_MAX_MESSAGE: Final = 1 << 20
@@ -79,42 +82,12 @@ FailureCallback = Callable[[str], None]
 """Called with a one-line description of a failed attempt."""
 
 
-class MalformedAnswer(RpcError):
-    """The node answered, but not with something a height can be taken from."""
-
-
-# --- pure decisions ----------------------------------------------------------------------------
-
-
-def _describe(value: object) -> str:
-    """A short, safe description of a JSON value for error messages (never a huge repr)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value) if value.bit_length() <= 64 else "an integer beyond 64 bits"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str):
-        shown = value if len(value) <= _SHOWN_CHARS else value[:_SHOWN_CHARS] + "..."
-        return repr(shown)
-    if isinstance(value, list):
-        return "a JSON array"
-    if isinstance(value, dict):
-        return "a JSON object"
-    return type(value).__name__
-
-
 def parse_height(value: object) -> int:
     """The block height in an RPC answer: a `0x`-prefixed hex string of 1 to 16 digits.
 
-    Anything else (null, a number, decimal text, a sign, more digits, another type) raises
-    MalformedAnswer: an upgrade must never be triggered by a guessed height.
+    Anything else raises MalformedAnswer: an upgrade must never be triggered by a guessed height.
     """
-    if isinstance(value, str) and len(value) <= 18 and _HEIGHT_RE.fullmatch(value):
-        return int(value[2:], 16)
-    raise MalformedAnswer(f"not a block height: {_describe(value)}")
+    return parse_quantity(value, "a block height")
 
 
 @dataclass(frozen=True)
@@ -230,11 +203,9 @@ def _call_name(request_id: object) -> str:
 
 def _error_text(error: object) -> str:
     if isinstance(error, dict):
-        return f"JSON-RPC error {_describe(error.get('code'))}: {_describe(error.get('message'))}"
-    return f"JSON-RPC error {_describe(error)}"
-
-
-# --- helper threads ----------------------------------------------------------------------------
+        code, message = describe_value(error.get("code")), describe_value(error.get("message"))
+        return f"JSON-RPC error {code}: {message}"
+    return f"JSON-RPC error {describe_value(error)}"
 
 
 class HeadWatcher(abc.ABC):
@@ -501,8 +472,8 @@ class HeadSubscriber(HeadWatcher):
                 self._head(parse_height(message.result), observed_at)
             else:
                 raise MalformedAnswer(
-                    f"unexpected message on the subscription (id {_describe(message.id)}, "
-                    f"method {_describe(message.method)})"
+                    f"unexpected message on the subscription (id {describe_value(message.id)}, "
+                    f"method {describe_value(message.method)})"
                 )
 
     def _head(self, height: int, observed_at: float) -> None:
@@ -513,4 +484,6 @@ class HeadSubscriber(HeadWatcher):
     def _subscription_id(result: object) -> str:
         if isinstance(result, str) and 0 < len(result) <= _MAX_SUBSCRIPTION_ID_CHARS:
             return result
-        raise MalformedAnswer(f"eth_subscribe answered {_describe(result)}, not a subscription id")
+        raise MalformedAnswer(
+            f"eth_subscribe answered {describe_value(result)}, not a subscription id"
+        )

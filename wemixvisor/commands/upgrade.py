@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from wemixvisor.chain.rpc import RpcClient, RpcError
+from wemixvisor.chain.rpc import MalformedAnswer, RpcClient, RpcError, parse_quantity
 from wemixvisor.commands.common import (
     DEFAULT_TIMEOUT,
     EXIT_FAILURE,
@@ -251,12 +251,10 @@ def chain_head(config: Config) -> tuple[int | None, str | None]:
         result = RpcClient(config.rpc.address, timeout=HEAD_TIMEOUT).call("eth_blockNumber")
     except (RpcError, ValueError) as exc:
         return None, str(exc)
-    if isinstance(result, str) and result.startswith("0x"):
-        try:
-            return int(result, 16), None
-        except ValueError:
-            pass
-    return None, f"unexpected eth_blockNumber answer {str(result)[:40]!r}"
+    try:
+        return parse_quantity(result, "a block height"), None
+    except MalformedAnswer as exc:
+        return None, f"unexpected eth_blockNumber answer: {exc}"
 
 
 def _file_plan(obj: object) -> Plan | None:
