@@ -495,32 +495,27 @@ class _NodeControl:
         self._grace = grace
 
     def state(self) -> NodeState:
-        deadline = time.monotonic() + _NODE_ANSWER_TIMEOUT
-        while True:
-            try:
-                status: NodeStatus = self._bus.ask("node", GetNodeStatus(), timeout=5)
-                return status.state
-            except (pykka.ActorDeadError, pykka.Timeout):
-                if time.monotonic() >= deadline:
-                    raise backups.BackupError("the node actor does not answer") from None
-                time.sleep(0.05)
+        try:
+            status: NodeStatus = self._bus.ask_retrying(
+                "node", GetNodeStatus(), within=_NODE_ANSWER_TIMEOUT
+            )
+        except (pykka.ActorDeadError, pykka.Timeout):
+            raise backups.BackupError("the node actor does not answer") from None
+        return status.state
 
     def stop(self, reason: str) -> None:
         """Stop the node and wait until it is down; BackupError if it does not go down."""
-        deadline = time.monotonic() + self._grace + _NODE_ANSWER_TIMEOUT
-        while True:
-            done: pykka.ThreadingFuture[NodeStatus] = pykka.ThreadingFuture()
-            if self._bus.tell("node", StopNode(reason=reason, done=done)):
-                try:
-                    status: NodeStatus = done.get(timeout=max(deadline - time.monotonic(), 0.1))
-                except pykka.Timeout:
-                    raise backups.BackupError("the node did not stop in time") from None
-                if status.state not in _STOPPED:
-                    raise backups.BackupError(f"the node did not stop (state {status.state})")
-                return
-            if time.monotonic() >= deadline:
-                raise backups.BackupError("no node actor to stop the node")
-            time.sleep(0.05)
+        within = self._grace + _NODE_ANSWER_TIMEOUT
+        deadline = time.monotonic() + within
+        done: pykka.ThreadingFuture[NodeStatus] = pykka.ThreadingFuture()
+        if not self._bus.tell_retrying("node", StopNode(reason=reason, done=done), within=within):
+            raise backups.BackupError("no node actor to stop the node")
+        try:
+            status: NodeStatus = done.get(timeout=max(deadline - time.monotonic(), 0.1))
+        except pykka.Timeout:
+            raise backups.BackupError("the node did not stop in time") from None
+        if status.state not in _STOPPED:
+            raise backups.BackupError(f"the node did not stop (state {status.state})")
 
 
 def _describe(exc: BaseException) -> str:
