@@ -122,6 +122,36 @@ def upgrade_space_problem(
     )
 
 
+def _write_incomplete(
+    target: Path,
+    *,
+    label: str,
+    source: Path,
+    kind: str,
+    plan: str | None,
+    created_at: float | None = None,
+    total_bytes: int = 0,
+    changed_bytes: int = 0,
+    seconds: float = 0.0,
+) -> None:
+    """Write the manifest of a backup that is not (or no longer) complete: it lists no entries,
+    so it is never restored; `total_bytes` is what is staged so far."""
+    manifest = Manifest(
+        id=target.name,
+        label=label,
+        created_at=time.time() if created_at is None else created_at,
+        source=str(source),
+        entries=[],
+        total_bytes=total_bytes,
+        file_count=0,
+        kind=kind,
+        plan=plan,
+        changed_bytes=changed_bytes,
+        seconds=seconds,
+    )
+    write_manifest(target, manifest)
+
+
 def start_backup(
     backups_dir: Path,
     backup_id: str,
@@ -136,20 +166,7 @@ def start_backup(
     backups_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     target = backups_dir / backup_id
     target.mkdir(mode=0o700)
-    write_manifest(
-        target,
-        Manifest(
-            id=backup_id,
-            label=label,
-            created_at=time.time(),
-            source=str(source),
-            entries=[],
-            total_bytes=0,
-            file_count=0,
-            kind=kind,
-            plan=plan,
-        ),
-    )
+    _write_incomplete(target, label=label, source=source, kind=kind, plan=plan)
     return target
 
 
@@ -289,21 +306,15 @@ def prestage_upgrade_backup(
     )
     # Still incomplete; the staged size serves the space check at H. The entries stay out: the
     # copy of a running node is described by the copy itself, which the next mirror scans.
-    write_manifest(
+    _write_incomplete(
         target,
-        Manifest(
-            id=target.name,
-            label=label,
-            created_at=time.time(),
-            source=str(data_dir),
-            entries=[],
-            total_bytes=result.total_bytes,
-            file_count=0,
-            kind="upgrade",
-            plan=plan_name,
-            changed_bytes=result.changed_bytes,
-            seconds=result.seconds,
-        ),
+        label=label,
+        source=data_dir,
+        kind="upgrade",
+        plan=plan_name,
+        total_bytes=result.total_bytes,
+        changed_bytes=result.changed_bytes,
+        seconds=result.seconds,
     )
     return target, result
 
@@ -342,19 +353,14 @@ def finish_upgrade_backup(
         staged = found[0]
         if found[1].complete:
             # About to change: it must not stay marked complete while it does.
-            write_manifest(
+            _write_incomplete(
                 staged,
-                Manifest(
-                    id=staged.name,
-                    label=label,
-                    created_at=found[1].created_at,
-                    source=str(data_dir),
-                    entries=[],
-                    total_bytes=found[1].total_bytes,
-                    file_count=0,
-                    kind="upgrade",
-                    plan=plan_name,
-                ),
+                label=label,
+                source=data_dir,
+                kind="upgrade",
+                plan=plan_name,
+                created_at=found[1].created_at,
+                total_bytes=found[1].total_bytes,
             )
         target = backups_dir / ident
         # Made durable with the copy, before the manifest: a rename lost in a crash leaves the

@@ -3,6 +3,7 @@ fetching a plan's info document when its binaries are given by URL."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import io
@@ -136,7 +137,15 @@ def fetch_once(
 ) -> int:
     """Copy the resource at `url` into `sink`; returns its size. Raises DownloadError."""
     parts = check_url(url)
-    deadline = time.monotonic() + ATTEMPT_DEADLINE
+    copy = functools.partial(
+        _copy_stream,
+        sink=sink,
+        url=url,
+        max_bytes=max_bytes,
+        progress=progress,
+        deadline=time.monotonic() + ATTEMPT_DEADLINE,
+        hashers=hashers,
+    )
     if parts.scheme.lower() == "file":
         path = Path(urllib.parse.unquote(parts.path))
         try:
@@ -149,15 +158,7 @@ def fetch_once(
                         f"{path} is {st.st_size} bytes, over the {max_bytes}-byte limit"
                     )
                 progress.total = st.st_size
-                return _copy_stream(
-                    source,
-                    sink,
-                    url=url,
-                    max_bytes=max_bytes,
-                    progress=progress,
-                    deadline=deadline,
-                    hashers=hashers,
-                )
+                return copy(source)
         except FileNotFoundError:
             raise DownloadError(f"{path} does not exist") from None
         except IsADirectoryError:
@@ -177,15 +178,7 @@ def fetch_once(
             if length is not None and length > max_bytes:
                 raise DownloadError(f"{shown} is {length} bytes, over the {max_bytes}-byte limit")
             progress.total = length
-            done = _copy_stream(
-                response,
-                sink,
-                url=url,
-                max_bytes=max_bytes,
-                progress=progress,
-                deadline=deadline,
-                hashers=hashers,
-            )
+            done = copy(response)
     except urllib.error.HTTPError as exc:
         message = f"{shown}: HTTP {exc.code} {exc.reason}"
         exc.close()
