@@ -2,6 +2,7 @@
 
 - `schema`: the section structs; each field carries its key's `Setting` row (env name, kind,
   default, reloadability, help), from which `SETTINGS` and `SECTIONS` are derived.
+- `settings`: the `Setting` row type.
 - `values`: parsing and formatting single values (durations, sizes, endpoints...).
 - `load`: building a `Config` from the environment, `--set` flags and config.toml.
 - `reload`: what a config.toml edit changes, and which of it applies live.
