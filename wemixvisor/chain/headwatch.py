@@ -225,7 +225,6 @@ class HeadWatcher(abc.ABC):
         on_head: HeadCallback,
         on_failure: FailureCallback,
         backoff: Backoff | None = None,
-        name: str = "height-watch",
     ) -> None:
         self.address = address
         self.timeout = timeout
@@ -235,8 +234,12 @@ class HeadWatcher(abc.ABC):
         self._stop = threading.Event()
         # Set to cut a wait short: on stop, or when the poll interval changes.
         self._wake = threading.Event()
+        # Guards what `_interrupt` reads from the thread that calls `stop`.
+        self._lock = threading.Lock()
         self._reported: int | None = None
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread = threading.Thread(
+            target=self._main, name=f"height-{self.source}", daemon=True
+        )
 
     def start(self) -> None:
         """Start the helper thread."""
@@ -310,12 +313,7 @@ class HeadPoller(HeadWatcher):
         backoff: Backoff | None = None,
     ) -> None:
         super().__init__(
-            address,
-            timeout=timeout,
-            on_head=on_head,
-            on_failure=on_failure,
-            backoff=backoff,
-            name="height-poll",
+            address, timeout=timeout, on_head=on_head, on_failure=on_failure, backoff=backoff
         )
         self._client = RpcClient(address, timeout=timeout)
         self._interval = interval
@@ -354,26 +352,9 @@ class HeadSubscriber(HeadWatcher):
 
     source = "ws"
 
-    def __init__(
-        self,
-        address: str,
-        *,
-        timeout: float,
-        on_head: HeadCallback,
-        on_failure: FailureCallback,
-        backoff: Backoff | None = None,
-    ) -> None:
-        super().__init__(
-            address,
-            timeout=timeout,
-            on_head=on_head,
-            on_failure=on_failure,
-            backoff=backoff,
-            name="height-ws",
-        )
-        self._lock = threading.Lock()
-        self._ws: ClientConnection | None = None
-        self._got_head = False
+    # The open websocket, read by `stop` from another thread to cut a blocked read short.
+    _ws: ClientConnection | None = None
+    _got_head = False
 
     def _interrupt(self) -> None:
         with self._lock:
