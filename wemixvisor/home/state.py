@@ -25,8 +25,9 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from wemixvisor.home.fsutil import ReadRefused, atomic_write_bytes, read_capped
+from wemixvisor.home.fsutil import atomic_write_bytes
 from wemixvisor.home.layout import Home
+from wemixvisor.plans.files import read_capped
 from wemixvisor.plans.queue import PlanError, QueueState, decode_state, encode_state
 
 __all__ = [
@@ -100,8 +101,6 @@ def _read_state(path: Path) -> bytes | None:
         return read_capped(path, MAX_STATE_BYTES)
     except FileNotFoundError:
         return None
-    except ReadRefused as exc:
-        raise PlanError(str(exc)) from None
 
 
 def read_queue(home: Home) -> QueueState:
