@@ -15,7 +15,7 @@ import pytest
 from wemixvisor.backup import store as backups
 from wemixvisor.home.fsutil import atomic_write_bytes
 from wemixvisor.home.layout import Home
-from wemixvisor.plans.files import write_queue
+from wemixvisor.home.state import write_queue
 from wemixvisor.plans.queue import Plan, PlanStatus, QueuedPlan, QueueState
 
 OLD = 1_600_000_000  # a past mtime: files that old are not "racy" while staging
@@ -200,9 +200,6 @@ def test_a_real_small_filesystem_refuses_the_backup_with_its_own_figures(
     assert not store.exists() or list(store.iterdir()) == []
 
 
-# --- hostile input ----------------------------------------------------------------------------
-
-
 def test_backup_ids_that_are_not_plain_names_or_unknown_are_refused(tmp_path: Path) -> None:
     store = tmp_path / "backups"
     store.mkdir()
@@ -313,9 +310,6 @@ def test_a_restore_moves_the_live_data_aside_and_puts_the_backup_back(
     assert not (tmp_path / ".data.restoring").exists()
     [leftover] = tmp_path.glob("data.pre-restore-*-leftover")
     assert (leftover / "half-copied").read_bytes() == b"?"
-
-
-# --- retention --------------------------------------------------------------------------------
 
 
 def _fake_backup(store: Path, ident: str, *, complete: bool, plan: str | None = None) -> None:

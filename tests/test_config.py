@@ -86,9 +86,6 @@ def env(home: Path) -> dict[str, str]:
     return {"DAEMON_HOME": str(home)}
 
 
-# --- the table and the structs ---------------------------------------------------------------
-
-
 def test_every_struct_field_is_one_row_of_the_table(env: dict[str, str]) -> None:
     config = load_config(env)
     for section in SECTIONS:
@@ -135,9 +132,6 @@ def test_defaults_do_not_share_mutable_lists(env: dict[str, str]) -> None:
     first = load_config(env)
     first.node.args.append("--mutated")
     assert load_config(env).node.args == []
-
-
-# --- precedence ------------------------------------------------------------------------------
 
 
 class Layers(NamedTuple):
@@ -241,9 +235,6 @@ def test_explicit_config_path_replaces_the_homes_file(home: Path, tmp_path: Path
     assert load_config(env, config_path=elsewhere).node.max_restarts == 4
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(env, config_path=tmp_path / "missing.toml")
-
-
-# --- one bad value per variable ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("setting", [s for s in SETTINGS if s.env], ids=lambda s: s.env)
@@ -370,9 +361,6 @@ def test_relative_home_flag_is_refused(env: dict[str, str]) -> None:
     assert load_error(env, {"home": "rel"}).startswith("--set home='rel': ")
 
 
-# --- the value parsers ---------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [
@@ -488,9 +476,6 @@ def test_parsers_raise_only_config_error_on_garbage(text: str) -> None:
 def test_valid_durations_survive_a_format_round_trip(text: str) -> None:
     seconds = parse_duration(text)
     assert parse_duration(format_duration(seconds)) == pytest.approx(seconds)
-
-
-# --- the file ----------------------------------------------------------------------------------
 
 
 def test_file_values_are_typed_and_checked(home: Path, env: dict[str, str]) -> None:
@@ -664,9 +649,6 @@ def test_any_file_content_loads_or_is_a_config_error(home: Path, content: bytes)
         load_config({"DAEMON_HOME": str(home)})
 
 
-# --- the shipped templates -----------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("template", sorted(CONFIGS_DIR.glob("*.toml")), ids=lambda path: path.name)
 def test_every_shipped_template_loads(env: dict[str, str], template: Path) -> None:
     config, sources = load_config_with_sources(env, config_path=template)
@@ -682,9 +664,6 @@ def test_every_shipped_template_loads(env: dict[str, str], template: Path) -> No
 def test_the_three_templates_exist() -> None:
     names = {path.name for path in CONFIGS_DIR.glob("*.toml")}
     assert {"mainnet.toml", "testnet.toml", "local-anvil.toml"} <= names
-
-
-# --- hot reload ----------------------------------------------------------------------------------
 
 
 def replace(config: Config, section: str, **changes: object) -> Config:

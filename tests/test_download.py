@@ -33,16 +33,17 @@ from wemixvisor.home.layout import Home
 from wemixvisor.messages import events as ev
 from wemixvisor.plans.platforms import platform_key
 from wemixvisor.plans.queue import Plan, plan_from_object
-from wemixvisor.upgrade import download
 from wemixvisor.upgrade.download import (
     Checksum,
     DownloadError,
     download_binary,
     extract_binary,
+    fetch,
     parse_checksum,
     pick_binary_url,
     resolve_binary_url,
     safe_member_path,
+    source,
     split_checksum,
 )
 
@@ -784,7 +785,7 @@ def test_redirects_are_followed_but_never_down_to_plain_http(
     url = server.url("/old") + f"?checksum={sha256_of(FAKE_NODE)}"
     assert download_binary(home, plan_for(url), must_have_checksum=True).read_bytes() == FAKE_NODE
 
-    handler = download._NoDowngradeRedirects()
+    handler = fetch._NoDowngradeRedirects()
     request = urllib.request.Request("https://host/anvil")
     with pytest.raises(DownloadError, match="refused redirect from https:// to http://"):
         handler.redirect_request(request, io.BytesIO(), 302, "Found", {}, "http://host/anvil")
@@ -813,14 +814,14 @@ def test_concurrent_downloads_of_one_plan_install_once(home: Home, server: FileS
 
 
 def test_passwords_in_urls_are_not_shown() -> None:
-    shown = download._shown_url("https://user:secret@host:8443/a?checksum=x")
+    shown = source.shown_url("https://user:secret@host:8443/a?checksum=x")
     assert "secret" not in shown
     assert shown.startswith("https://***@host:8443/a")
 
 
 def test_progress_is_rate_limited() -> None:
     calls: list[tuple[int, int | None]] = []
-    tracker = download._Progress(lambda done, total: calls.append((done, total)), interval=3600)
+    tracker = fetch.ProgressThrottle(lambda done, total: calls.append((done, total)), interval=3600)
     tracker.total = 10
     for done in range(1, 11):
         tracker.update(done)

@@ -20,8 +20,6 @@ from wemixvisor.chain.headwatch import (
 )
 from wemixvisor.chain.rpc import RpcError
 
-# --- parse_height ------------------------------------------------------------------------------
-
 
 @pytest.mark.parametrize(
     ("answer", "height"),
@@ -114,9 +112,6 @@ def test_every_uint64_round_trips(height: int) -> None:
     assert parse_height(hex(height)) == height
 
 
-# --- Backoff -----------------------------------------------------------------------------------
-
-
 def test_backoff_starts_small_doubles_and_caps_at_two_seconds() -> None:
     backoff = Backoff()
     delays = [backoff.delay(failures) for failures in range(1, 10)]
@@ -126,9 +121,6 @@ def test_backoff_starts_small_doubles_and_caps_at_two_seconds() -> None:
 def test_backoff_survives_a_very_long_outage() -> None:
     assert Backoff().delay(10**9) == 2.0
     assert Backoff().delay(0) == 0.05
-
-
-# --- StallWatch --------------------------------------------------------------------------------
 
 
 def test_a_head_unchanged_for_the_timeout_is_a_stall_reported_once() -> None:
@@ -179,8 +171,6 @@ def test_stall_detection_off_and_changed_live() -> None:
     assert not watch.stalled
     assert watch.deadline() is None
 
-
-# --- websocket messages ------------------------------------------------------------------------
 
 _HEADER = {
     "hash": "0x" + "ab" * 32,

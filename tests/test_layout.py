@@ -59,9 +59,6 @@ def no_temp_links(home: Home) -> bool:
     return not [p for p in home.visor_dir.iterdir() if p.name.startswith(".current.")]
 
 
-# --- Home -------------------------------------------------------------------------------------
-
-
 def test_home_paths_follow_the_documented_layout(home: Home) -> None:
     root = home.root
     assert home.visor_dir == root / "wemixvisor"
@@ -90,9 +87,6 @@ def test_binary_name_must_be_a_plain_file_name(tmp_path: Path, name: str) -> Non
 def test_target_dir_refuses_anything_but_genesis_or_an_upgrade(home: Home, target: str) -> None:
     with pytest.raises(LayoutError):
         home.target_dir(target)
-
-
-# --- init -------------------------------------------------------------------------------------
 
 
 def test_init_creates_the_layout_and_points_current_at_genesis(
@@ -216,9 +210,6 @@ def test_check_binary_follows_symlinks_to_an_executable(
     check_binary(link)
 
 
-# --- add-upgrade ------------------------------------------------------------------------------
-
-
 def test_add_upgrade_installs_the_binary_like_cosmovisor(
     initialised: Home, make_binary: MakeBinary
 ) -> None:
@@ -314,9 +305,6 @@ def test_any_upgrade_name_stays_inside_upgrades_or_is_refused(name: str) -> None
     normalised = Path(os.path.normpath(directory))
     assert normalised.parent == home.upgrades_dir
     assert normalised.name == name
-
-
-# --- switch_current ---------------------------------------------------------------------------
 
 
 def test_switch_current_uses_a_relative_link_back_and_forth(
@@ -419,9 +407,6 @@ def test_readers_never_see_a_missing_current_during_switches(
     assert seen <= {"genesis", "upgrades/v2"}
     assert seen
     assert no_temp_links(initialised)
-
-
-# --- read_current -----------------------------------------------------------------------------
 
 
 def relink(home: Home, text: str) -> None:

@@ -37,9 +37,6 @@ def plan(name: str, height: int, source: str = "file", **info: Any) -> Plan:
     return Plan(name=name, height=height, info=info or None, source=source)
 
 
-# --- names ---------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
     "name",
     ["v1.2.0", "a", "A_b-c.d", "x" * 64, "...", "-", "UPGRADE", "v1..2"],
@@ -84,9 +81,6 @@ def test_a_huge_name_is_shortened_in_the_reason() -> None:
     with pytest.raises(PlanError) as caught:
         parse_plan(raw({"name": "a/" * 10_000, "height": 1}))
     assert len(str(caught.value)) < 200
-
-
-# --- heights -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -146,9 +140,6 @@ def test_time_and_unknown_keys_are_ignored() -> None:
     assert parsed == Plan(name="v", height=5, source="file")
 
 
-# --- info ----------------------------------------------------------------------------------
-
-
 def test_info_as_an_object() -> None:
     info = {"binaries": {"linux/amd64": "https://h/b.tgz?checksum=sha256:ab"}}
     parsed = parse_plan(raw({"name": "v", "height": 5, "info": info}))
@@ -203,9 +194,6 @@ def test_plan_to_object_round_trips() -> None:
         Plan(name="v", height=9, info_url="https://h/info.json"),
     ):
         assert parse_plan(raw(plan_to_object(original))) == original
-
-
-# --- whole documents -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -314,9 +302,6 @@ def test_any_bytes_become_a_plan_or_a_plan_error(document: bytes) -> None:
 def test_plan_from_object_only_raises_plan_error(obj: dict[str, Any]) -> None:
     with contextlib.suppress(PlanError):
         plan_from_object(obj, "governance")
-
-
-# --- the queue -----------------------------------------------------------------------------
 
 
 def queue_with(*entries: Plan) -> QueueState:
@@ -513,9 +498,6 @@ def test_get_finds_by_name() -> None:
     assert found is not None
     assert found.plan.height == 100
     assert plans.get(state, "b") is None
-
-
-# --- the queue on disk ---------------------------------------------------------------------
 
 
 def test_encode_decode_round_trip() -> None:

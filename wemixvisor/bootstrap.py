@@ -11,7 +11,6 @@ during that stop but refuses verbs that change anything.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import queue
 import signal
@@ -39,6 +38,7 @@ from wemixvisor.config import Config, ConfigError, apply_reloadable, load_config
 from wemixvisor.control.security import ServerCurve, keys_dir_of, server_curve_for
 from wemixvisor.control.verbs import ControlContext
 from wemixvisor.events.metrics import MetricsExporter
+from wemixvisor.home import state
 from wemixvisor.home.ipc import EndpointError
 from wemixvisor.home.layout import Home
 from wemixvisor.logs import setup_logging
@@ -56,31 +56,19 @@ class DaemonError(Exception):
     """The daemon cannot start; the message tells the operator why."""
 
 
-def home_of(config: Config) -> Home:
-    """The home layout the configuration describes."""
-    return Home(root=config.home, name=config.node.name, data_dir=config.node.data_dir)
-
-
 @contextlib.contextmanager
 def daemon_lock(home: Home) -> Iterator[None]:
-    """One daemon per home: an flock held for the daemon's life (released by the kernel if it
-    dies), so a second daemon can never start a second node on the same data dir."""
-    home.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = home.state_dir / "daemon.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
+    """One daemon per home: the home's lock held for the daemon's life (released by the kernel
+    if it dies), so a second daemon can never start a second node on the same data dir."""
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            held.enter_context(state.daemon_lock(home, record_pid=True))
+        except state.DaemonRunningError as exc:
+            holder = exc.pid if exc.pid is not None else "?"
             raise DaemonError(
                 f"another wemixvisor (pid {holder}) is running on {home.root}"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
-    finally:
-        os.close(fd)
 
 
 class Daemon:
@@ -96,7 +84,7 @@ class Daemon:
         self.config = config
         self.environ = dict(os.environ if environ is None else environ)
         self.overrides = dict(overrides or {})
-        self.home = home_of(config)
+        self.home = Home.from_config(config)
         self.node_args = node_args
         self.bus = Bus()
         self.started = time.monotonic()
@@ -133,7 +121,7 @@ class Daemon:
     def _start_node(self, supervisor: Supervisor) -> pykka.ActorRef[Any]:
         # An upgrade in progress decides when the node starts (on which binary): the resumed
         # saga starts it. A node still running is adopted either way.
-        upgrading = (self.home.state_dir / "journal.json").exists()
+        upgrading = state.upgrade_in_progress(self.home)
         return NodeActor.start(
             config=self.config,
             home=self.home,

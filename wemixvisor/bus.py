@@ -7,12 +7,16 @@ supervisor swaps it in here, so a sender always reaches the live one.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pykka
 from loguru import logger
 
 from wemixvisor.messages.events import Event
+
+_RETRY_PAUSE = 0.05
+"""Seconds between two tries while an actor is being restarted by its supervisor."""
 
 
 class Bus:
@@ -56,6 +60,31 @@ class Bus:
         if ref is None:
             raise pykka.ActorDeadError(f"no {role} actor")
         return ref.ask(message, timeout=timeout)
+
+    def ask_retrying(self, role: str, message: Any, *, within: float, timeout: float = 5.0) -> Any:
+        """`ask`, asked again while `role`'s actor is being restarted (dead, or not answering)
+        until `within` seconds have passed; then the last pykka.Timeout / ActorDeadError raises.
+
+        Blocking: for worker threads, never from inside an actor.
+        """
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                return self.ask(role, message, timeout=timeout)
+            except (pykka.ActorDeadError, pykka.Timeout):
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(_RETRY_PAUSE)
+
+    def tell_retrying(self, role: str, message: Any, *, within: float) -> bool:
+        """`tell`, tried again while nobody plays `role` (its actor is being restarted) until
+        `within` seconds have passed; whether the message was delivered."""
+        deadline = time.monotonic() + within
+        while not self.tell(role, message):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_RETRY_PAUSE)
+        return True
 
     def publish(self, event: Event) -> None:
         """Broadcast a lifecycle event (the events actor stamps and sends it)."""

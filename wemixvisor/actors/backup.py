@@ -28,6 +28,7 @@ from wemixvisor.actors.base import FailureSink, SupervisedActor
 from wemixvisor.backup import store as backups
 from wemixvisor.bus import Bus
 from wemixvisor.config import Config, apply_reloadable
+from wemixvisor.home import state
 from wemixvisor.home.layout import Home
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.backup import (
@@ -40,7 +41,6 @@ from wemixvisor.messages.backup import (
 )
 from wemixvisor.messages.config import ConfigChanged
 from wemixvisor.messages.node import GetNodeStatus, NodeState, NodeStatus, StartNode, StopNode
-from wemixvisor.plans import files as planfiles
 from wemixvisor.plans.queue import PlanError, PlanStatus
 
 PROGRESS_INTERVAL = 0.5
@@ -159,7 +159,7 @@ class BackupActor(SupervisedActor):
         return backups.BackupBusy(f"busy: a backup operation ({running}) is running; try later")
 
     def _upgrading(self) -> bool:
-        return planfiles.journal_file(self._home).exists()
+        return state.upgrade_in_progress(self._home)
 
     def _on_create(self, message: CreateBackup) -> None:
         if self._upgrading():
@@ -291,18 +291,14 @@ class BackupActor(SupervisedActor):
         stopped = [False]
 
         def quiesce() -> None:
-            if planfiles.journal_file(home).exists():
+            if state.upgrade_in_progress(home):
                 raise backups.BackupError("an upgrade started meanwhile: backup abandoned")
             node.stop(f"backup {op.id}")
             stopped[0] = True
 
         def resume() -> None:
             # An upgrade that began meanwhile owns the node; so does a daemon shutting down.
-            if (
-                stopped[0]
-                and not shutting_down.is_set()
-                and not planfiles.journal_file(home).exists()
-            ):
+            if stopped[0] and not shutting_down.is_set() and not state.upgrade_in_progress(home):
                 bus.tell("node", StartNode(reason=f"backup {op.id} copied"))
 
         def started(target: Path) -> None:
@@ -499,32 +495,27 @@ class _NodeControl:
         self._grace = grace
 
     def state(self) -> NodeState:
-        deadline = time.monotonic() + _NODE_ANSWER_TIMEOUT
-        while True:
-            try:
-                status: NodeStatus = self._bus.ask("node", GetNodeStatus(), timeout=5)
-                return status.state
-            except (pykka.ActorDeadError, pykka.Timeout):
-                if time.monotonic() >= deadline:
-                    raise backups.BackupError("the node actor does not answer") from None
-                time.sleep(0.05)
+        try:
+            status: NodeStatus = self._bus.ask_retrying(
+                "node", GetNodeStatus(), within=_NODE_ANSWER_TIMEOUT
+            )
+        except (pykka.ActorDeadError, pykka.Timeout):
+            raise backups.BackupError("the node actor does not answer") from None
+        return status.state
 
     def stop(self, reason: str) -> None:
         """Stop the node and wait until it is down; BackupError if it does not go down."""
-        deadline = time.monotonic() + self._grace + _NODE_ANSWER_TIMEOUT
-        while True:
-            done: pykka.ThreadingFuture[NodeStatus] = pykka.ThreadingFuture()
-            if self._bus.tell("node", StopNode(reason=reason, done=done)):
-                try:
-                    status: NodeStatus = done.get(timeout=max(deadline - time.monotonic(), 0.1))
-                except pykka.Timeout:
-                    raise backups.BackupError("the node did not stop in time") from None
-                if status.state not in _STOPPED:
-                    raise backups.BackupError(f"the node did not stop (state {status.state})")
-                return
-            if time.monotonic() >= deadline:
-                raise backups.BackupError("no node actor to stop the node")
-            time.sleep(0.05)
+        within = self._grace + _NODE_ANSWER_TIMEOUT
+        deadline = time.monotonic() + within
+        done: pykka.ThreadingFuture[NodeStatus] = pykka.ThreadingFuture()
+        if not self._bus.tell_retrying("node", StopNode(reason=reason, done=done), within=within):
+            raise backups.BackupError("no node actor to stop the node")
+        try:
+            status: NodeStatus = done.get(timeout=max(deadline - time.monotonic(), 0.1))
+        except pykka.Timeout:
+            raise backups.BackupError("the node did not stop in time") from None
+        if status.state not in _STOPPED:
+            raise backups.BackupError(f"the node did not stop (state {status.state})")
 
 
 def _describe(exc: BaseException) -> str:
@@ -580,7 +571,7 @@ def _plan_pending(home: Home, plan_name: str) -> bool:
     """False once the queue shows the plan running or over; True when unknown (the
     orchestrator may not have saved a plan it just registered)."""
     try:
-        queue = planfiles.read_queue(home)
+        queue = state.read_queue(home)
     except PlanError:
         return True
     for entry in queue.plans:

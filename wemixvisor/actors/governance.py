@@ -32,6 +32,7 @@ from wemixvisor.chain.rpc import RpcClient, RpcError
 from wemixvisor.chain.wbft import WbftClient, read_chain_info
 from wemixvisor.config import Config
 from wemixvisor.home.layout import Home
+from wemixvisor.home.state import governance_file
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.config import ConfigChanged
 from wemixvisor.messages.governance import ChainInfo, GetChainInfo, GetProposals, Proposal
@@ -138,7 +139,7 @@ class GovernanceActor(SupervisedActor):
         super().__init__(failure_sink)
         self._config = config
         self._bus = bus
-        self._state_file = home.state_dir / "governance.json"
+        self._state_file = governance_file(home)
         self._progress: dict[str, gov.ContractProgress] = {}
         self._proposals: dict[str, dict[int, Proposal]] = {}
         self._generation = 0

@@ -27,6 +27,7 @@ from wemixvisor.bus import Bus
 from wemixvisor.chain.rpc import RpcClient, RpcError
 from wemixvisor.config import Config, apply_reloadable
 from wemixvisor.home.layout import Home, LayoutError, read_current
+from wemixvisor.home.state import node_pid_file
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.config import ConfigChanged
 from wemixvisor.messages.node import (
@@ -261,12 +262,12 @@ class NodeActor(SupervisedActor):
         self._killed = False
         self._running_since = None
         logger.info("node started: pid {} {} {}", process.pid, binary, self._node_args)
-        proc_os.write_pidfile(self._home.state_dir / "node.pid", process)
+        proc_os.write_pidfile(node_pid_file(self._home), process)
         proc_os.watch_exit(process, self._exit_reporter(generation), f"node-wait-{process.pid}")
         self._start_probe(generation)
 
     def _adopt(self) -> bool:
-        pidfile = self._home.state_dir / "node.pid"
+        pidfile = node_pid_file(self._home)
         record = proc_os.read_pidfile(pidfile)
         if record is not None and proc_os.find_adoptable(record) is None:
             logger.info("node.pid names pid {} which is gone", record.pid)
@@ -395,7 +396,7 @@ class NodeActor(SupervisedActor):
             )
         )
         self._process = None
-        proc_os.remove_pidfile(self._home.state_dir / "node.pid")
+        proc_os.remove_pidfile(node_pid_file(self._home))
         log = logger.info if expected else logger.warning
         log("node pid {} exited: {} (expected={})", process.pid, status.describe(), expected)
         self._bus.publish(

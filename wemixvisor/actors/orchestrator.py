@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
-import os
 import threading
 import time
 from typing import Any
@@ -22,8 +21,9 @@ from wemixvisor.actors.base import FailureSink, SupervisedActor
 from wemixvisor.bus import Bus
 from wemixvisor.chain.wbft import start_signing_check
 from wemixvisor.config import Config, apply_reloadable
-from wemixvisor.home.fsutil import atomic_write_bytes
+from wemixvisor.home import state
 from wemixvisor.home.layout import Home, LayoutError, read_current
+from wemixvisor.home.state import JournalError, load_journal
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.backup import PrestageBackup
 from wemixvisor.messages.config import ConfigChanged
@@ -37,15 +37,7 @@ from wemixvisor.upgrade.preflight import (
     fetch_missing_binary,
     warn_if_quorum_at_risk,
 )
-from wemixvisor.upgrade.saga import (
-    Journal,
-    JournalError,
-    Outcome,
-    SagaResult,
-    Step,
-    UpgradeSaga,
-    load_journal,
-)
+from wemixvisor.upgrade.saga import Journal, Outcome, SagaResult, Step, UpgradeSaga
 
 PREFLIGHT_RECHECK = 60.0  # seconds between re-checks of a plan whose preflight failed
 PREFLIGHT_AHEAD_BLOCKS = 10  # re-check this many blocks before H
@@ -107,8 +99,7 @@ class OrchestratorActor(SupervisedActor):
         self._home = home
         self._bus = bus
         self._queue = QueueState()
-        self._queue_file = home.state_dir / "plans.json"
-        self._journal_file = home.state_dir / "journal.json"
+        self._journal_file = state.journal_file(home)
         self._head: int | None = None
         self._rpc_available = False
         self._saga: UpgradeSaga | None = None
@@ -125,11 +116,10 @@ class OrchestratorActor(SupervisedActor):
     def setup(self) -> None:
         self._queue = self._load_queue()
         try:
-            journal = load_journal(self._journal_file)
+            journal = load_journal(self._journal_file, Journal)
         except JournalError as exc:
             journal = None
-            aside = self._journal_file.with_name(f"journal.json.unreadable-{int(time.time())}")
-            os.replace(self._journal_file, aside)
+            aside = state.move_aside(self._journal_file)
             logger.error("{}; moved to {}; starting the node on `current` as it is", exc, aside)
             self._bus.tell("node", StartNode(reason="unreadable journal"))
         if journal is not None:
@@ -423,16 +413,11 @@ class OrchestratorActor(SupervisedActor):
 
     def _load_queue(self) -> QueueState:
         try:
-            raw = self._queue_file.read_bytes()
-        except FileNotFoundError:
-            return QueueState()
-        try:
-            return queue_rules.decode_state(raw)
+            return state.read_queue(self._home)
         except PlanError as exc:
-            aside = self._queue_file.with_name(f"plans.json.unreadable-{int(time.time())}")
-            os.replace(self._queue_file, aside)
+            aside = state.move_aside(state.queue_file(self._home))
             logger.error("{}; moved to {}; plans in the files are read again", exc, aside)
             return QueueState()
 
     def _save_queue(self) -> None:
-        atomic_write_bytes(self._queue_file, queue_rules.encode_state(self._queue), mode=0o600)
+        state.write_queue(self._home, self._queue)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import re
 import socket
 import threading
 import time
@@ -34,7 +33,14 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from loguru import logger
 
-from wemixvisor.chain.rpc import RpcClient, RpcError
+from wemixvisor.chain.rpc import (
+    MAX_QUANTITY,
+    MalformedAnswer,
+    RpcClient,
+    RpcError,
+    describe_value,
+    parse_quantity,
+)
 
 if TYPE_CHECKING:
     from websockets.sync.client import ClientConnection
@@ -52,11 +58,8 @@ __all__ = [
     "parse_height",
 ]
 
-MAX_HEIGHT: Final = (1 << 64) - 1
+MAX_HEIGHT: Final = MAX_QUANTITY
 """The largest height a well-formed answer can carry (16 hex digits, geth's uint64)."""
-
-_HEIGHT_RE: Final = re.compile(r"0x[0-9a-fA-F]{1,16}", re.ASCII)
-_SHOWN_CHARS: Final = 40
 
 # A newHeads notification is a block header of about 1 KB: anything near this size is hostile.
 _WS_MAX_MESSAGE: Final = 1 << 20
@@ -79,42 +82,12 @@ FailureCallback = Callable[[str], None]
 """Called with a one-line description of a failed attempt."""
 
 
-class MalformedAnswer(RpcError):
-    """The node answered, but not with something a height can be taken from."""
-
-
-# --- pure decisions ----------------------------------------------------------------------------
-
-
-def _describe(value: object) -> str:
-    """A short, safe description of a JSON value for error messages (never a huge repr)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value) if value.bit_length() <= 64 else "an integer beyond 64 bits"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str):
-        shown = value if len(value) <= _SHOWN_CHARS else value[:_SHOWN_CHARS] + "..."
-        return repr(shown)
-    if isinstance(value, list):
-        return "a JSON array"
-    if isinstance(value, dict):
-        return "a JSON object"
-    return type(value).__name__
-
-
 def parse_height(value: object) -> int:
     """The block height in an RPC answer: a `0x`-prefixed hex string of 1 to 16 digits.
 
-    Anything else (null, a number, decimal text, a sign, more digits, another type) raises
-    MalformedAnswer: an upgrade must never be triggered by a guessed height.
+    Anything else raises MalformedAnswer: an upgrade must never be triggered by a guessed height.
     """
-    if isinstance(value, str) and len(value) <= 18 and _HEIGHT_RE.fullmatch(value):
-        return int(value[2:], 16)
-    raise MalformedAnswer(f"not a block height: {_describe(value)}")
+    return parse_quantity(value, "a block height")
 
 
 @dataclass(frozen=True)
@@ -230,11 +203,9 @@ def _call_name(request_id: object) -> str:
 
 def _error_text(error: object) -> str:
     if isinstance(error, dict):
-        return f"JSON-RPC error {_describe(error.get('code'))}: {_describe(error.get('message'))}"
-    return f"JSON-RPC error {_describe(error)}"
-
-
-# --- helper threads ----------------------------------------------------------------------------
+        code, message = describe_value(error.get("code")), describe_value(error.get("message"))
+        return f"JSON-RPC error {code}: {message}"
+    return f"JSON-RPC error {describe_value(error)}"
 
 
 class HeadWatcher(abc.ABC):
@@ -254,7 +225,6 @@ class HeadWatcher(abc.ABC):
         on_head: HeadCallback,
         on_failure: FailureCallback,
         backoff: Backoff | None = None,
-        name: str = "height-watch",
     ) -> None:
         self.address = address
         self.timeout = timeout
@@ -264,8 +234,12 @@ class HeadWatcher(abc.ABC):
         self._stop = threading.Event()
         # Set to cut a wait short: on stop, or when the poll interval changes.
         self._wake = threading.Event()
+        # Guards what `_interrupt` reads from the thread that calls `stop`.
+        self._lock = threading.Lock()
         self._reported: int | None = None
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread = threading.Thread(
+            target=self._main, name=f"height-{self.source}", daemon=True
+        )
 
     def start(self) -> None:
         """Start the helper thread."""
@@ -339,12 +313,7 @@ class HeadPoller(HeadWatcher):
         backoff: Backoff | None = None,
     ) -> None:
         super().__init__(
-            address,
-            timeout=timeout,
-            on_head=on_head,
-            on_failure=on_failure,
-            backoff=backoff,
-            name="height-poll",
+            address, timeout=timeout, on_head=on_head, on_failure=on_failure, backoff=backoff
         )
         self._client = RpcClient(address, timeout=timeout)
         self._interval = interval
@@ -383,26 +352,9 @@ class HeadSubscriber(HeadWatcher):
 
     source = "ws"
 
-    def __init__(
-        self,
-        address: str,
-        *,
-        timeout: float,
-        on_head: HeadCallback,
-        on_failure: FailureCallback,
-        backoff: Backoff | None = None,
-    ) -> None:
-        super().__init__(
-            address,
-            timeout=timeout,
-            on_head=on_head,
-            on_failure=on_failure,
-            backoff=backoff,
-            name="height-ws",
-        )
-        self._lock = threading.Lock()
-        self._ws: ClientConnection | None = None
-        self._got_head = False
+    # The open websocket, read by `stop` from another thread to cut a blocked read short.
+    _ws: ClientConnection | None = None
+    _got_head = False
 
     def _interrupt(self) -> None:
         with self._lock:
@@ -501,8 +453,8 @@ class HeadSubscriber(HeadWatcher):
                 self._head(parse_height(message.result), observed_at)
             else:
                 raise MalformedAnswer(
-                    f"unexpected message on the subscription (id {_describe(message.id)}, "
-                    f"method {_describe(message.method)})"
+                    f"unexpected message on the subscription (id {describe_value(message.id)}, "
+                    f"method {describe_value(message.method)})"
                 )
 
     def _head(self, height: int, observed_at: float) -> None:
@@ -513,4 +465,6 @@ class HeadSubscriber(HeadWatcher):
     def _subscription_id(result: object) -> str:
         if isinstance(result, str) and 0 < len(result) <= _MAX_SUBSCRIPTION_ID_CHARS:
             return result
-        raise MalformedAnswer(f"eth_subscribe answered {_describe(result)}, not a subscription id")
+        raise MalformedAnswer(
+            f"eth_subscribe answered {describe_value(result)}, not a subscription id"
+        )

@@ -14,7 +14,6 @@ post-upgrade hook) runs on a thread of its own and only ever alerts.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +22,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Protocol
 import msgspec
 from loguru import logger
 
-from wemixvisor.chain.rpc import RpcClient, RpcError, RpcMethodNotFound
+from wemixvisor.chain.rpc import (
+    MalformedAnswer,
+    RpcClient,
+    RpcError,
+    RpcMethodNotFound,
+    parse_quantity,
+)
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.governance import ChainInfo, SealingActivity
 
@@ -49,7 +54,6 @@ __all__ = [
     "assess_quorum",
     "bft_quorum",
     "check_signing",
-    "parse_quantity",
     "quorum_risk",
     "read_chain_info",
     "start_signing_check",
@@ -74,7 +78,6 @@ that a validator that went down a minute ago no longer counts."""
 _MAX_NUMBER: Final = 2**63 - 1
 _ADDRESS_RE: Final = r"^0x[0-9a-fA-F]{40}$"
 _HASH_RE: Final = r"^0x[0-9a-fA-F]{64}$"
-_HEX_QUANTITY_RE: Final = re.compile(r"0x(?:0|[1-9a-fA-F][0-9a-fA-F]{0,15})")
 
 Address = Annotated[str, msgspec.Meta(pattern=_ADDRESS_RE)]
 Hash = Annotated[str, msgspec.Meta(pattern=_HASH_RE)]
@@ -86,10 +89,6 @@ CountByAddress = Annotated[dict[Address, Count], msgspec.Meta(max_length=MAX_VAL
 
 class NotWbft(RpcMethodNotFound):
     """The node does not serve `istanbul_*`: not a WBFT chain; the features switch off."""
-
-
-class MalformedAnswer(RpcError):
-    """The node answered, but not with the shape of SPEC §13.2."""
 
 
 class CommitSigners(msgspec.Struct, frozen=True, rename="pascal"):
@@ -183,14 +182,6 @@ def _block_param(block: int | str | None) -> int | str | None:
     return hex(block)
 
 
-def parse_quantity(method: str, value: Any) -> int:
-    """A JSON-RPC hex quantity (`0x1a`) as an int; MalformedAnswer for anything else."""
-    if not isinstance(value, str) or not _HEX_QUANTITY_RE.fullmatch(value):
-        shown = repr(value)[:40]
-        raise MalformedAnswer(f"{method}: expected a hex quantity, got {shown}")
-    return int(value, 16)
-
-
 class WbftClient:
     """The `istanbul_*` methods of one node; blocking, so actors use it from helper threads."""
 
@@ -273,7 +264,7 @@ class WbftClient:
 
     def head(self) -> int:
         """`eth_blockNumber`."""
-        return parse_quantity("eth_blockNumber", self.rpc.call("eth_blockNumber"))
+        return parse_quantity(self.rpc.call("eth_blockNumber"), "an eth_blockNumber height")
 
 
 # decisions

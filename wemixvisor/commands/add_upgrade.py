@@ -8,8 +8,7 @@ from pathlib import Path
 
 from wemixvisor.commands import upgrade
 from wemixvisor.commands.common import EXIT_OK, CliContext, CommandError
-from wemixvisor.control.verbs.offline import home_of
-from wemixvisor.home.layout import LayoutError, add_upgrade
+from wemixvisor.home.layout import Home, LayoutError, add_upgrade
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,7 +49,9 @@ def run_add_upgrade(args: argparse.Namespace, ctx: CliContext) -> int:
         request = upgrade.schedule_request(plan, now=False)
         upgrade.check_schedule(ctx, request)
     try:
-        installed = add_upgrade(home_of(ctx.config), args.name, args.binary, force=args.force)
+        installed = add_upgrade(
+            Home.from_config(ctx.config), args.name, args.binary, force=args.force
+        )
     except LayoutError as exc:
         raise CommandError(str(exc)) from exc
     print(f"installed upgrade {args.name!r} binary {installed}")

@@ -39,7 +39,7 @@ from wemixvisor.control.protocol import (
     new_request_id,
 )
 from wemixvisor.control.verbs import BACKUP_CREATE, BACKUP_LIST, BACKUP_PRUNE, BACKUP_RESTORE
-from wemixvisor.control.verbs.offline import OfflineContext, describe, home_of
+from wemixvisor.control.verbs.offline import OfflineContext, describe
 from wemixvisor.control.verbs.render import size
 from wemixvisor.home.layout import Home
 from wemixvisor.node.process import find_adoptable, find_orphan_node, read_pidfile
@@ -132,7 +132,7 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
     """Make a backup, through the daemon when one runs, else here."""
     config = ctx.config
     request = BackupCreate(id=new_request_id(), label=args.label)
-    if daemon_runs(home_of(config)):
+    if daemon_runs(Home.from_config(config)):
         if args.wait:
             return follow_operation(ctx, request, timeout=args.timeout, as_json=args.json)
         reply = call(ctx, BACKUP_CREATE, request, args.timeout)
@@ -172,7 +172,7 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
 def run_list(args: argparse.Namespace, ctx: CliContext) -> int:
     """Print the backups (as the daemon sees them when one runs)."""
     request = BackupList(id=new_request_id())
-    if daemon_runs(home_of(ctx.config)):
+    if daemon_runs(Home.from_config(ctx.config)):
         reply = call(ctx, BACKUP_LIST, request, args.timeout)
     else:
         reply, _ = run_offline(ctx, BACKUP_LIST, request)
@@ -187,7 +187,7 @@ def run_restore(args: argparse.Namespace, ctx: CliContext) -> int:
     """Restore a backup, through the daemon when one runs, else here (node stopped)."""
     config = ctx.config
     request = BackupRestore(id=new_request_id(), backup_id=args.backup_id)
-    if daemon_runs(home_of(config)):
+    if daemon_runs(Home.from_config(config)):
         if args.wait:
             return follow_operation(ctx, request, timeout=args.timeout, as_json=args.json)
         reply = call(ctx, BACKUP_RESTORE, request, args.timeout)
@@ -216,7 +216,7 @@ def run_restore(args: argparse.Namespace, ctx: CliContext) -> int:
 def run_prune(args: argparse.Namespace, ctx: CliContext) -> int:
     """Remove what retention does not keep."""
     request = BackupPrune(id=new_request_id())
-    if daemon_runs(home_of(ctx.config)):
+    if daemon_runs(Home.from_config(ctx.config)):
         reply = call(ctx, BACKUP_PRUNE, request, args.timeout)
     else:
         reply, _ = run_offline(ctx, BACKUP_PRUNE, request, locked=_DAEMON_STARTED)

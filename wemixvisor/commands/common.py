@@ -21,7 +21,7 @@ from wemixvisor.control.protocol import ControlError, Request
 from wemixvisor.control.verbs import OfflineContext, Verb
 from wemixvisor.home.ipc import EndpointError
 from wemixvisor.home.layout import Home
-from wemixvisor.plans.files import daemon_pid, daemon_running
+from wemixvisor.home.state import daemon_pid, daemon_running
 
 __all__ = [
     "DEFAULT_TIMEOUT",

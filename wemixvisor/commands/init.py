@@ -32,7 +32,7 @@ def run_init(args: argparse.Namespace, ctx: CliContext) -> int:
 
     config = ctx.config
     try:
-        home = Home(root=config.home, name=config.node.name, data_dir=config.node.data_dir)
+        home = Home.from_config(config)
         lines = init_home(home, args.binary, force=args.force)
     except LayoutError as exc:
         raise CommandError(str(exc)) from exc

@@ -64,7 +64,7 @@ def handle(args: argparse.Namespace, ctx: CliContext) -> int:
         print_reply(LOGS, reply, as_json=args.json)
         return 0
     config = ctx.config
-    path = Home(config.home, config.node.name, config.node.data_dir).node_log
+    path = Home.from_config(config).node_log
     try:
         lines, _ = tail_lines(path, args.lines)
     except FileNotFoundError:

@@ -15,8 +15,7 @@ from typing import Any
 import msgspec
 
 from wemixvisor.commands.common import EXIT_FAILURE, EXIT_OK, CliContext
-from wemixvisor.control.verbs.offline import home_of
-from wemixvisor.home.layout import LayoutError, read_current
+from wemixvisor.home.layout import Home, LayoutError, read_current
 from wemixvisor.plans.files import PLAN_FILE, plan_file, read_capped
 from wemixvisor.plans.queue import PlanError
 
@@ -53,7 +52,7 @@ def _read(path: Path) -> tuple[Any, str | None]:
 def run_show_upgrade_info(args: argparse.Namespace, ctx: CliContext) -> int:
     """Print both files; exit 1 when neither can be shown."""
 
-    home = home_of(ctx.config)
+    home = Home.from_config(ctx.config)
     places: dict[str, Path | None] = {"data": plan_file(home.data_dir)}
     target: str | None = None
     try:

@@ -48,10 +48,11 @@ from wemixvisor.control.verbs import (
     DaemonState,
     upgrade_status,
 )
-from wemixvisor.control.verbs.offline import home_of
 from wemixvisor.control.verbs.render import render_upgrade_status
 from wemixvisor.control.verbs.replies import ListUpgradesReply
-from wemixvisor.plans.files import batch_file, daemon_pid
+from wemixvisor.home.layout import Home
+from wemixvisor.home.state import daemon_pid
+from wemixvisor.plans.files import batch_file
 from wemixvisor.plans.platforms import current_platform
 from wemixvisor.plans.queue import (
     MAX_PLAN_BYTES,
@@ -225,14 +226,14 @@ def schedule_request(plan: Plan, *, now: bool) -> ScheduleUpgrade:
 def check_schedule(ctx: CliContext, request: ScheduleUpgrade) -> None:
     """With no daemon running, refuse now what scheduling `request` would refuse (nothing is
     written); with a daemon, it decides when asked."""
-    if not daemon_runs(home_of(ctx.config)):
+    if not daemon_runs(Home.from_config(ctx.config)):
         run_offline(ctx, SCHEDULE_UPGRADE, request, dry_run=True)
 
 
 def schedule(ctx: CliContext, request: ScheduleUpgrade) -> None:
     """Register the plan with the running daemon, or merge it into the batch file; print what
     was done."""
-    home = home_of(ctx.config)
+    home = Home.from_config(ctx.config)
     if daemon_runs(home):
         try:
             reply = ask_daemon(ctx, SCHEDULE_UPGRADE, request)
@@ -278,7 +279,7 @@ def run_schedule(args: argparse.Namespace, ctx: CliContext) -> int:
 def _listing(ctx: CliContext) -> tuple[ListUpgradesReply, str | None]:
     """`list_upgrades` from the running daemon, or from the files; and why the journal could not
     be read (offline)."""
-    home = home_of(ctx.config)
+    home = Home.from_config(ctx.config)
     request = ListUpgrades(id=new_request_id())
     if daemon_runs(home):
         try:
@@ -327,7 +328,7 @@ def run_cancel(args: argparse.Namespace, ctx: CliContext) -> int:
     except PlanError as exc:
         raise _usage(str(exc)) from None
     request = CancelUpgrade(id=new_request_id(), name=name)
-    home = home_of(ctx.config)
+    home = Home.from_config(ctx.config)
     if daemon_runs(home):
         try:
             reply = ask_daemon(ctx, CANCEL_UPGRADE, request)

@@ -24,7 +24,7 @@ def handle(args: argparse.Namespace, ctx: CliContext) -> int:
     config = ctx.config
     node: dict[str, str | None] = {"target": None, "binary": None, "version": None}
     try:
-        current = read_current(Home(config.home, config.node.name, config.node.data_dir))
+        current = read_current(Home.from_config(config))
     except LayoutError as exc:
         node["error"] = str(exc)
     else:

@@ -14,7 +14,6 @@ More clients are allowed by copying their public `.key` files into `authorized/`
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -23,7 +22,7 @@ import zmq
 import zmq.auth
 from loguru import logger
 
-from wemixvisor.home.ipc import EndpointError
+from wemixvisor.home.ipc import EndpointError, is_loopback_host
 
 __all__ = [
     "AUTHORIZED_DIR",
@@ -151,13 +150,7 @@ def tcp_is_loopback(endpoint: str) -> bool:
 
     Wildcards (`*`, `0.0.0.0`), interface names and other host names are not loopback.
     """
-    host = _tcp_host(endpoint)
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(_tcp_host(endpoint))
 
 
 def server_curve_for(endpoint: str, keys_dir: Path) -> ServerCurve | None:

@@ -10,7 +10,6 @@ a tcp endpoint must be a loopback address (events carry no authentication yet).
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import time
 import uuid
@@ -21,7 +20,7 @@ import msgspec
 import zmq
 from loguru import logger
 
-from wemixvisor.home.ipc import EndpointError, prepare_socket_file
+from wemixvisor.home.ipc import EndpointError, is_loopback_host, prepare_socket_file
 from wemixvisor.messages.events import Event
 
 DEFAULT_SEND_HWM = 10_000
@@ -58,7 +57,7 @@ def check_bind_endpoint(endpoint: str) -> None:
         return
     if scheme == "tcp":
         host, _port = _tcp_host_port(endpoint, address)
-        if not _is_loopback(host):
+        if not is_loopback_host(host):
             raise EndpointError(
                 f"refusing to bind events endpoint {endpoint}: {host} is not a loopback address "
                 "and the events socket has no authentication; use ipc:// or tcp://127.0.0.1:PORT"
@@ -76,16 +75,6 @@ def _tcp_host_port(endpoint: str, address: str) -> tuple[str, str]:
     if not host or not (port == "*" or (port.isascii() and port.isdigit())):
         raise EndpointError(f"events endpoint {endpoint!r}: expected tcp://HOST:PORT")
     return host, port
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        # Interface names (`lo`, `eth0`) and `*` are not accepted: only an explicit address.
-        return False
 
 
 class EventPublisher:

@@ -6,7 +6,9 @@ import contextlib
 import os
 import stat
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 
 def fsync_dir(path: Path) -> None:
@@ -18,26 +20,39 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never a mix.
+@contextlib.contextmanager
+def removed_on_failure(path: Path) -> Iterator[None]:
+    """Remove `path` (a temporary file or link) if the block raises; then re-raise."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        raise
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object], mode: int = 0o644) -> None:
+    """Create `path` from what `write(handle)` writes, so that readers see the old file or the
+    new one, never a mix.
 
     temp file in the same directory + fsync + rename + fsync of the directory.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
-    try:
+    with removed_on_failure(tmp):
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """`atomic_write` of `data`."""
+    atomic_write(path, lambda handle: handle.write(data), mode)
 
 
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import os
 import socket
 import stat
@@ -29,6 +30,20 @@ def ipc_path(endpoint: str) -> Path | None:
     if not address or address.startswith("@"):
         return None
     return Path(address)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` is `localhost` or a loopback address (127.0.0.0/8, ::1).
+
+    Wildcards (`*`, `0.0.0.0`), interface names (`lo`, `eth0`) and other host names are not:
+    only an explicit address is accepted.
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def ensure_private_dir(directory: Path) -> None:

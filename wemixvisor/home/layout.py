@@ -7,17 +7,19 @@ validated upgrade names, so no other module joins operator input onto a path (SP
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import secrets
 import shutil
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-from wemixvisor.home.fsutil import fsync_dir
+from wemixvisor.home.fsutil import atomic_write, fsync_dir, removed_on_failure
+
+if TYPE_CHECKING:
+    from wemixvisor.config import Config
 
 __all__ = [
     "GENESIS",
@@ -84,6 +86,11 @@ class Home:
         if not self.root.is_absolute():
             raise LayoutError(f"DAEMON_HOME must be an absolute path, got {str(self.root)!r}")
         _validate_binary_name(self.name)
+
+    @classmethod
+    def from_config(cls, config: Config) -> Home:
+        """The home layout a configuration describes (DAEMON_HOME, DAEMON_NAME, data dir)."""
+        return cls(root=config.home, name=config.node.name, data_dir=config.node.data_dir)
 
     @property
     def visor_dir(self) -> Path:
@@ -196,25 +203,12 @@ def _same_content(a: Path, b: Path) -> bool:
 def _install_binary(source: Path, dest: Path) -> None:
     """Copy `source` to `dest` (mode 0755) so that `dest` is the old file or the new one.
 
-    Streams instead of `fsutil.atomic_write_bytes` because node binaries are large; same
-    protocol: temp file in the destination directory, fsync, rename, fsync of the directory.
+    Streamed through `atomic_write`, because node binaries are large. Node binaries are public
+    programs: 0755 lets a node run as another user.
     """
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out, source.open("rb") as src:
-                shutil.copyfileobj(src, out, _COPY_CHUNK)
-                out.flush()
-                os.fsync(out.fileno())
-            # Node binaries are public programs; 0755 lets a node run as another user.
-            os.chmod(tmp, 0o755)  # noqa: S103
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
-        fsync_dir(dest.parent)
+        with source.open("rb") as src:
+            atomic_write(dest, lambda out: shutil.copyfileobj(src, out, _COPY_CHUNK), mode=0o755)
     except OSError as exc:
         raise LayoutError(f"cannot install {source} as {dest}: {exc.strerror or exc}") from exc
 
@@ -334,13 +328,9 @@ def switch_current(home: Home, target: str) -> None:
         raise LayoutError(f"cannot point {link} at {target!r}: {exc}") from None
     tmp = home.visor_dir / f".current.{secrets.token_hex(8)}"
     try:
-        try:
+        with removed_on_failure(tmp):
             os.symlink(target, tmp)
             os.replace(tmp, link)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
         fsync_dir(home.visor_dir)
     except OSError as exc:
         raise LayoutError(f"cannot point {link} at {target}: {exc.strerror or exc}") from exc

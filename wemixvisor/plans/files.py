@@ -1,14 +1,13 @@
 """The plan files on disk (SPEC §2, §4): reading them safely, watching them, editing them.
 
 Shared by the FileSourceActor (which watches `upgrade-info.json`, its `.batch` sibling and
-`config.toml`) and the operator tool (which writes plans into the batch file and reads the
-daemon's queue while the daemon is down). Validation of what the files hold is `plans.py`'s job.
+`config.toml`) and the operator tool (which writes plans into the batch file). Validation of
+what the files hold is `plans.queue`'s job; the daemon's own state files are `home.state`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import os
@@ -22,14 +21,10 @@ import msgspec
 
 from wemixvisor.home.fsutil import ReadRefused, atomic_write_bytes
 from wemixvisor.home.fsutil import read_capped as read_capped_file
-from wemixvisor.home.layout import Home
 from wemixvisor.plans.queue import (
     MAX_PLAN_BYTES,
     Plan,
     PlanError,
-    QueueState,
-    decode_state,
-    encode_state,
     parse_batch,
     parse_plan,
     plan_from_object,
@@ -39,33 +34,23 @@ from wemixvisor.plans.queue import (
 
 __all__ = [
     "BATCH_FILE",
-    "MAX_STATE_BYTES",
     "PLAN_FILE",
     "STABLE_POLLS",
-    "DaemonRunningError",
     "FileStamp",
     "FileWatch",
     "PlanRejection",
     "Reading",
     "batch_file",
-    "daemon_pid",
-    "daemon_running",
     "file_plans",
-    "holding_daemon_lock",
-    "journal_file",
     "locked_plan_files",
     "parse_batch_file",
     "plan_file",
     "plan_file_rejection",
-    "queue_file",
     "read_batch_objects",
     "read_capped",
-    "read_journal",
-    "read_queue",
     "remove_from_plan_files",
     "stat_file",
     "write_batch_objects",
-    "write_queue",
 ]
 
 PLAN_FILE = "upgrade-info.json"
@@ -73,9 +58,6 @@ BATCH_FILE = "upgrade-info.json.batch"
 
 STABLE_POLLS = 2
 """A file that does not parse is rejected only after this many polls found it unchanged."""
-
-MAX_STATE_BYTES = 16 * 1024 * 1024
-"""Cap on the daemon's own state files (queue, journal) when the operator tool reads them."""
 
 
 def plan_file(data_dir: Path) -> Path:
@@ -86,23 +68,6 @@ def plan_file(data_dir: Path) -> Path:
 def batch_file(data_dir: Path) -> Path:
     """`<data dir>/upgrade-info.json.batch`: a JSON array of plans."""
     return data_dir / BATCH_FILE
-
-
-def queue_file(home: Home) -> Path:
-    """`state/plans.json`: the daemon's persistent plan queue."""
-    return home.state_dir / "plans.json"
-
-
-def journal_file(home: Home) -> Path:
-    """`state/journal.json`: the upgrade in progress, if any."""
-    return home.state_dir / "journal.json"
-
-
-def _lock_file(home: Home) -> Path:
-    return home.state_dir / "daemon.lock"
-
-
-# --- reading -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -238,9 +203,6 @@ class FileWatch:
         self._settled_key = reading.key
 
 
-# --- plans in files ----------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class PlanRejection:
     """A plan (or a whole file) that will not be registered, with what is known about it."""
@@ -291,9 +253,6 @@ def parse_batch_file(raw: bytes, source: str = "batch") -> tuple[list[Plan], lis
             name, height = _hints(obj)
             rejections.append(PlanRejection(f"batch entry {index}: {exc}", name, height))
     return plans, rejections
-
-
-# --- editing the plan files (operator tool) ----------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -409,107 +368,3 @@ def file_plans(data_dir: Path) -> tuple[list[Plan], list[str]]:
     plans.extend(batch_plans)
     problems.extend(f"{batch}: {rejection.reason}" for rejection in rejections)
     return plans, problems
-
-
-# --- the daemon's state, read and edited offline -----------------------------------------------
-
-
-def read_queue(home: Home) -> QueueState:
-    """The plan queue in `state/plans.json` (empty if the daemon never wrote one)."""
-    path = queue_file(home)
-    try:
-        raw = read_capped(path, MAX_STATE_BYTES)
-    except FileNotFoundError:
-        return QueueState()
-    except PlanError as exc:
-        raise PlanError(f"plan queue {exc}") from None
-    try:
-        return decode_state(raw)
-    except PlanError as exc:
-        raise PlanError(f"{path}: {exc}") from None
-
-
-def write_queue(home: Home, state: QueueState) -> None:
-    """Save the plan queue atomically (temp + fsync + rename + fsync of the directory)."""
-    atomic_write_bytes(queue_file(home), encode_state(state), mode=0o600)
-
-
-def read_journal(home: Home) -> dict[str, Any] | None:
-    """The raw journal object of the upgrade in progress; None if there is none.
-
-    Raises PlanError when the file exists but is not a JSON object.
-    """
-    path = journal_file(home)
-    try:
-        raw = read_capped(path, MAX_STATE_BYTES)
-    except FileNotFoundError:
-        return None
-    try:
-        decoded = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, RecursionError):
-        raise PlanError(f"journal {path} is not valid JSON") from None
-    if not isinstance(decoded, dict):
-        raise PlanError(f"journal {path} is not a JSON object")
-    return decoded
-
-
-class DaemonRunningError(Exception):
-    """A daemon holds the home's lock; `pid` is what it wrote into the lock file, if readable."""
-
-    def __init__(self, pid: int | None) -> None:
-        super().__init__(f"daemon is running (pid {pid if pid is not None else '?'})")
-        self.pid = pid
-
-
-def daemon_pid(home: Home) -> int | None:
-    """The pid the last daemon wrote into `state/daemon.lock` (it may have exited since)."""
-    try:
-        with _lock_file(home).open("rb") as handle:
-            text = handle.read(32).decode(errors="replace").strip()
-    except OSError:
-        return None
-    return int(text) if text.isascii() and text.isdigit() else None
-
-
-def daemon_running(home: Home) -> bool:
-    """Whether a daemon runs on this home: it holds an exclusive flock on `state/daemon.lock`.
-
-    Tries a shared lock without blocking and releases it at once; a lock that cannot be taken
-    means a daemon holds it. A missing lock file means no daemon ever ran here.
-    """
-    try:
-        fd = os.open(_lock_file(home), os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def holding_daemon_lock(home: Home) -> Iterator[None]:
-    """Hold the daemon's lock exclusively while the operator tool edits the daemon's state.
-
-    Raises DaemonRunningError when a daemon holds it; while held, no daemon can start.
-    The lock file's content (the last daemon's pid) is left as it is.
-    """
-    if not home.visor_dir.is_dir():
-        raise PlanError(f"{home.visor_dir} does not exist; run `wemixvisor init <binary>` first")
-    home.state_dir.mkdir(mode=0o700, exist_ok=True)
-    fd = os.open(_lock_file(home), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            raise DaemonRunningError(daemon_pid(home)) from None
-        yield
-    finally:
-        os.close(fd)

@@ -28,6 +28,7 @@ from wemixvisor.chain.wbft import NotWbft, WbftClient
 from wemixvisor.config import Config
 from wemixvisor.home.fsutil import atomic_write_bytes
 from wemixvisor.home.layout import Home, switch_current
+from wemixvisor.home.state import JournalError, clear_journal, load_journal, save_journal  # noqa: F401
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.backup import FinishBackup, RestoreBackup
 from wemixvisor.messages.node import GetNodeStatus, NodeState, NodeStatus, StartNode, StopNode
@@ -89,33 +90,6 @@ class Journal(msgspec.Struct, kw_only=True):
     def height(self) -> int:
         """The plan's height H."""
         return self.plan.height
-
-
-class JournalError(Exception):
-    """The journal exists but cannot be read."""
-
-
-def load_journal(path: Path) -> Journal | None:
-    """The journal, None when no upgrade is in progress, JournalError when unreadable."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    try:
-        return msgspec.json.decode(raw, type=Journal)
-    except msgspec.DecodeError as exc:
-        raise JournalError(f"{path} is unreadable: {exc}") from None
-
-
-def save_journal(path: Path, journal: Journal) -> None:
-    """Durable write (temp + fsync + rename + dir fsync)."""
-    atomic_write_bytes(path, msgspec.json.encode(journal), mode=0o600)
-
-
-def clear_journal(path: Path) -> None:
-    """The upgrade is over."""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
 
 
 class Outcome(enum.StrEnum):

@@ -16,25 +16,27 @@ from types import TracebackType
 from typing import Any
 
 from wemixvisor.backup import store as backups
-from wemixvisor.chain.rpc import RpcClient, RpcError
+from wemixvisor.chain.rpc import RpcClient, RpcError, parse_quantity
 from wemixvisor.config import Config
 from wemixvisor.control.protocol import ControlError, ErrorCode
 from wemixvisor.control.verbs.base import DaemonState, PlanSnapshot, PruneOutcome, Registration
 from wemixvisor.home.layout import Home
-from wemixvisor.messages.backup import BackupInfo
-from wemixvisor.plans.files import (
+from wemixvisor.home.state import (
     DaemonRunningError,
-    batch_file,
+    daemon_lock,
     daemon_pid,
     daemon_running,
-    file_plans,
-    holding_daemon_lock,
-    locked_plan_files,
-    read_batch_objects,
     read_journal,
     read_queue,
-    write_batch_objects,
     write_queue,
+)
+from wemixvisor.messages.backup import BackupInfo
+from wemixvisor.plans.files import (
+    batch_file,
+    file_plans,
+    locked_plan_files,
+    read_batch_objects,
+    write_batch_objects,
 )
 from wemixvisor.plans.queue import (
     Plan,
@@ -48,29 +50,19 @@ from wemixvisor.plans.queue import (
     register,
 )
 
-__all__ = ["HEAD_TIMEOUT", "OfflineContext", "chain_head", "home_of"]
+__all__ = ["HEAD_TIMEOUT", "OfflineContext", "chain_head"]
 
 HEAD_TIMEOUT = 2.0
 """How long scheduling waits for the node's head before it schedules without the check."""
-
-
-def home_of(config: Config) -> Home:
-    """The home layout the configuration describes."""
-    return Home(root=config.home, name=config.node.name, data_dir=config.node.data_dir)
 
 
 def chain_head(config: Config) -> tuple[int | None, str | None]:
     """The node's head height, or None and why it is unknown (the node may well be down)."""
     try:
         result = RpcClient(config.rpc.address, timeout=HEAD_TIMEOUT).call("eth_blockNumber")
+        return parse_quantity(result, "an eth_blockNumber answer"), None
     except (RpcError, ValueError) as exc:
         return None, str(exc)
-    if isinstance(result, str) and result.startswith("0x"):
-        try:
-            return int(result, 16), None
-        except ValueError:
-            pass
-    return None, f"unexpected eth_blockNumber answer {str(result)[:40]!r}"
 
 
 class OfflineContext:
@@ -88,7 +80,7 @@ class OfflineContext:
         self.locked = False
         self.warnings: list[str] = []
         self.journal_error: str | None = None
-        self._home = home_of(config)
+        self._home = Home.from_config(config)
         self._stack = contextlib.ExitStack()
 
     @property
@@ -114,7 +106,7 @@ class OfflineContext:
         if self.locked:
             return
         try:
-            self._stack.enter_context(holding_daemon_lock(self._home))
+            self._stack.enter_context(daemon_lock(self._home))
         except DaemonRunningError as exc:
             raise ControlError(ErrorCode.BUSY, f"{exc}; {refusal}") from None
         except PlanError as exc:

@@ -1,0 +1,444 @@
+"""The copy engine: mirroring one directory tree onto another, copying only what differs.
+
+The destination tree is compared with the source (kind, size, mtime_ns, mode) and only what
+differs is copied, what is gone is removed. Files are copied with the kernel's fast paths
+(FICLONE reflink, then `copy_file_range`), falling back to plain reads and writes, and keep
+their mtime so that the next mirror recognises them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import functools
+import os
+import shutil
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wemixvisor.backup.errors import BackupCancelled, BackupError
+from wemixvisor.backup.manifest import ManifestEntry
+from wemixvisor.backup.space import check_space
+from wemixvisor.home.fsutil import fsync_dir
+
+# A file modified this recently when it is copied from a running node may change again within
+# the same filesystem timestamp tick, keeping its size and mtime: its copy is given an mtime
+# that can never match, so that the next mirror copies it again.
+_RACY_NS = 2_000_000_000
+_CHUNK = 16 * 1024 * 1024
+_READ_CHUNK = 1024 * 1024
+_FICLONE = 0x40049409  # _IOW(0x94, 9, int), from linux/fs.h
+_NO_FAST_PATH = frozenset(
+    {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EBADF}
+)
+
+Progress = Callable[[int, int], None]
+"""Called with (bytes done, bytes total) as a copy advances."""
+
+
+def scan(root: Path) -> list[ManifestEntry]:
+    """Every directory, regular file and symlink under `root` (symlinks not followed).
+
+    Parents come before their children. Entries that vanish while scanning (a running node
+    deletes files) are left out; sockets, fifos and devices are not data and are skipped.
+    """
+    entries: list[ManifestEntry] = []
+    pending = [""]
+    while pending:
+        rel_dir = pending.pop()
+        try:
+            with os.scandir(root / rel_dir if rel_dir else root) as listing:
+                children = sorted(listing, key=lambda child: child.name)
+        except (FileNotFoundError, NotADirectoryError):
+            if not rel_dir:
+                raise BackupError(f"{root} does not exist or is not a directory") from None
+            continue
+        subdirs: list[str] = []
+        for child in children:
+            rel = f"{rel_dir}/{child.name}" if rel_dir else child.name
+            try:
+                rel.encode()
+            except UnicodeEncodeError:
+                raise BackupError(f"cannot back up {root / rel!r}: its name is not UTF-8") from None
+            try:
+                info = child.stat(follow_symlinks=False)
+                kind = info.st_mode
+                if stat.S_ISLNK(kind):
+                    entry = ManifestEntry(rel, "symlink", target=os.readlink(child.path))
+                elif stat.S_ISDIR(kind):
+                    entry = ManifestEntry(
+                        rel, "dir", mtime_ns=info.st_mtime_ns, mode=stat.S_IMODE(kind)
+                    )
+                    subdirs.append(rel)
+                elif stat.S_ISREG(kind):
+                    entry = ManifestEntry(
+                        rel, "file", info.st_size, info.st_mtime_ns, stat.S_IMODE(kind)
+                    )
+                else:
+                    continue
+            except FileNotFoundError:
+                continue
+            entries.append(entry)
+        pending.extend(reversed(subdirs))
+    return entries
+
+
+def _same(want: ManifestEntry, have: ManifestEntry) -> bool:
+    """Whether `have` (in the copy) already is `want` (in the source)."""
+    if want.kind != have.kind:
+        return False
+    if want.kind == "file":
+        return (want.size, want.mtime_ns, want.mode) == (have.size, have.mtime_ns, have.mode)
+    if want.kind == "symlink":
+        return want.target == have.target
+    return True
+
+
+@dataclass(frozen=True)
+class Delta:
+    """What turns the copy (`have`) into the source (`want`); see `plan_delta`."""
+
+    remove: list[ManifestEntry]  # topmost entries of the copy to delete (whole subtrees)
+    make_dirs: list[ManifestEntry]  # directories to create, parents first
+    links: list[ManifestEntry]  # symlinks to (re)create
+    copy: list[ManifestEntry]  # files to copy, new or changed
+    dirs: list[ManifestEntry]  # every directory of the source (modes and mtimes to set)
+    freed_bytes: int  # bytes of the copy's files that are replaced or removed
+
+    @property
+    def copy_bytes(self) -> int:
+        """Bytes to copy."""
+        return sum(entry.size for entry in self.copy)
+
+    @property
+    def net_bytes(self) -> int:
+        """How much more disk the copy needs afterwards (never below 0)."""
+        return max(self.copy_bytes - self.freed_bytes, 0)
+
+
+def plan_delta(want: Iterable[ManifestEntry], have: Iterable[ManifestEntry]) -> Delta:
+    """The mirror plan: compare the source's entries with the copy's (size + mtime_ns + mode
+    for files, target for symlinks, kind for everything) and list what to do."""
+    wanted = {entry.path: entry for entry in want}
+    remove: list[ManifestEntry] = []
+    removed_dirs: set[str] = set()
+    freed = 0
+    for entry in have:
+        parent = entry.path.rpartition("/")[0]
+        inside_removed = bool(parent) and parent in removed_dirs
+        source = wanted.get(entry.path)
+        gone = source is None or source.kind != entry.kind
+        if gone or inside_removed:
+            if entry.kind == "dir":
+                removed_dirs.add(entry.path)
+            if entry.kind == "file":
+                freed += entry.size
+            if not inside_removed:
+                remove.append(entry)
+            continue
+        if entry.kind == "file" and source is not None and not _same(source, entry):
+            freed += entry.size
+    kept = {entry.path: entry for entry in have}
+    make_dirs: list[ManifestEntry] = []
+    links: list[ManifestEntry] = []
+    copy: list[ManifestEntry] = []
+    dirs: list[ManifestEntry] = []
+    for entry in wanted.values():
+        existing = kept.get(entry.path)
+        parent = entry.path.rpartition("/")[0]
+        fresh = (
+            existing is None
+            or existing.kind != entry.kind
+            or (bool(parent) and parent in removed_dirs)
+        )
+        if entry.kind == "dir":
+            dirs.append(entry)
+            if fresh:
+                make_dirs.append(entry)
+        elif entry.kind == "symlink":
+            if fresh or existing is None or not _same(entry, existing):
+                links.append(entry)
+        elif fresh or existing is None or not _same(entry, existing):
+            copy.append(entry)
+    return Delta(remove, make_dirs, links, copy, dirs, freed)
+
+
+def verify_against(root: Path, entries: Iterable[ManifestEntry]) -> list[str]:
+    """Differences between the tree at `root` and `entries`: kinds, sizes, mtimes and modes
+    of files, link targets. An empty list means they match."""
+    expected = {entry.path: entry for entry in entries}
+    actual = {entry.path: entry for entry in scan(root)}
+    problems = [f"missing {path}" for path in expected.keys() - actual.keys()]
+    problems += [f"unexpected {path}" for path in actual.keys() - expected.keys()]
+    for path in expected.keys() & actual.keys():
+        want, have = expected[path], actual[path]
+        if want.kind != have.kind:
+            problems.append(f"{path}: a {have.kind}, expected a {want.kind}")
+        elif want.kind == "file" and want.size != have.size:
+            problems.append(f"{path}: {have.size} bytes, expected {want.size}")
+        elif not _same(want, have):
+            problems.append(f"{path}: differs from the manifest")
+    return sorted(problems)
+
+
+def require_match(root: Path, entries: list[ManifestEntry], what: str) -> None:
+    problems = verify_against(root, entries)
+    if problems:
+        raise BackupError(f"{what} does not match its manifest: {'; '.join(problems[:5])}")
+
+
+def tree_bytes(root: Path) -> int:
+    """Bytes of the regular files under `root` (stat calls only)."""
+    return sum(entry.size for entry in scan(root) if entry.kind == "file")
+
+
+@dataclass
+class _Copier:
+    """Copies files with the fastest path the filesystem takes, counting progress."""
+
+    progress: Progress
+    cancel: threading.Event | None
+    live: bool
+    total: int = 0
+    done: int = 0
+    copied: list[Path] = field(default_factory=list)
+    reflink: bool = True
+    copy_range: bool = True
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise BackupCancelled("cancelled")
+
+    def copy_file(self, source: Path, dest: Path, *, exists: bool = True) -> None:
+        """Copy one regular file (not following symlinks) with its mode and mtime; `exists`
+        False says that `dest` is known not to exist yet."""
+        try:
+            src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if self.live:
+                return  # deleted by the running node; the next mirror sees it gone
+            raise
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            if self.live:
+                return  # replaced by a symlink meanwhile; the next mirror sees what it is
+            raise BackupError(f"{source} turned into a symlink while copying") from None
+        try:
+            info = os.fstat(src)
+            if not stat.S_ISREG(info.st_mode):
+                if self.live:
+                    return
+                raise BackupError(f"{source} is not a regular file")
+            dst = _open_for_overwrite(dest) if exists else _create(dest)
+            try:
+                os.ftruncate(dst, self._copy_data(src, dst, info.st_size))
+                mtime = info.st_mtime_ns
+                if self.live and time.time_ns() - mtime < _RACY_NS:
+                    mtime -= 1
+                os.fchmod(dst, stat.S_IMODE(info.st_mode))
+                os.utime(dst, ns=(info.st_atime_ns, mtime))
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
+        self.copied.append(dest)
+
+    def _copy_data(self, src: int, dst: int, size: int) -> int:
+        """Copy from the start of `src` over `dst`; the bytes copied."""
+        if self.reflink and size > 0:
+            try:
+                fcntl.ioctl(dst, _FICLONE, src)
+            except OSError as exc:
+                if exc.errno not in _NO_FAST_PATH and exc.errno != errno.EPERM:
+                    raise
+                self.reflink = False
+            else:
+                self._advance(size)
+                return size
+        copied = 0
+        if self.copy_range:
+            while True:
+                self.check_cancel()
+                try:
+                    count = os.copy_file_range(src, dst, _CHUNK)
+                except OSError as exc:
+                    if exc.errno not in _NO_FAST_PATH or copied:
+                        raise
+                    self.copy_range = False
+                    break
+                if count == 0:
+                    break
+                copied += count
+                self._advance(count)
+            if self.copy_range and copied >= size:
+                return copied
+        # Plain copy: the whole file without the fast path, or the rest after copy_file_range
+        # stopped early (some filesystems report 0 before the end); both continue at the
+        # current file offsets.
+        while True:
+            self.check_cancel()
+            chunk = os.read(src, _READ_CHUNK)
+            if not chunk:
+                return copied
+            view = memoryview(chunk)
+            while view:
+                written = os.write(dst, view)
+                view = view[written:]
+            copied += len(chunk)
+            self._advance(len(chunk))
+
+    def _advance(self, count: int) -> None:
+        self.done += count
+        self.progress(self.done, max(self.total, self.done))
+
+
+def _create(dest: Path) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(dest, flags, 0o600)
+
+
+def _open_for_overwrite(dest: Path) -> int:
+    """`dest` opened for writing from its start.
+
+    An existing copy is overwritten in place (then truncated to the new length): its blocks are
+    reused, where deleting and re-creating it would free and allocate them all again, which
+    costs more than copying a small change. A read-only or multiply-linked file is replaced.
+    """
+    try:
+        fd = os.open(dest, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return _create(dest)
+    except PermissionError:
+        pass
+    else:
+        if os.fstat(fd).st_nlink == 1:
+            return fd
+        os.close(fd)
+    dest.unlink()
+    return _create(dest)
+
+
+@functools.cache
+def _syncfs() -> Callable[[int], int] | None:
+    try:
+        function: Callable[[int], int] = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    return function
+
+
+def _libc_syncfs(path: Path) -> bool:
+    syncfs = _syncfs()
+    if syncfs is None:
+        return False
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return bool(syncfs(fd) == 0)
+    finally:
+        os.close(fd)
+
+
+def _flush(root: Path, copied: list[Path], touched_dirs: set[Path]) -> None:
+    """Make the copied files and the directory changes durable before a manifest claims them.
+
+    One syncfs of the backup's filesystem costs about one journal commit, where an fsync per
+    file and directory costs one each; without syncfs, that is the fallback.
+    """
+    if _libc_syncfs(root):
+        return
+    for path in copied:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for directory in sorted(touched_dirs, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(FileNotFoundError):
+            fsync_dir(directory)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What one mirror did: the source's entries at that time and the bytes copied."""
+
+    entries: list[ManifestEntry]
+    total_bytes: int
+    changed_bytes: int
+    seconds: float
+
+
+def stage(
+    source: Path,
+    dest: Path,
+    *,
+    live: bool,
+    space_dir: Path,
+    entries: list[ManifestEntry] | None = None,
+    progress: Progress = lambda done, total: None,
+    cancel: threading.Event | None = None,
+    available: int | None = None,
+) -> StageResult:
+    """Mirror `source` into `dest`: copy new and changed files, remove what is gone.
+
+    `live` means the source may change meanwhile (the node runs): vanishing files are skipped
+    and recently modified ones are marked so that the next mirror copies them again.
+    `entries` gives the source's entries instead of scanning it (a restore copies what its
+    manifest lists). Free space on `space_dir` is checked first, for the net growth.
+    """
+    began = time.monotonic()
+    want = scan(source) if entries is None else entries
+    dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+    have = scan(dest)
+    delta = plan_delta(want, have)
+    check_space(space_dir, delta.net_bytes, available)
+    copier = _Copier(progress=progress, cancel=cancel, live=live, total=delta.copy_bytes)
+    touched: set[Path] = {dest}
+    for entry in delta.remove:
+        copier.check_cancel()
+        path = dest / entry.path
+        if entry.kind == "dir":
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        touched.add(path.parent)
+    for entry in delta.make_dirs:
+        path = dest / entry.path
+        path.mkdir(mode=0o700)
+        touched.add(path.parent)
+    for entry in delta.links:
+        path = dest / entry.path
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        assert entry.target is not None
+        path.symlink_to(entry.target)
+        touched.add(path.parent)
+    progress(0, delta.copy_bytes)
+    staged_files = {entry.path for entry in have if entry.kind == "file"}
+    for entry in delta.copy:
+        copier.check_cancel()
+        path = dest / entry.path
+        copier.copy_file(source / entry.path, path, exists=entry.path in staged_files)
+        touched.add(path.parent)
+    # Deepest first: setting a parent's mtime must come after its children changed it.
+    for entry in reversed(delta.dirs):
+        path = dest / entry.path
+        os.chmod(path, entry.mode or 0o700)
+        os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+    with contextlib.suppress(FileNotFoundError):
+        root = source.stat()
+        os.chmod(dest, stat.S_IMODE(root.st_mode))
+    _flush(dest, copier.copied, touched)
+    progress(copier.done, max(delta.copy_bytes, copier.done))
+    return StageResult(
+        entries=want,
+        total_bytes=sum(entry.size for entry in want if entry.kind == "file"),
+        changed_bytes=copier.done,
+        seconds=time.monotonic() - began,
+    )

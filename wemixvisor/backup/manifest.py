@@ -1,0 +1,296 @@
+"""A backup on disk: its name, its `manifest.json`, and the listing of the backups directory.
+
+A backup is `backups/<UTC YYYYmmddTHHMMSSZ>-<label>/` holding `data/` (the copy) and
+`manifest.json`. The manifest is written first with `complete: false` and, once every byte is
+on disk, replaced atomically by one with `complete: true`: a backup without a complete manifest
+is never restored.
+"""
+
+from __future__ import annotations
+
+import calendar
+import os
+import re
+import stat
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+from wemixvisor.backup.errors import BackupError, BackupNotFound
+from wemixvisor.home.fsutil import ReadRefused, atomic_write_bytes, read_capped
+from wemixvisor.messages.backup import BackupInfo
+
+MANIFEST = "manifest.json"
+DATA = "data"
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+"""A manifest larger than this is refused before it is read (millions of files fit below it)."""
+
+ID_STAMP = "%Y%m%dT%H%M%SZ"
+"""The UTC time at the start of a backup id (`strftime` format)."""
+_LABEL_RE = re.compile(r"\A[A-Za-z0-9._-]{1,72}\Z")
+_ID_RE = re.compile(r"\A[0-9]{8}T[0-9]{6}Z-[A-Za-z0-9._-]{1,80}\Z")
+
+
+EntryKind = Literal["file", "dir", "symlink"]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class ManifestEntry(msgspec.Struct, frozen=True):
+    """One entry of the data dir: its path relative to the data dir, and what it is."""
+
+    path: str
+    kind: EntryKind
+    size: NonNegative = 0
+    mtime_ns: int = 0
+    mode: Annotated[int, msgspec.Meta(ge=0, le=0o7777)] = 0
+    target: str | None = None  # symlinks only
+
+
+class Manifest(msgspec.Struct, kw_only=True):
+    """manifest.json of a backup.
+
+    `kind` is "full" (made on request) or "upgrade" (pre-staged for `plan`, finished at H);
+    `changed_bytes` is what the last mirror copied, `seconds` how long it took.
+    """
+
+    id: str
+    label: str
+    created_at: float
+    source: str
+    entries: list[ManifestEntry]
+    total_bytes: NonNegative
+    file_count: NonNegative
+    complete: bool = False
+    kind: str = "full"
+    plan: str | None = None
+    changed_bytes: NonNegative = 0
+    seconds: float = 0.0
+
+
+class BackupSummary(msgspec.Struct, kw_only=True):
+    """A manifest without its entries: enough to list backups cheaply."""
+
+    id: str = ""
+    label: str = ""
+    created_at: float = 0.0
+    total_bytes: int = 0
+    file_count: int = 0
+    complete: bool = False
+    kind: str = "full"
+    plan: str | None = None
+
+
+_decode_manifest = msgspec.json.Decoder(Manifest).decode
+_decode_summary = msgspec.json.Decoder(BackupSummary).decode
+
+
+def check_label(label: str) -> str:
+    if not isinstance(label, str) or label in (".", "..") or not _LABEL_RE.fullmatch(label):
+        raise BackupError(f"invalid backup label {label!r}: 1-72 characters of A-Z a-z 0-9 . _ -")
+    return label
+
+
+def backup_id(label: str, at: float) -> str:
+    """`<UTC YYYYmmddTHHMMSSZ>-<label>` for a backup made at `at`; BackupError for a bad label."""
+    return time.strftime(ID_STAMP, time.gmtime(at)) + f"-{check_label(label)}"
+
+
+def upgrade_label(plan_name: str) -> str:
+    """The label of the backup made for upgrade `plan_name`: `pre-<plan>`."""
+    return check_label(f"pre-{plan_name}")
+
+
+def new_backup_id(backups_dir: Path, label: str, at: float | None = None) -> str:
+    """`<UTC YYYYmmddTHHMMSSZ>-<label>`, with `.2`, `.3`… when that name is taken."""
+    base = backup_id(label, time.time() if at is None else at)
+    ident, suffix = base, 1
+    while os.path.lexists(backups_dir / ident):
+        suffix += 1
+        ident = f"{base}.{suffix}"
+    return ident
+
+
+def backup_dir(backups_dir: Path, backup_id: str) -> Path:
+    """The directory of backup `backup_id`; BackupNotFound for a malformed or unknown id.
+
+    An id is a single plain name (never `..`, a slash or an absolute path), and the directory
+    must be a real one, not a symlink planted in the backups directory.
+    """
+    if not isinstance(backup_id, str) or not _ID_RE.fullmatch(backup_id):
+        raise BackupNotFound(
+            f"invalid backup id {backup_id!r}: expected <YYYYmmddTHHMMSSZ>-<label> as listed by"
+            " `wemixvisor backup list`"
+        )
+    path = backups_dir / backup_id
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        raise BackupNotFound(f"no backup {backup_id} in {backups_dir}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise BackupNotFound(f"{path} is not a backup directory")
+    return path
+
+
+def write_manifest(target: Path, manifest: Manifest) -> None:
+    try:
+        raw = msgspec.json.encode(manifest)
+    except (UnicodeEncodeError, msgspec.EncodeError) as exc:
+        raise BackupError(f"cannot write the manifest of {target.name}: {exc}") from None
+    atomic_write_bytes(target / MANIFEST, raw, mode=0o600)
+
+
+def _read_capped(path: Path, limit: int) -> bytes:
+    try:
+        return read_capped(path, limit, follow_symlinks=False)
+    except FileNotFoundError:
+        raise BackupError(f"{path} is missing: the backup is incomplete") from None
+    except ReadRefused as exc:
+        raise BackupError(str(exc)) from None
+    except OSError as exc:
+        raise BackupError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _check_entry_paths(entries: list[ManifestEntry]) -> None:
+    """Every path stays inside the tree and below a directory the manifest itself lists.
+
+    Without the second rule a manifest could list `link -> /etc` and then `link/passwd`, and a
+    restore would write through the link.
+    """
+    seen_dirs: set[str] = set()
+    seen: set[str] = set()
+    for entry in entries:
+        path = entry.path
+        parts = path.split("/")
+        if (
+            not path
+            or "\0" in path
+            or path.startswith("/")
+            or any(part in ("", ".", "..") for part in parts)
+        ):
+            raise BackupError(f"manifest lists {path!r}, a path outside the data dir")
+        if path in seen:
+            raise BackupError(f"manifest lists {path!r} twice")
+        parent = path.rpartition("/")[0]
+        if parent and parent not in seen_dirs:
+            raise BackupError(f"manifest lists {path!r} before (or without) its directory")
+        if entry.kind == "symlink" and (not entry.target or "\0" in entry.target):
+            raise BackupError(f"manifest lists symlink {path!r} without a valid target")
+        seen.add(path)
+        if entry.kind == "dir":
+            seen_dirs.add(path)
+
+
+def load_manifest(backup_path: Path) -> Manifest:
+    """The validated manifest of the backup at `backup_path`; BackupError says what is wrong.
+
+    Refused: a manifest over 64 MiB, unparsable or truncated JSON, fields of the wrong type,
+    paths outside the tree, totals that do not add up, an id that is not the directory's.
+    """
+    raw = _read_capped(backup_path / MANIFEST, MAX_MANIFEST_BYTES)
+    try:
+        manifest = _decode_manifest(raw)
+    except msgspec.DecodeError as exc:
+        raise BackupError(f"manifest of {backup_path.name} is unreadable: {exc}") from None
+    if manifest.id != backup_path.name:
+        raise BackupError(
+            f"manifest of {backup_path.name} describes another backup ({manifest.id!r})"
+        )
+    _check_entry_paths(manifest.entries)
+    files = [entry for entry in manifest.entries if entry.kind == "file"]
+    if manifest.complete and (
+        manifest.total_bytes != sum(entry.size for entry in files)
+        or manifest.file_count != len(files)
+    ):
+        raise BackupError(f"manifest of {backup_path.name} has totals that do not add up")
+    return manifest
+
+
+def read_manifest(backup_path: Path) -> Manifest | None:
+    """The backup's manifest when it is complete and valid, else None."""
+    try:
+        manifest = load_manifest(backup_path)
+    except BackupError:
+        return None
+    return manifest if manifest.complete else None
+
+
+def _summary(path: Path) -> BackupSummary | None:
+    try:
+        return _decode_summary(_read_capped(path / MANIFEST, MAX_MANIFEST_BYTES))
+    except (BackupError, msgspec.DecodeError):
+        return None
+
+
+def _backup_dirs(backups_dir: Path) -> list[Path]:
+    try:
+        children = list(os.scandir(backups_dir))
+    except FileNotFoundError:
+        return []
+    return sorted(
+        Path(child.path)
+        for child in children
+        if _ID_RE.fullmatch(child.name) and child.is_dir(follow_symlinks=False)
+    )
+
+
+def _created_from_name(name: str) -> float:
+    try:
+        return float(calendar.timegm(time.strptime(name[:16], ID_STAMP)))
+    except ValueError:
+        return 0.0
+
+
+def list_backups(backups_dir: Path) -> list[BackupInfo]:
+    """Every backup directory, oldest first; incomplete ones included (complete=False)."""
+    infos: list[BackupInfo] = []
+    for path in _backup_dirs(backups_dir):
+        summary = _summary(path)
+        if summary is None:
+            infos.append(
+                BackupInfo(
+                    id=path.name,
+                    label=path.name[17:],
+                    created_at=_created_from_name(path.name),
+                    complete=False,
+                    total_bytes=0,
+                    file_count=0,
+                    path=str(path),
+                )
+            )
+            continue
+        infos.append(
+            BackupInfo(
+                id=path.name,
+                label=summary.label,
+                created_at=summary.created_at,
+                # A manifest naming another directory is a pre-staged copy caught between its
+                # rename and its final manifest: still the plan's, but not complete.
+                complete=summary.complete and summary.id == path.name,
+                total_bytes=summary.total_bytes,
+                file_count=summary.file_count,
+                path=str(path),
+                kind=summary.kind,
+                plan=summary.plan,
+            )
+        )
+    infos.sort(key=lambda info: (info.created_at, info.id))
+    return infos
+
+
+def find_plan_backup(
+    backups_dir: Path, plan_name: str, *, complete: bool, since: float = 0.0
+) -> tuple[Path, BackupSummary] | None:
+    """The newest backup made for `plan_name` with that completeness (and, for complete ones,
+    created at or after `since`)."""
+    best: tuple[Path, BackupSummary] | None = None
+    for path in _backup_dirs(backups_dir):
+        summary = _summary(path)
+        if summary is None or summary.plan != plan_name or summary.complete != complete:
+            continue
+        if complete and summary.created_at < since:
+            continue
+        if best is None or (summary.created_at, path.name) >= (best[1].created_at, best[0].name):
+            best = (path, summary)
+    return best
