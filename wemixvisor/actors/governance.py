@@ -247,7 +247,11 @@ class GovernanceActor(SupervisedActor):
             timeout=config.rpc.timeout,
             contracts=[
                 gov.FollowedContract(
-                    address=p.address, kind=p.kind, next_block=p.next_block, quorum=p.quorum
+                    address=p.address,
+                    kind=p.kind,
+                    next_block=p.next_block,
+                    quorum=p.quorum,
+                    expiry=p.expiry,
                 )
                 for p in self._progress.values()
             ],
@@ -304,15 +308,7 @@ class GovernanceActor(SupervisedActor):
         if progress is None or batch.from_block != progress.next_block:
             return  # a contract dropped meanwhile, or a batch already applied
         known = self._proposals.setdefault(address, {})
-        changed, executed = gov.fold(
-            known,
-            contract=address,
-            kind=batch.kind,
-            quorum=batch.quorum,
-            events=batch.events,
-            snapshots=batch.snapshots,
-            to_block=batch.to_block,
-        )
+        changed, executed = gov.fold(known, batch)
         to_publish: list[ev.Event] = []
         for proposal_id, proposal in changed.items():
             before = known.get(proposal_id)
@@ -321,6 +317,7 @@ class GovernanceActor(SupervisedActor):
                 to_publish.append(self._proposal_event(proposal))
         progress.next_block = batch.to_block + 1
         progress.quorum = batch.quorum
+        progress.expiry = batch.expiry
         if batch.kind == gov.UPGRADE:
             for proposal_id in executed:
                 rejection = self._on_executed(
@@ -359,6 +356,12 @@ class GovernanceActor(SupervisedActor):
             quorum=proposal.quorum,
             name=_shown_name(proposal.name),
             height=_shown_height(proposal.height),
+            status=proposal.state.value,
+            approved=proposal.approved,
+            rejected=proposal.rejected,
+            required=proposal.required,
+            expires_at=proposal.expires_at,
+            failed_executions=proposal.failed_executions,
         )
 
     # executed upgrade proposals
