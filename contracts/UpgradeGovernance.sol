@@ -62,7 +62,11 @@ contract UpgradeGovernance {
         bytes callData
     );
     event ProposalVoted(
-        uint256 indexed proposalId, address indexed voter, bool approval, uint256 approved, uint256 rejected
+        uint256 indexed proposalId,
+        address indexed voter,
+        bool approval,
+        uint256 approved,
+        uint256 rejected
     );
     event ProposalApproved(
         uint256 indexed proposalId, address indexed approver, uint256 approved, uint256 rejected

@@ -580,6 +580,13 @@ def test_an_open_proposal_is_shown_expired_once_a_block_is_past_its_expiry() -> 
     assert known[1].status is ProposalState.EXPIRED
 
 
+def test_a_record_that_says_what_is_known_changes_nothing() -> None:
+    known: dict[int, Proposal] = {}
+    voting = gov.decode_proposal(record(status=STATUS["voting"], executed=0, created=1000))
+    apply(known, batch(event("ProposalCreated", 1, 10, **CREATED), records={1: voting}))
+    assert gov.fold(known, batch(records={1: voting}, timestamp=1001)) == ({}, [])
+
+
 def test_a_govbase_proposal_is_tracked_and_never_a_plan() -> None:
     known: dict[int, Proposal] = {}
     apply(
@@ -764,6 +771,53 @@ def test_a_follower_fed_garbage_by_its_node_reports_it_and_keeps_following() -> 
     # Blocks are read in order, none twice.
     ends = [(b.from_block, b.to_block) for b in batches]
     assert all(a[1] < c[0] for a, c in itertools.pairwise(ends))
+
+
+def test_the_follower_reads_open_proposals_again_every_poll_until_they_close(
+    chain: AnvilProcess,
+) -> None:
+    contract = UpgradeGovernance(chain.url)
+    proposal, _ = contract.propose("v1.7.1", head(chain.url) + 1000)
+    batches: list[gov.ContractBatch] = []
+    ready = threading.Condition()
+
+    def on_batch(b: gov.ContractBatch) -> None:
+        with ready:
+            batches.append(b)
+            ready.notify_all()
+
+    def wait_for_batch(where: Callable[[gov.ContractBatch], bool]) -> gov.ContractBatch:
+        with ready:
+            assert ready.wait_for(lambda: any(where(b) for b in batches), timeout=10)
+            return next(b for b in batches if where(b))
+
+    follower = gov.LogFollower(
+        chain.url,
+        timeout=2.0,
+        contracts=[gov.FollowedContract(address=contract.address, kind="upgrade", next_block=0)],
+        confirmations=0,
+        interval=0.02,
+        on_batch=on_batch,
+        on_failure=lambda error: None,
+    )
+    follower.start()
+    try:
+        first = wait_for_batch(lambda b: proposal in b.records)
+        assert (first.quorum, first.expiry) == (2, EXPIRY)
+        # A block without any of its logs: the open proposal is read again.
+        rpc_call(chain.url, "evm_mine")
+        quiet = wait_for_batch(lambda b: b.from_block > first.to_block)
+        assert quiet.events == []
+        assert quiet.records[proposal].status is ProposalState.VOTING
+        assert quiet.timestamp is not None
+        contract.approve(proposal, 1)
+        executed = wait_for_batch(lambda b: b.from_block > quiet.to_block and b.events != [])
+        assert executed.records[proposal].status is ProposalState.EXECUTED
+        rpc_call(chain.url, "evm_mine")
+        closed = wait_for_batch(lambda b: b.from_block > executed.to_block)
+        assert proposal not in closed.records  # executed: final, not read again
+    finally:
+        assert follower.stop(join_timeout=5)
 
 
 # Runtime code of a "contract" that emits whatever log it is sent (LOG3: three topics from the

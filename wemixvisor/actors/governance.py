@@ -252,6 +252,11 @@ class GovernanceActor(SupervisedActor):
                     next_block=p.next_block,
                     quorum=p.quorum,
                     expiry=p.expiry,
+                    open={
+                        i
+                        for i, proposal in self._proposals.get(p.address.lower(), {}).items()
+                        if not gov.is_finished(proposal)
+                    },
                 )
                 for p in self._progress.values()
             ],

@@ -163,7 +163,8 @@ def _apply_record(proposal: Proposal, record: ProposalRecord, kind: str) -> Prop
 def fold(known: dict[int, Proposal], batch: ContractBatch) -> tuple[dict[int, Proposal], list[int]]:
     """Apply one batch of a contract to the proposals known so far.
 
-    Returns the proposals that changed (new value by id) and the ids that became executed in
+    Returns the proposals that changed (new value by id; a record that says what was known
+    already is no change) and the ids that became executed in
     this batch, in execution order: the candidates for a plan. Events are applied in chain
     order, then each record (the contract's own word at to_block), then lazy expiry.
     """
@@ -190,6 +191,7 @@ def fold(known: dict[int, Proposal], batch: ContractBatch) -> tuple[dict[int, Pr
             and batch.timestamp > expires_at
         ):
             changed[proposal_id] = with_status(proposal, status=ProposalState.EXPIRED)
+    changed = {pid: p for pid, p in changed.items() if known.get(pid) != p}
     executed = [
         proposal_id
         for proposal_id, proposal in changed.items()
@@ -209,7 +211,7 @@ def expiry_of(proposal: Proposal, expiry: int | None) -> int | None:
 
 def is_finished(proposal: Proposal) -> bool:
     """Whether nothing can change the proposal any more."""
-    return proposal.status not in OPEN and proposal.state not in OPEN
+    return proposal.status not in OPEN
 
 
 def published_view(proposal: Proposal) -> tuple[Any, ...]:

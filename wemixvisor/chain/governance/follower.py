@@ -1,9 +1,10 @@
 """The helper thread that reads followed contracts from the node and reports batches.
 
 Every `interval` it reads each contract's proposal logs up to head - confirmations (in
-LOG_RANGE steps), reads `getProposal` of every proposal those logs touched, and gives the last
-batch of the poll the confirmed block's timestamp, against which the actor expires open
-proposals (GovBase expiry is lazy: it emits nothing until someone touches the proposal).
+LOG_RANGE steps) and `getProposal` of every proposal those logs touched. The last batch of a
+poll also carries the records of every other open proposal and the confirmed block's timestamp,
+against which the actor expires open proposals (GovBase expiry is lazy: it emits nothing until
+someone touches the proposal).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from wemixvisor.chain.governance.decode import (
     hex_bytes,
     quantity,
 )
-from wemixvisor.chain.governance.fold import ContractBatch
+from wemixvisor.chain.governance.fold import MAX_TRACKED, OPEN, ContractBatch
 from wemixvisor.chain.rpc import RpcClient, RpcError
 
 LOG_RANGE: Final = 2000
@@ -43,6 +44,7 @@ class FollowedContract(msgspec.Struct, kw_only=True):
     next_block: int
     quorum: int | None = None
     expiry: int | None = None
+    open: set[int] = msgspec.field(default_factory=set)  # ids read again every poll
 
 
 class _Unreadable(Exception):
@@ -199,13 +201,26 @@ class LogFollower:
             contract.quorum = self._view(contract.address, "quorum")
         if contract.expiry is None:
             contract.expiry = self._view(contract.address, "proposalExpiry")
+        touched = {event.id for event in events}
+        contract.open |= {e.id for e in events if e.event == "ProposalCreated"}
         records: dict[int, ProposalRecord] = {}
         unreadable: dict[int, str] = {}
-        for proposal_id in sorted({event.id for event in events}):
+        for proposal_id in sorted(touched | (contract.open if timestamp is not None else set())):
             try:
-                records[proposal_id] = self._record(contract.address, proposal_id, to_block)
+                record = self._record(contract.address, proposal_id, to_block)
             except _Unreadable as exc:
-                unreadable[proposal_id] = str(exc)
+                # Asking again would not help: a revert or garbage is not read every poll.
+                contract.open.discard(proposal_id)
+                if proposal_id in touched:
+                    unreadable[proposal_id] = str(exc)
+                continue
+            records[proposal_id] = record
+            if _still_open(record, contract.expiry, timestamp):
+                contract.open.add(proposal_id)
+            else:
+                contract.open.discard(proposal_id)
+        if len(contract.open) > MAX_TRACKED:
+            contract.open = set(sorted(contract.open)[-MAX_TRACKED:])
         return ContractBatch(
             contract=contract.address,
             kind=contract.kind,
@@ -264,3 +279,11 @@ class LogFollower:
                 logger.warning("governance: {}() of {} unreadable: {}", function, address, exc)
             return None
         return int(value)
+
+
+def _still_open(record: ProposalRecord, expiry: int | None, timestamp: int | None) -> bool:
+    """Whether the proposal can still change without a log saying so: open, and not yet past
+    its expiry (past it, only ProposalExpired can follow, and that is a log)."""
+    if record.status not in OPEN:
+        return False
+    return expiry is None or timestamp is None or timestamp <= record.created_at + expiry
