@@ -248,7 +248,16 @@ class GovernanceActor(SupervisedActor):
             timeout=config.rpc.timeout,
             contracts=[
                 gov.FollowedContract(
-                    address=p.address, kind=p.kind, next_block=p.next_block, quorum=p.quorum
+                    address=p.address,
+                    kind=p.kind,
+                    next_block=p.next_block,
+                    quorum=p.quorum,
+                    expiry=p.expiry,
+                    open={
+                        i
+                        for i, proposal in self._proposals.get(p.address.lower(), {}).items()
+                        if not gov.is_finished(proposal)
+                    },
                 )
                 for p in self._progress.values()
             ],
@@ -305,15 +314,7 @@ class GovernanceActor(SupervisedActor):
         if progress is None or batch.from_block != progress.next_block:
             return  # a contract dropped meanwhile, or a batch already applied
         known = self._proposals.setdefault(address, {})
-        changed, executed = gov.fold(
-            known,
-            contract=address,
-            kind=batch.kind,
-            quorum=batch.quorum,
-            events=batch.events,
-            snapshots=batch.snapshots,
-            to_block=batch.to_block,
-        )
+        changed, executed = gov.fold(known, batch)
         to_publish: list[ev.Event] = []
         for proposal_id, proposal in changed.items():
             before = known.get(proposal_id)
@@ -322,6 +323,7 @@ class GovernanceActor(SupervisedActor):
                 to_publish.append(self._proposal_event(proposal))
         progress.next_block = batch.to_block + 1
         progress.quorum = batch.quorum
+        progress.expiry = batch.expiry
         if batch.kind == gov.UPGRADE:
             for proposal_id in executed:
                 rejection = self._on_executed(
@@ -360,6 +362,12 @@ class GovernanceActor(SupervisedActor):
             quorum=proposal.quorum,
             name=_shown_name(proposal.name),
             height=_shown_height(proposal.height),
+            status=proposal.state.value,
+            approved=proposal.approved,
+            rejected=proposal.rejected,
+            required=proposal.required,
+            expires_at=proposal.expires_at,
+            failed_executions=proposal.failed_executions,
         )
 
     # executed upgrade proposals

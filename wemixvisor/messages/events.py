@@ -338,6 +338,14 @@ class GovernanceProposal(Event, tag="governance.proposal", frozen=True):
     kind: str = "upgrade"  # the contract's kind: upgrade or govbase
     name: str | None = None  # an upgrade proposal's plan name (only when it is a valid name)
     height: int | None = None
+    # GovBase names (SPEC §13.3): status is state, approved/rejected the votes, required the
+    # approvals needed; expires_at is createdAt + proposalExpiry (unix seconds).
+    status: str | None = None
+    approved: int | None = None
+    rejected: int | None = None
+    required: int | None = None
+    expires_at: int | None = None
+    failed_executions: int = 0  # executions with success=false: still approved, retryable
 
 
 class ValidatorSigning(Event, tag="validator.signing", frozen=True):

@@ -8,7 +8,7 @@ import msgspec
 
 
 class ProposalState(enum.StrEnum):
-    """Where a proposal is in its life (UpgradeGovernance uses the first four)."""
+    """Where a proposal is in its life: the GovBase statuses (SPEC §13.3) but None."""
 
     VOTING = "voting"
     APPROVED = "approved"
@@ -16,15 +16,22 @@ class ProposalState(enum.StrEnum):
     EXECUTED = "executed"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
-    FAILED = "failed"  # GovBase: executed, but its action reverted
+    FAILED = "failed"  # its execution failed MAX_RETRY_COUNT times: final
 
 
 class Proposal(msgspec.Struct, frozen=True, kw_only=True):
     """One proposal of a followed contract, as of the last processed block.
 
-    `name`, `height` and `info` are an `upgrade` contract's plan data; `action` is a GovBase
-    proposal's action type. `plan` says what the daemon did with an executed upgrade proposal:
+    `name`, `height` and `info` are an UPGRADE proposal's plan data; `action` is the proposal's
+    action type. `plan` says what the daemon did with an executed upgrade proposal:
     `registered`, `rejected: <reason>`, or `pending` while the orchestrator has not taken it.
+
+    `status`, `approved`, `rejected` and `required` are the GovBase names of `state`,
+    `votes_for`, `votes_against` and `quorum` (both are kept, equal, for older readers).
+    `expires_at` is createdAt + the contract's proposalExpiry (unix seconds): an open proposal
+    is shown `expired` once a processed block is past it, although the contract only records
+    that when someone touches the proposal. `failed_executions` counts executions that
+    reported success=false (the proposal stays approved and may be retried).
     """
 
     contract: str
@@ -43,6 +50,14 @@ class Proposal(msgspec.Struct, frozen=True, kw_only=True):
     updated_block: int | None = None
     executed_block: int | None = None
     plan: str | None = None
+    status: ProposalState | None = None
+    approved: int = 0
+    rejected: int = 0
+    required: int | None = None
+    created_at: int | None = None
+    executed_at: int | None = None
+    expires_at: int | None = None
+    failed_executions: int = 0
 
 
 class GetProposals(msgspec.Struct, frozen=True):
