@@ -278,7 +278,7 @@ class Daemon:
         self.control.stopping.set()
         self.bus.publish(ev.SupervisorStopping(reason=reason))
         done: pykka.ThreadingFuture[NodeStatus] = pykka.ThreadingFuture()
-        if self.bus.tell("node", StopNode(reason=f"daemon {reason}", done=done)):
+        if self.bus.tell("node", StopNode(reason=f"daemon {reason}", done=done, shutdown=True)):
             # The actor escalates to SIGKILL after the grace; allow for that and the reaping.
             try:
                 done.get(timeout=self.config.node.shutdown_grace + 10.0)

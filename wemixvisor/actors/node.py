@@ -1,15 +1,19 @@
 """NodeActor: owns the node process (SPEC §6).
 
-The actor only decides and records; everything slow happens elsewhere: waiting for the process
-(a helper thread per process), probing RPC during STARTING (a helper thread), detecting the
-version (a helper thread), timers (threading.Timer). Each of those reports back with a message
-tagged by the process generation, so a late report about an old process is ignored.
+The actor only decides and records. What the node goes through is the transition table of
+`wemixvisor.node.lifecycle`: each command and each report becomes a trigger, and the actor
+carries out the actions the table returns. Everything slow runs on workers that report back
+with messages tagged by the process generation, so a late report about an old process is
+ignored: waiting for the process, probing RPC during STARTING, detecting the version.
+
+Whoever needs the node down for maintenance (an upgrade, a restore, a backup's last pass)
+takes a lease on it first (AcquireNodeLease); while leased, start/stop/restart from anyone
+else are refused.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import random
 import signal
 import threading
@@ -18,39 +22,50 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import psutil
 import pykka
 from loguru import logger
 
 from wemixvisor.actors.base import FailureSink, SupervisedActor
+from wemixvisor.actors.workers import Job
 from wemixvisor.bus import Bus
-from wemixvisor.chain.rpc import RpcClient, RpcError
 from wemixvisor.config import Config, apply_reloadable
 from wemixvisor.home.layout import Home, LayoutError, read_current
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.config import ConfigChanged
 from wemixvisor.messages.node import (
+    AcquireNodeLease,
     ExitRecord,
     GetNodeStatus,
+    NodeLease,
     NodeState,
     NodeStateChanged,
     NodeStatus,
+    ReleaseNodeLease,
     RestartNode,
     StartNode,
     StopNode,
     WatchNode,
 )
 from wemixvisor.node import process as proc_os
+from wemixvisor.node.lease import LeaseBook
+from wemixvisor.node.lifecycle import Action, Lifecycle, Trigger, transition
 from wemixvisor.node.logfile import LogRotator
+from wemixvisor.node.probe import confirm_startup
 from wemixvisor.node.restart_policy import (
     ExitAction,
+    ExitDecision,
     RestartHistory,
     RestartPolicy,
     decide_after_exit,
 )
 
-_PROBE_INTERVAL = 0.01
 _EXIT_HISTORY = 20
+_POLICY_TRIGGERS = {
+    ExitAction.RESTART_NOW: Trigger.RESTART_NOW,
+    ExitAction.BACKOFF: Trigger.BACK_OFF,
+    ExitAction.FATAL: Trigger.GIVE_UP,
+    ExitAction.STAY_EXITED: Trigger.STAY_EXITED,
+}
 
 
 class _Exited(msgspec.Struct, frozen=True):
@@ -77,18 +92,6 @@ class _VersionDetected(msgspec.Struct, frozen=True):
     version: str | None
 
 
-def restart_policy(config: Config) -> RestartPolicy:
-    """The restart policy the configuration asks for."""
-    node = config.node
-    return RestartPolicy(
-        restart_on_failure=node.restart_on_failure,
-        max_restarts=node.max_restarts,
-        window=node.restart_window,
-        backoff_initial=node.backoff_initial,
-        backoff_max=node.backoff_max,
-    )
-
-
 class NodeActor(SupervisedActor):
     """Starts, watches, restarts and stops the node; adopts one left by an earlier run."""
 
@@ -110,8 +113,8 @@ class NodeActor(SupervisedActor):
         self._bus = bus
         self._node_args = node_args
         self._autostart = autostart
-        self._policy = restart_policy(config)
-        self._state = NodeState.STOPPED
+        self._policy = RestartPolicy.of(config)
+        self._lifecycle = Lifecycle()
         self._process: proc_os.NodeProcess | None = None
         self._generation = 0
         self._history = RestartHistory()
@@ -120,16 +123,27 @@ class NodeActor(SupervisedActor):
         self._running_since: float | None = None
         self._stop_began: float = 0.0
         self._killed = False
-        self._restart_after_stop = False
         self._stop_waiters: list[pykka.Future[NodeStatus]] = []
         self._watchers: list[pykka.ActorRef[Any]] = []
         self._versions: dict[str, str | None] = {}
         self._sampler = proc_os.TreeSampler()
-        self._probe_cancel: threading.Event | None = None
+        self._probe: Job | None = None
         self._last_error: str | None = None
+        self._leases = LeaseBook()
+        # Set by the trigger that leads to an action needing it (see _fire).
+        self._exit_decision: ExitDecision | None = None
+        self._fatal_reason = ""
+        self._confirmed: _StartupConfirmed | None = None
+        self._stopped_event: ev.NodeStopped | None = None
+        self._unexpected = (False, 0.0)  # (was running, for how long) of an unexpected exit
+        self._stop_reason = ""
         self._rotator = LogRotator(
             home.node_log, config.log.node_log_max_size, config.log.node_log_keep
         )
+
+    @property
+    def _state(self) -> NodeState:
+        return self._lifecycle.state
 
     # lifecycle
 
@@ -140,10 +154,9 @@ class NodeActor(SupervisedActor):
         if self._autostart:
             self._spawn()
 
-    def teardown(self) -> None:
+    def release(self) -> None:
         # The node outlives the actor on purpose: a restarted NodeActor, or the next daemon
         # run, adopts it. Stopping the node is an explicit StopNode.
-        self._cancel_probe()
         self._rotator.stop()
 
     # messages
@@ -154,67 +167,120 @@ class NodeActor(SupervisedActor):
                 return self._status()
             case _Exited():
                 self._on_exited(message)
-            case _StartupConfirmed():
-                self._on_startup_confirmed(message)
-            case _BackoffElapsed(generation=generation):
-                if generation == self._generation and self._state is NodeState.BACKOFF:
-                    self._spawn()
-            case _GraceExpired(generation=generation):
-                self._on_grace_expired(generation)
+            case _StartupConfirmed(generation=generation) if generation == self._generation:
+                self._confirmed = message
+                self._fire(Trigger.CONFIRMED)
+            case _BackoffElapsed(generation=generation) if generation == self._generation:
+                self._fire(Trigger.BACKOFF_ELAPSED)
+            case _GraceExpired(generation=generation) if generation == self._generation:
+                self._fire(Trigger.GRACE_EXPIRED)
+            case _StartupConfirmed() | _BackoffElapsed() | _GraceExpired():
+                pass  # about a process that is gone
             case _VersionDetected(binary=binary, version=version):
                 self._versions[binary] = version
-            case StartNode(reason=reason):
-                self._start_node(reason)
-            case StopNode(reason=reason, done=done):
-                self._stop_node(reason, done)
-            case RestartNode(reason=reason):
-                self._restart_node(reason)
+            case StartNode(reason=reason, holder=holder) if self._obeys(holder, "start"):
+                logger.info("start node requested ({}) in state {}", reason, self._state)
+                self._fire(Trigger.START)
+            case StopNode(reason=reason, done=done, holder=holder, shutdown=shutdown):
+                if not shutdown and not self._obeys(holder, "stop"):
+                    if done is not None:
+                        done.set(self._status())
+                    return None
+                logger.info("stop node requested ({}) in state {}", reason, self._state)
+                if done is not None:
+                    self._stop_waiters.append(done)
+                self._stop_reason = reason
+                self._fire(Trigger.STOP)
+            case RestartNode(reason=reason, holder=holder) if self._obeys(holder, "restart"):
+                self._stop_reason = reason
+                self._fire(Trigger.RESTART)
+            case StartNode() | RestartNode():
+                pass  # refused: the node is leased
+            case AcquireNodeLease():
+                return self._acquire(message)
+            case ReleaseNodeLease(holder=holder):
+                self._release_lease(holder)
             case WatchNode(watcher=watcher):
                 self._watchers.append(watcher)
             case ConfigChanged(config=config):
                 # Reloadable: restart policy, grace, STARTSECS. The rest needs a restart and
                 # stays as it was (config.reloaded lists those keys).
                 self._config = apply_reloadable(self._config, config)
-                self._policy = restart_policy(self._config)
+                self._policy = RestartPolicy.of(self._config)
             case _:
                 logger.warning("node actor: unexpected message {!r}", message)
         return None
 
-    # operator verbs
+    # the lease
 
-    def _start_node(self, reason: str) -> None:
-        logger.info("start node requested ({}) in state {}", reason, self._state)
-        if self._state in (NodeState.STARTING, NodeState.RUNNING):
-            return
-        if self._state is NodeState.STOPPING:
-            self._restart_after_stop = True
-            return
-        self.timers.cancel("backoff")
-        # An operator start is a fresh start: FATAL's count and the back-off streak reset.
-        self._history = RestartHistory()
-        self._spawn()
+    def _obeys(self, holder: str | None, verb: str) -> bool:
+        """Whether a command from `holder` is carried out (refused while leased to another)."""
+        if self._leases.allows(holder):
+            return True
+        lease = self._leases.current
+        assert lease is not None
+        logger.warning("node {} refused: busy ({} holds it: {})", verb, lease.holder, lease.reason)
+        return False
 
-    def _stop_node(self, reason: str, done: pykka.Future[NodeStatus] | None) -> None:
-        logger.info("stop node requested ({}) in state {}", reason, self._state)
-        self._restart_after_stop = False
-        if done is not None:
-            self._stop_waiters.append(done)
-        if self._state in (NodeState.STARTING, NodeState.RUNNING):
-            self._begin_stop(reason)
-        elif self._state is NodeState.STOPPING:
-            return
-        else:
-            self.timers.cancel("backoff")
-            if self._state is not NodeState.STOPPED:
-                self._set_state(NodeState.STOPPED)
-            self._resolve_stop_waiters()
+    def _acquire(self, request: AcquireNodeLease) -> NodeLease | None:
+        answer = self._leases.acquire(request.holder, request.reason)
+        logger.info("node lease for {} ({}): {}", request.holder, request.reason, answer)
+        if not answer.granted and request.wait:
+            reply = request.done if request.done is not None else self.reply_later()
+            self._leases.enqueue(request.holder, request.reason, reply)
+            return None
+        if request.done is None:
+            return answer
+        request.done.set(answer)
+        return None
 
-    def _restart_node(self, reason: str) -> None:
-        if self._state in (NodeState.STARTING, NodeState.RUNNING):
-            self._begin_stop(reason)
-            self._restart_after_stop = True
-        else:
-            self._start_node(reason)
+    def _release_lease(self, holder: str) -> None:
+        granted = self._leases.release(holder)
+        logger.info("node lease of {} released", holder)
+        if granted is not None:
+            lease, reply = granted
+            logger.info("node leased to {} ({})", lease.holder, lease.reason)
+            if reply is not None:
+                reply.set(lease)
+
+    # the transition table
+
+    def _fire(self, trigger: Trigger) -> None:
+        before = self._lifecycle
+        self._lifecycle, actions = transition(before, trigger)
+        if self._lifecycle.state is not before.state:
+            self._notify(before.state)
+        for action in actions:
+            self._do(action)
+
+    def _do(self, action: Action) -> None:
+        match action:
+            case Action.SPAWN:
+                self._spawn()
+            case Action.TERMINATE:
+                self._terminate()
+            case Action.KILL:
+                self._kill()
+            case Action.CANCEL_BACKOFF:
+                self.timers.cancel("backoff")
+            case Action.RESET_HISTORY:
+                self._history = RestartHistory()
+            case Action.RESOLVE_STOP_WAITERS:
+                self._resolve_stop_waiters()
+            case Action.ANNOUNCE_RUNNING:
+                self._announce_running()
+            case Action.ANNOUNCE_STOPPED:
+                stopped, self._stopped_event = self._stopped_event, None
+                if stopped is not None:
+                    self._bus.publish(stopped)
+            case Action.APPLY_RESTART_POLICY:
+                self._apply_restart_policy()
+            case Action.COUNT_RESTART:
+                self._restarts_total += 1
+            case Action.SCHEDULE_BACKOFF:
+                self._schedule_backoff()
+            case Action.ANNOUNCE_FATAL:
+                self._announce_fatal()
 
     # process lifecycle
 
@@ -226,10 +292,8 @@ class NodeActor(SupervisedActor):
             self._last_error = str(exc)
             logger.error("cannot start the node: {}", exc)
             self._bus.publish(ev.NodeStartFailed(binary="", error=str(exc)))
-            self._set_state(NodeState.FATAL)
-            self._bus.publish(
-                ev.NodeFatal(reason=str(exc), restarts_in_window=len(self._history.restarts))
-            )
+            self._fatal_reason = str(exc)
+            self._fire(Trigger.CANNOT_START)
             return
         self._generation += 1
         generation = self._generation
@@ -242,7 +306,7 @@ class NodeActor(SupervisedActor):
                 attempt=len(self._history.restarts) + 1,
             )
         )
-        self._set_state(NodeState.STARTING)
+        self._fire(Trigger.SPAWNING)
         try:
             process = proc_os.spawn_node(
                 current.binary,
@@ -255,15 +319,27 @@ class NodeActor(SupervisedActor):
             self._last_error = f"cannot execute {binary}: {exc}"
             logger.error("{}", self._last_error)
             self._bus.publish(ev.NodeStartFailed(binary=binary, error=self._last_error))
-            self._after_unexpected_exit(was_running=False, running_for=0.0)
+            self._unexpected = (False, 0.0)
+            self._fire(Trigger.SPAWN_FAILED)
             return
         self._process = process
         self._killed = False
         self._running_since = None
         logger.info("node started: pid {} {} {}", process.pid, binary, self._node_args)
         proc_os.write_pidfile(self._home.state_dir / "node.pid", process)
-        proc_os.watch_exit(process, self._exit_reporter(generation), f"node-wait-{process.pid}")
-        self._start_probe(generation)
+        self._watch_exit(process, generation, f"node-wait-{process.pid}")
+        self._cancel_probe()
+        address, startsecs = self._config.rpc.address, self._config.node.startsecs
+
+        def probe(stopping: threading.Event) -> _StartupConfirmed | None:
+            confirmed = confirm_startup(address, startsecs, stopping)
+            return _StartupConfirmed(generation, *confirmed) if confirmed is not None else None
+
+        self._probe = self.workers.run(f"node-probe-{generation}", probe)
+
+    def _watch_exit(self, process: proc_os.NodeProcess, generation: int, name: str) -> None:
+        # A dead actor is fine: its restarted successor watches the node itself.
+        self.workers.run(name, lambda _stopping: _Exited(generation, proc_os.wait_exit(process)))
 
     def _adopt(self) -> bool:
         pidfile = self._home.state_dir / "node.pid"
@@ -273,9 +349,14 @@ class NodeActor(SupervisedActor):
             proc_os.remove_pidfile(pidfile)
             record = None
         if record is None:
-            record = self._orphan_record()
+            record = proc_os.orphan_record(self._home.visor_dir)
             if record is None:
                 return False
+            logger.warning(
+                "found node pid {} running {} without node.pid: adopting it",
+                record.pid,
+                record.binary,
+            )
         self._generation += 1
         process = proc_os.NodeProcess(
             pid=record.pid,
@@ -288,56 +369,20 @@ class NodeActor(SupervisedActor):
         self._process = process
         uptime = max(time.time() - record.started_at, 0.0)
         self._running_since = time.monotonic() - uptime
-        self._set_state(NodeState.RUNNING)
+        self._fire(Trigger.ADOPTED)
         proc_os.write_pidfile(pidfile, process)
-        proc_os.watch_exit(
-            process, self._exit_reporter(self._generation), f"node-watch-{process.pid}"
-        )
+        self._watch_exit(process, self._generation, f"node-watch-{process.pid}")
         logger.info("adopted running node pid {} ({})", record.pid, record.binary)
         self._bus.publish(ev.NodeAdopted(pid=record.pid, binary=record.binary, uptime=uptime))
         self._detect_version(record.binary)
         return True
 
-    def _orphan_record(self) -> proc_os.PidRecord | None:
-        orphan = proc_os.find_orphan_node(self._home.visor_dir)
-        if orphan is None:
-            return None
-        try:
-            cmdline = orphan.cmdline()
-            create_time = orphan.create_time()
-            binary = Path(cmdline[0])
-            target = str(binary.parent.parent.relative_to(self._home.visor_dir))
-        except (psutil.Error, IndexError, ValueError):
-            return None
-        logger.warning(
-            "found node pid {} running {} without node.pid: adopting it", orphan.pid, binary
-        )
-        return proc_os.PidRecord(
-            pid=orphan.pid,
-            create_time=create_time,
-            binary=str(binary),
-            target=target,
-            started_at=create_time,
-            daemon_pid=0,
-        )
-
-    def _exit_reporter(self, generation: int) -> Any:
-        ref = self.actor_ref
-
-        def report(status: proc_os.ExitStatus) -> None:
-            # A dead actor is fine: its restarted successor watches the node itself.
-            with contextlib.suppress(pykka.ActorDeadError):
-                ref.tell(_Exited(generation, status))
-
-        return report
-
-    def _on_startup_confirmed(self, message: _StartupConfirmed) -> None:
-        if message.generation != self._generation or self._state is not NodeState.STARTING:
-            return
+    def _announce_running(self) -> None:
+        message = self._confirmed
         assert self._process is not None
+        assert message is not None
         self._running_since = time.monotonic()
         self._last_error = None
-        self._set_state(NodeState.RUNNING)
         # Running `<bin> --version` while the node starts would compete with it for the CPU.
         self._detect_version(self._process.binary)
         logger.info(
@@ -350,20 +395,19 @@ class NodeActor(SupervisedActor):
             ev.NodeRunning(pid=self._process.pid, startup_seconds=message.seconds, by=message.by)
         )
 
-    def _begin_stop(self, reason: str) -> None:
+    def _terminate(self) -> None:
         assert self._process is not None
         grace = self._config.node.shutdown_grace
         self._cancel_probe()
         self._stop_began = time.monotonic()
-        self._set_state(NodeState.STOPPING)
-        self._bus.publish(ev.NodeStopping(pid=self._process.pid, reason=reason, grace=grace))
+        self._bus.publish(
+            ev.NodeStopping(pid=self._process.pid, reason=self._stop_reason, grace=grace)
+        )
         if not proc_os.signal_group(self._process.pid, signal.SIGTERM):
             logger.info("node group {} already gone", self._process.pid)
         self.timers.schedule("grace", grace, _GraceExpired(self._generation))
 
-    def _on_grace_expired(self, generation: int) -> None:
-        if generation != self._generation or self._state is not NodeState.STOPPING:
-            return
+    def _kill(self) -> None:
         assert self._process is not None
         logger.warning(
             "node pid {} still running after {}s grace: SIGKILL to its group",
@@ -409,19 +453,12 @@ class NodeActor(SupervisedActor):
             )
         )
         if expected:
-            self._set_state(NodeState.STOPPED)
-            self._bus.publish(
-                ev.NodeStopped(
-                    pid=process.pid,
-                    killed=self._killed,
-                    seconds=time.monotonic() - self._stop_began,
-                )
+            stopped = ev.NodeStopped(
+                pid=process.pid, killed=self._killed, seconds=time.monotonic() - self._stop_began
             )
-            self._resolve_stop_waiters()
-            if self._restart_after_stop:
-                self._restart_after_stop = False
-                self._history = RestartHistory()
-                self._spawn()
+            # Published once the state is STOPPED, before a start asked meanwhile begins.
+            self._stopped_event = stopped
+            self._fire(Trigger.EXITED)
             return
         was_running = self._state is NodeState.RUNNING
         running_for = (
@@ -431,9 +468,11 @@ class NodeActor(SupervisedActor):
         )
         if (status.exit_code is not None and status.exit_code != 0) or status.signal is not None:
             self._last_error = f"node exited unexpectedly: {status.describe()}"
-        self._after_unexpected_exit(was_running=was_running, running_for=running_for)
+        self._unexpected = (was_running, running_for)
+        self._fire(Trigger.EXITED)
 
-    def _after_unexpected_exit(self, *, was_running: bool, running_for: float) -> None:
+    def _apply_restart_policy(self) -> None:
+        was_running, running_for = self._unexpected
         decision = decide_after_exit(
             self._policy,
             self._history,
@@ -443,42 +482,41 @@ class NodeActor(SupervisedActor):
             jitter=random.random,
         )
         self._history = decision.history
-        match decision.action:
-            case ExitAction.RESTART_NOW:
-                self._restarts_total += 1
-                self._spawn()
-            case ExitAction.BACKOFF:
-                self._restarts_total += 1
-                self._set_state(NodeState.BACKOFF)
-                logger.warning("node restarts in {:.2f}s (back-off)", decision.delay)
-                self._bus.publish(
-                    ev.NodeBackoff(
-                        delay=decision.delay,
-                        restarts_in_window=decision.restarts_in_window,
-                        max_restarts=self._policy.max_restarts,
-                    )
-                )
-                self.timers.schedule("backoff", decision.delay, _BackoffElapsed(self._generation))
-            case ExitAction.FATAL:
-                reason = (
-                    f"more than {self._policy.max_restarts} restarts within "
-                    f"{self._policy.window:g}s"
-                )
-                logger.error("node FATAL: {}; `wemixvisor start` to try again", reason)
-                self._set_state(NodeState.FATAL)
-                self._bus.publish(
-                    ev.NodeFatal(reason=reason, restarts_in_window=decision.restarts_in_window)
-                )
-            case ExitAction.STAY_EXITED:
-                self._set_state(NodeState.EXITED)
+        self._exit_decision = decision
+        if decision.action is ExitAction.FATAL:
+            self._fatal_reason = (
+                f"more than {self._policy.max_restarts} restarts within {self._policy.window:g}s"
+            )
+            logger.error("node FATAL: {}; `wemixvisor start` to try again", self._fatal_reason)
+        self._fire(_POLICY_TRIGGERS[decision.action])
+
+    def _schedule_backoff(self) -> None:
+        decision = self._exit_decision
+        assert decision is not None
+        logger.warning("node restarts in {:.2f}s (back-off)", decision.delay)
+        self._bus.publish(
+            ev.NodeBackoff(
+                delay=decision.delay,
+                restarts_in_window=decision.restarts_in_window,
+                max_restarts=self._policy.max_restarts,
+            )
+        )
+        self.timers.schedule("backoff", decision.delay, _BackoffElapsed(self._generation))
+
+    def _announce_fatal(self) -> None:
+        decision = self._exit_decision
+        restarts = (
+            decision.restarts_in_window
+            if decision is not None and decision.action is ExitAction.FATAL
+            else len(self._history.restarts)
+        )
+        self._exit_decision = None
+        self._bus.publish(ev.NodeFatal(reason=self._fatal_reason, restarts_in_window=restarts))
 
     # helpers
 
-    def _set_state(self, state: NodeState) -> None:
-        previous = self._state
-        self._state = state
-        if previous is state:
-            return
+    def _notify(self, previous: NodeState) -> None:
+        state = self._state
         pid = self._process.pid if self._process is not None else None
         for watcher in list(self._watchers):
             try:
@@ -492,58 +530,24 @@ class NodeActor(SupervisedActor):
         for waiter in waiters:
             waiter.set(status)
 
-    def _start_probe(self, generation: int) -> None:
-        """Confirm the start: RPC answering, or alive for STARTSECS, whichever comes first."""
-        self._cancel_probe()
-        cancel = threading.Event()
-        self._probe_cancel = cancel
-        ref = self.actor_ref
-        startsecs = self._config.node.startsecs
-        address = self._config.rpc.address
-
-        def probe() -> None:
-            began = time.monotonic()
-            client = RpcClient(address, timeout=0.5)
-            while not cancel.is_set():
-                elapsed = time.monotonic() - began
-                if elapsed >= startsecs:
-                    by = "startsecs"
-                    break
-                try:
-                    client.call("eth_blockNumber")
-                except RpcError:
-                    cancel.wait(_PROBE_INTERVAL)
-                    continue
-                by = "rpc"
-                break
-            else:
-                return
-            with contextlib.suppress(pykka.ActorDeadError):
-                ref.tell(_StartupConfirmed(generation, by, time.monotonic() - began))
-
-        threading.Thread(target=probe, name=f"node-probe-{generation}", daemon=True).start()
-
     def _cancel_probe(self) -> None:
-        if self._probe_cancel is not None:
-            self._probe_cancel.set()
-            self._probe_cancel = None
+        if self._probe is not None:
+            self._probe.stop()
+            self._probe = None
 
     def _detect_version(self, binary: str) -> None:
         if binary in self._versions:
             return
-        ref = self.actor_ref
-
-        def detect() -> None:
-            version = proc_os.detect_version(Path(binary))
-            with contextlib.suppress(pykka.ActorDeadError):
-                ref.tell(_VersionDetected(binary, version))
-
-        threading.Thread(target=detect, name="node-version", daemon=True).start()
+        self.workers.run(
+            "node-version",
+            lambda _stopping: _VersionDetected(binary, proc_os.detect_version(Path(binary))),
+        )
 
     def _status(self) -> NodeStatus:
         process = self._process
         cpu, rss = self._sampler.sample(process.pid) if process is not None else (0.0, 0)
         now = time.monotonic()
+        lease = self._leases.current
         return NodeStatus(
             state=self._state,
             pid=process.pid if process is not None else None,
@@ -558,4 +562,5 @@ class NodeActor(SupervisedActor):
             cpu_percent=cpu,
             rss_bytes=rss,
             last_error=self._last_error,
+            lease=f"{lease.holder}: {lease.reason}" if lease is not None else None,
         )
