@@ -44,6 +44,7 @@ from wemixvisor.messages.node import (
     RestartNode,
     StartNode,
     StopNode,
+    UnwatchNode,
     WatchNode,
 )
 from wemixvisor.node import process as proc_os
@@ -202,6 +203,8 @@ class NodeActor(SupervisedActor):
                 self._release_lease(holder)
             case WatchNode(watcher=watcher):
                 self._watchers.append(watcher)
+            case UnwatchNode(watcher=watcher):
+                self._watchers = [w for w in self._watchers if w is not watcher]
             case ConfigChanged(config=config):
                 # Reloadable: restart policy, grace, STARTSECS. The rest needs a restart and
                 # stays as it was (config.reloaded lists those keys).

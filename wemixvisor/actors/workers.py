@@ -71,7 +71,8 @@ class Job(Worker):
     """Runs `job(stopping)` once and tells the owner what it returned (nothing for None).
 
     The result is told even when the job was asked to stop: a job that was cancelled says so
-    in its result, and a job whose result must not arrive returns None.
+    in its result, and a job whose result must not arrive returns None. `undelivered` gets a
+    result the owner is no longer there to take (e.g. to answer those waiting for it).
     """
 
     def __init__(
@@ -79,14 +80,18 @@ class Job(Worker):
         owner: pykka.ActorRef[Any],
         name: str,
         job: Callable[[threading.Event], Any],
+        undelivered: Callable[[Any], None] | None = None,
     ) -> None:
         super().__init__(owner, name)
         self._job = job
+        self._undelivered = undelivered
 
     def work(self) -> None:
         result = self._job(self.stopping)
-        if result is not None:
-            tell_if_alive(self.owner, result)
+        if result is None or tell_if_alive(self.owner, result):
+            return
+        if self._undelivered is not None:
+            self._undelivered(result)
 
 
 class Poller(Worker):
@@ -171,9 +176,15 @@ class Workers:
         self._running: set[Worker] = set()
         self._lock = threading.Lock()
 
-    def run(self, name: str, job: Callable[[threading.Event], Any]) -> Job:
+    def run(
+        self,
+        name: str,
+        job: Callable[[threading.Event], Any],
+        *,
+        undelivered: Callable[[Any], None] | None = None,
+    ) -> Job:
         """Run `job(stopping)` once on a worker thread; its result (unless None) is told."""
-        worker = Job(self._owner, name, job)
+        worker = Job(self._owner, name, job, undelivered)
         self._launch(worker)
         return worker
 

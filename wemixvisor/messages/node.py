@@ -83,7 +83,14 @@ class GetNodeStatus(msgspec.Struct, frozen=True):
 
 
 class WatchNode(msgspec.Struct, frozen=True):
-    """Tell `watcher` (an ActorRef) a NodeStateChanged on every state change."""
+    """Tell `watcher` (an ActorRef, or anything with a `tell` method) a NodeStateChanged on
+    every state change."""
+
+    watcher: Any
+
+
+class UnwatchNode(msgspec.Struct, frozen=True):
+    """Stop telling `watcher` the state changes."""
 
     watcher: Any
 
