@@ -50,7 +50,7 @@ from wemixvisor.messages.node import (
 from wemixvisor.node import process as proc_os
 from wemixvisor.node.lease import LeaseBook
 from wemixvisor.node.lifecycle import Action, Lifecycle, Trigger, transition
-from wemixvisor.node.logfile import LogRotator
+from wemixvisor.node.logfile import ROTATE_INTERVAL, log_rotation
 from wemixvisor.node.probe import confirm_startup
 from wemixvisor.node.restart_policy import (
     ExitAction,
@@ -80,12 +80,9 @@ class _StartupConfirmed(msgspec.Struct, frozen=True):
     seconds: float
 
 
-class _BackoffElapsed(msgspec.Struct, frozen=True):
+class _TimerFired(msgspec.Struct, frozen=True):
     generation: int
-
-
-class _GraceExpired(msgspec.Struct, frozen=True):
-    generation: int
+    trigger: Trigger  # BACKOFF_ELAPSED or GRACE_EXPIRED
 
 
 class _VersionDetected(msgspec.Struct, frozen=True):
@@ -138,9 +135,18 @@ class NodeActor(SupervisedActor):
         self._stopped_event: ev.NodeStopped | None = None
         self._unexpected = (False, 0.0)  # (was running, for how long) of an unexpected exit
         self._stop_reason = ""
-        self._rotator = LogRotator(
-            home.node_log, config.log.node_log_max_size, config.log.node_log_keep
-        )
+
+        self._action_methods = {
+            Action.SPAWN: self._spawn,
+            Action.TERMINATE: self._terminate,
+            Action.KILL: self._kill,
+            Action.RESOLVE_STOP_WAITERS: self._resolve_stop_waiters,
+            Action.ANNOUNCE_RUNNING: self._announce_running,
+            Action.ANNOUNCE_STOPPED: self._announce_stopped,
+            Action.APPLY_RESTART_POLICY: self._apply_restart_policy,
+            Action.SCHEDULE_BACKOFF: self._schedule_backoff,
+            Action.ANNOUNCE_FATAL: self._announce_fatal,
+        }
 
     @property
     def _state(self) -> NodeState:
@@ -149,16 +155,18 @@ class NodeActor(SupervisedActor):
     # lifecycle
 
     def setup(self) -> None:
-        self._rotator.start()
+        log = self._config.log
+        rotation = log_rotation(self._home.node_log, log.node_log_max_size, log.node_log_keep)
+        self.workers.poll(
+            "node-log-rotator", rotation, ROTATE_INTERVAL, first_after=ROTATE_INTERVAL
+        )
         if self._adopt():
             return
         if self._autostart:
             self._spawn()
 
-    def release(self) -> None:
-        # The node outlives the actor on purpose: a restarted NodeActor, or the next daemon
-        # run, adopts it. Stopping the node is an explicit StopNode.
-        self._rotator.stop()
+    # The node outlives the actor on purpose: a restarted NodeActor, or the next daemon run,
+    # adopts it. Stopping the node is an explicit StopNode.
 
     # messages
 
@@ -171,11 +179,9 @@ class NodeActor(SupervisedActor):
             case _StartupConfirmed(generation=generation) if generation == self._generation:
                 self._confirmed = message
                 self._fire(Trigger.CONFIRMED)
-            case _BackoffElapsed(generation=generation) if generation == self._generation:
-                self._fire(Trigger.BACKOFF_ELAPSED)
-            case _GraceExpired(generation=generation) if generation == self._generation:
-                self._fire(Trigger.GRACE_EXPIRED)
-            case _StartupConfirmed() | _BackoffElapsed() | _GraceExpired():
+            case _TimerFired(generation=generation) if generation == self._generation:
+                self._fire(message.trigger)
+            case _StartupConfirmed() | _TimerFired():
                 pass  # about a process that is gone
             case _VersionDetected(binary=binary, version=version):
                 self._versions[binary] = version
@@ -226,25 +232,27 @@ class NodeActor(SupervisedActor):
         return False
 
     def _acquire(self, request: AcquireNodeLease) -> NodeLease | None:
-        answer = self._leases.acquire(request.holder, request.reason)
+        done = request.done
+        answer = self._leases.request(
+            request.holder,
+            request.reason,
+            wait=request.wait,
+            reply=lambda: done if done is not None else self.reply_later(),
+        )
         logger.info("node lease for {} ({}): {}", request.holder, request.reason, answer)
-        if not answer.granted and request.wait:
-            reply = request.done if request.done is not None else self.reply_later()
-            self._leases.enqueue(request.holder, request.reason, reply)
-            return None
-        if request.done is None:
+        if answer is None or done is None:
             return answer
-        request.done.set(answer)
+        done.set(answer)
         return None
 
     def _release_lease(self, holder: str) -> None:
+        held = self._leases.current
         granted = self._leases.release(holder)
-        logger.info("node lease of {} released", holder)
-        if granted is not None:
-            lease, reply = granted
-            logger.info("node leased to {} ({})", lease.holder, lease.reason)
-            if reply is not None:
-                reply.set(lease)
+        if held is not None and held.holder == holder:
+            logger.info("node lease of {} released", holder)
+        if granted is not None and granted[1] is not None:
+            logger.info("node leased to {}", granted[0].holder)
+            granted[1].set(granted[0])
 
     # the transition table
 
@@ -258,32 +266,14 @@ class NodeActor(SupervisedActor):
 
     def _do(self, action: Action) -> None:
         match action:
-            case Action.SPAWN:
-                self._spawn()
-            case Action.TERMINATE:
-                self._terminate()
-            case Action.KILL:
-                self._kill()
             case Action.CANCEL_BACKOFF:
                 self.timers.cancel("backoff")
             case Action.RESET_HISTORY:
                 self._history = RestartHistory()
-            case Action.RESOLVE_STOP_WAITERS:
-                self._resolve_stop_waiters()
-            case Action.ANNOUNCE_RUNNING:
-                self._announce_running()
-            case Action.ANNOUNCE_STOPPED:
-                stopped, self._stopped_event = self._stopped_event, None
-                if stopped is not None:
-                    self._bus.publish(stopped)
-            case Action.APPLY_RESTART_POLICY:
-                self._apply_restart_policy()
             case Action.COUNT_RESTART:
                 self._restarts_total += 1
-            case Action.SCHEDULE_BACKOFF:
-                self._schedule_backoff()
-            case Action.ANNOUNCE_FATAL:
-                self._announce_fatal()
+            case _:
+                self._action_methods[action]()
 
     # process lifecycle
 
@@ -346,20 +336,9 @@ class NodeActor(SupervisedActor):
 
     def _adopt(self) -> bool:
         pidfile = self._home.state_dir / "node.pid"
-        record = proc_os.read_pidfile(pidfile)
-        if record is not None and proc_os.find_adoptable(record) is None:
-            logger.info("node.pid names pid {} which is gone", record.pid)
-            proc_os.remove_pidfile(pidfile)
-            record = None
+        record = proc_os.adoptable_record(pidfile, self._home.visor_dir)
         if record is None:
-            record = proc_os.orphan_record(self._home.visor_dir)
-            if record is None:
-                return False
-            logger.warning(
-                "found node pid {} running {} without node.pid: adopting it",
-                record.pid,
-                record.binary,
-            )
+            return False
         self._generation += 1
         process = proc_os.NodeProcess(
             pid=record.pid,
@@ -408,7 +387,7 @@ class NodeActor(SupervisedActor):
         )
         if not proc_os.signal_group(self._process.pid, signal.SIGTERM):
             logger.info("node group {} already gone", self._process.pid)
-        self.timers.schedule("grace", grace, _GraceExpired(self._generation))
+        self.timers.schedule("grace", grace, _TimerFired(self._generation, Trigger.GRACE_EXPIRED))
 
     def _kill(self) -> None:
         assert self._process is not None
@@ -493,6 +472,11 @@ class NodeActor(SupervisedActor):
             logger.error("node FATAL: {}; `wemixvisor start` to try again", self._fatal_reason)
         self._fire(_POLICY_TRIGGERS[decision.action])
 
+    def _announce_stopped(self) -> None:
+        stopped, self._stopped_event = self._stopped_event, None
+        if stopped is not None:
+            self._bus.publish(stopped)
+
     def _schedule_backoff(self) -> None:
         decision = self._exit_decision
         assert decision is not None
@@ -504,7 +488,9 @@ class NodeActor(SupervisedActor):
                 max_restarts=self._policy.max_restarts,
             )
         )
-        self.timers.schedule("backoff", decision.delay, _BackoffElapsed(self._generation))
+        self.timers.schedule(
+            "backoff", decision.delay, _TimerFired(self._generation, Trigger.BACKOFF_ELAPSED)
+        )
 
     def _announce_fatal(self) -> None:
         decision = self._exit_decision

@@ -9,6 +9,7 @@ the lease comes back. Pure bookkeeping: the NodeActor answers the futures it is 
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,17 @@ class LeaseBook:
     def enqueue(self, holder: str, reason: str, reply: Any) -> None:
         """Grant the node to `holder` once it is free; `reply` comes back from `release`."""
         self.waiting.append((NodeLease(True, holder, reason), reply))
+
+    def request(
+        self, holder: str, reason: str, *, wait: bool, reply: Callable[[], Any]
+    ) -> NodeLease | None:
+        """`acquire`; with `wait`, a request that cannot be granted now is queued instead (None)
+        and `reply()` (what answers it later) is called at once to be kept with it."""
+        answer = self.acquire(holder, reason)
+        if answer.granted or not wait:
+            return answer
+        self.enqueue(holder, reason, reply())
+        return None
 
     def release(self, holder: str) -> tuple[NodeLease, Any] | None:
         """`holder` gives the node back; the next waiting request is granted and returned

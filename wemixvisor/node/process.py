@@ -18,6 +18,7 @@ from pathlib import Path
 
 import msgspec
 import psutil
+from loguru import logger
 
 from wemixvisor.home.fsutil import atomic_write_bytes
 
@@ -321,6 +322,24 @@ def orphan_record(visor_dir: Path) -> PidRecord | None:
         started_at=create_time,
         daemon_pid=0,
     )
+
+
+def adoptable_record(pidfile: Path, visor_dir: Path) -> PidRecord | None:
+    """The node a daemon should adopt instead of starting one: the one node.pid names if it
+    still runs (a stale node.pid is removed), else one running without a node.pid."""
+    record = read_pidfile(pidfile)
+    if record is not None and find_adoptable(record) is None:
+        logger.info("node.pid names pid {} which is gone", record.pid)
+        remove_pidfile(pidfile)
+        record = None
+    if record is not None:
+        return record
+    record = orphan_record(visor_dir)
+    if record is not None:
+        logger.warning(
+            "found node pid {} running {} without node.pid: adopting it", record.pid, record.binary
+        )
+    return record
 
 
 class TreeSampler:

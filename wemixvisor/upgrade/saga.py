@@ -177,6 +177,7 @@ class UpgradeSaga:
             if problems:
                 # Nothing changed yet: the node keeps running on its binary.
                 reason = "; ".join(problems)
+                self.node.release()
                 self.bus.publish(
                     ev.UpgradeFailed(
                         name=self.plan.name,
@@ -277,6 +278,7 @@ class UpgradeSaga:
 
     def _start_new(self) -> SagaResult | None:
         if not self.config.upgrade.restart_after_upgrade:
+            self.node.release()  # the operator starts the node: it is theirs again
             self.bus.publish(
                 ev.UpgradeAwaitingOperator(
                     name=self.plan.name,
@@ -307,6 +309,8 @@ class UpgradeSaga:
             downtime = time.time() - (time.monotonic() - answered) - self.journal.stop_requested_at
         self._mark(Step.COMPLETED)
         version = detect_version(self.home.upgrade_bin(self.plan.name))
+        # Given back before the news: whoever acts on it finds the node free.
+        self.node.release()
         self.bus.publish(
             ev.UpgradeCompleted(
                 name=self.plan.name,
@@ -337,6 +341,8 @@ class UpgradeSaga:
     def _abort(self, failure: StepFailed) -> SagaResult:
         """A failure before anything was switched: back to the old binary, nothing to undo."""
         logger.error("upgrade {} aborted at {}: {}", self.plan.name, failure.step, failure.reason)
+        self.node.start(f"upgrade {self.plan.name} aborted")
+        self.node.release()
         self.bus.publish(
             ev.UpgradeFailed(
                 name=self.plan.name,
@@ -345,7 +351,6 @@ class UpgradeSaga:
                 reason=failure.reason,
             )
         )
-        self.node.start(f"upgrade {self.plan.name} aborted")
         clear_journal(self.journal_path)
         return SagaResult(self.plan.name, Outcome.FAILED, f"{failure.step}: {failure.reason}")
 
@@ -371,6 +376,7 @@ class UpgradeSaga:
         if journal.new_binary_started and journal.backup is not None:
             restored = steps.restore_backup(self.ctx, journal.backup)
         self.node.start(f"rollback of {self.plan.name}")
+        self.node.release()
         self.bus.publish(
             ev.UpgradeRolledBack(
                 name=self.plan.name,
