@@ -26,7 +26,7 @@ import pykka
 from loguru import logger
 
 from wemixvisor.actors.base import FailureSink, SupervisedActor
-from wemixvisor.actors.workers import Job
+from wemixvisor.actors.workers import Job, tell_if_alive
 from wemixvisor.bus import Bus
 from wemixvisor.config import Config, apply_reloadable
 from wemixvisor.home.layout import Home, LayoutError, read_current
@@ -507,11 +507,8 @@ class NodeActor(SupervisedActor):
     def _notify(self, previous: NodeState) -> None:
         state = self._state
         pid = self._process.pid if self._process is not None else None
-        for watcher in list(self._watchers):
-            try:
-                watcher.tell(NodeStateChanged(state=state, previous=previous, pid=pid))
-            except pykka.ActorDeadError:
-                self._watchers.remove(watcher)
+        changed = NodeStateChanged(state=state, previous=previous, pid=pid)
+        self._watchers = [w for w in self._watchers if tell_if_alive(w, changed)]
 
     def _resolve_stop_waiters(self) -> None:
         status = self._status()
