@@ -46,6 +46,8 @@ from wemixvisor.messages import events as ev
 from wemixvisor.messages.events import PublishHeartbeat
 from wemixvisor.messages.node import GetNodeStatus, NodeStatus, StopNode
 from wemixvisor.node.process import become_subreaper
+from wemixvisor.plans.files import journal_file
+from wemixvisor.upgrade.journal import JournalError, load_journal
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -131,15 +133,18 @@ class Daemon:
         )
 
     def _start_node(self, supervisor: Supervisor) -> pykka.ActorRef[Any]:
-        # An upgrade in progress decides when the node starts (on which binary): the resumed
-        # saga starts it. A node still running is adopted either way.
-        upgrading = (self.home.state_dir / "journal.json").exists()
+        # An upgrade in progress holds the node (a restarted node actor too): its resumed saga
+        # decides when the node starts, on which binary. A running node is adopted either way.
+        try:
+            journal = load_journal(journal_file(self.home))
+        except JournalError:
+            journal = None  # the orchestrator sets it aside and starts the node
         return NodeActor.start(
             config=self.config,
             home=self.home,
             bus=self.bus,
             node_args=self.node_args,
-            autostart=not upgrading,
+            held_by=journal.holder if journal is not None else None,
             failure_sink=supervisor.failure_sink,
         )
 

@@ -103,14 +103,17 @@ class NodeActor(SupervisedActor):
         bus: Bus,
         node_args: list[str],
         autostart: bool = True,
+        held_by: str | None = None,
         failure_sink: FailureSink | None = None,
     ) -> None:
+        """`held_by`: the node starts leased to that holder (an upgrade in progress, which
+        decides when the node starts and on which binary); it is not started here then."""
         super().__init__(failure_sink)
         self._config = config
         self._home = home
         self._bus = bus
         self._node_args = node_args
-        self._autostart = autostart
+        self._autostart = autostart and held_by is None
         self._policy = RestartPolicy.of(config)
         self._lifecycle = Lifecycle()
         self._process: proc_os.NodeProcess | None = None
@@ -128,6 +131,8 @@ class NodeActor(SupervisedActor):
         self._probe: Job | None = None
         self._last_error: str | None = None
         self._leases = LeaseBook()
+        if held_by is not None:
+            self._leases.acquire(held_by, "in progress when the node actor started")
         # Set by the trigger that leads to an action needing it (see _fire).
         self._exit_decision: ExitDecision | None = None
         self._fatal_reason = ""

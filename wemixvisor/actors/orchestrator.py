@@ -30,21 +30,15 @@ from wemixvisor.messages.height import HeadObserved, RpcAvailability
 from wemixvisor.messages.node import StartNode
 from wemixvisor.messages.plans import CancelPlan, ListPlans, RegisterPlans, ResendPlans
 from wemixvisor.plans import queue as queue_rules
+from wemixvisor.plans.files import journal_file
 from wemixvisor.plans.queue import Plan, PlanError, PlanStatus, QueueState, RegisterOutcome
+from wemixvisor.upgrade.journal import Journal, JournalError, Step, load_journal
 from wemixvisor.upgrade.preflight import (
     check_plan,
     fetch_missing_binary,
     warn_if_quorum_at_risk,
 )
-from wemixvisor.upgrade.saga import (
-    Journal,
-    JournalError,
-    Outcome,
-    SagaResult,
-    Step,
-    UpgradeSaga,
-    load_journal,
-)
+from wemixvisor.upgrade.saga import Outcome, SagaResult, UpgradeSaga
 
 PREFLIGHT_RECHECK = 60.0  # seconds between re-checks of a plan whose preflight failed
 PREFLIGHT_AHEAD_BLOCKS = 10  # re-check this many blocks before H
@@ -107,7 +101,7 @@ class OrchestratorActor(SupervisedActor):
         self._bus = bus
         self._queue = QueueState()
         self._queue_file = home.state_dir / "plans.json"
-        self._journal_file = home.state_dir / "journal.json"
+        self._journal_file = journal_file(home)
         self._head: int | None = None
         self._rpc_available = False
         self._saga: UpgradeSaga | None = None

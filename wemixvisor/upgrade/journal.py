@@ -62,6 +62,11 @@ class Journal(msgspec.Struct, kw_only=True):
         """The plan's height H."""
         return self.plan.height
 
+    @property
+    def holder(self) -> str:
+        """Who holds the node's lease while this upgrade runs."""
+        return f"upgrade {self.plan.name}"
+
 
 class JournalError(Exception):
     """The journal exists but cannot be read."""

@@ -29,27 +29,9 @@ from wemixvisor.node.client import NodeClient, NodeUnavailable
 from wemixvisor.node.process import detect_version
 from wemixvisor.plans.queue import Plan
 from wemixvisor.upgrade import steps
-from wemixvisor.upgrade.journal import (
-    Journal,
-    JournalError,
-    Step,
-    clear_journal,
-    load_journal,
-    save_journal,
-)
+from wemixvisor.upgrade.journal import Journal, Step, clear_journal, save_journal
 from wemixvisor.upgrade.preflight import check_plan
 from wemixvisor.upgrade.steps import BACKUP_TIMEOUT, StepContext, StepFailed
-
-__all__ = [
-    "Journal",
-    "JournalError",
-    "Outcome",
-    "SagaResult",
-    "Step",
-    "StepFailed",
-    "UpgradeSaga",
-    "load_journal",
-]
 
 VALIDATOR_QUERY_TIMEOUT = 0.25
 """Seconds each validator-status call before the stop may take (validator mode)."""
@@ -117,7 +99,7 @@ class UpgradeSaga:
         self.bus = bus
         self.journal_path = journal_path
         self.on_post_upgrade = on_post_upgrade
-        self.node = NodeClient(bus, f"upgrade {journal.plan.name}", config.node.shutdown_grace)
+        self.node = NodeClient(bus, journal.holder, config.node.shutdown_grace)
         self.ctx = StepContext(
             journal=journal,
             home=home,
