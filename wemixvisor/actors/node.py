@@ -18,6 +18,8 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,21 @@ class _VersionDetected(msgspec.Struct, frozen=True):
     version: str | None
 
 
+@dataclass(frozen=True)
+class _Why:
+    """What a trigger brings along for the actions it leads to."""
+
+    reason: str = ""  # of a stop or restart; why the node is FATAL
+    confirmed: _StartupConfirmed | None = None
+    stopped: ev.NodeStopped | None = None  # the expected exit, to announce once STOPPED
+    was_running: bool = False  # an unexpected exit: from RUNNING, after how long
+    running_for: float = 0.0
+    decision: ExitDecision | None = None  # the restart policy's, after an unexpected exit
+
+
+_NO_WHY = _Why()
+
+
 class NodeActor(SupervisedActor):
     """Starts, watches, restarts and stops the node; adopts one left by an earlier run."""
 
@@ -133,22 +150,18 @@ class NodeActor(SupervisedActor):
         self._leases = LeaseBook()
         if held_by is not None:
             self._leases.acquire(held_by, "in progress when the node actor started")
-        # Set by the trigger that leads to an action needing it (see _fire).
-        self._exit_decision: ExitDecision | None = None
-        self._fatal_reason = ""
-        self._confirmed: _StartupConfirmed | None = None
-        self._stopped_event: ev.NodeStopped | None = None
-        self._unexpected = (False, 0.0)  # (was running, for how long) of an unexpected exit
-        self._stop_reason = ""
 
-        self._action_methods = {
-            Action.SPAWN: self._spawn,
+        self._actions: dict[Action, Callable[[_Why], None]] = {
+            Action.SPAWN: lambda why: self._spawn(),
             Action.TERMINATE: self._terminate,
-            Action.KILL: self._kill,
-            Action.RESOLVE_STOP_WAITERS: self._resolve_stop_waiters,
+            Action.KILL: lambda why: self._kill(),
+            Action.CANCEL_BACKOFF: lambda why: self.timers.cancel("backoff"),
+            Action.RESET_HISTORY: lambda why: self._reset_history(),
+            Action.RESOLVE_STOP_WAITERS: lambda why: self._resolve_stop_waiters(),
             Action.ANNOUNCE_RUNNING: self._announce_running,
             Action.ANNOUNCE_STOPPED: self._announce_stopped,
             Action.APPLY_RESTART_POLICY: self._apply_restart_policy,
+            Action.COUNT_RESTART: lambda why: self._count_restart(),
             Action.SCHEDULE_BACKOFF: self._schedule_backoff,
             Action.ANNOUNCE_FATAL: self._announce_fatal,
         }
@@ -182,8 +195,7 @@ class NodeActor(SupervisedActor):
             case _Exited():
                 self._on_exited(message)
             case _StartupConfirmed(generation=generation) if generation == self._generation:
-                self._confirmed = message
-                self._fire(Trigger.CONFIRMED)
+                self._fire(Trigger.CONFIRMED, _Why(confirmed=message))
             case _TimerFired(generation=generation) if generation == self._generation:
                 self._fire(message.trigger)
             case _StartupConfirmed() | _TimerFired():
@@ -201,11 +213,9 @@ class NodeActor(SupervisedActor):
                 logger.info("stop node requested ({}) in state {}", reason, self._state)
                 if done is not None:
                     self._stop_waiters.append(done)
-                self._stop_reason = reason
-                self._fire(Trigger.STOP)
+                self._fire(Trigger.STOP, _Why(reason=reason))
             case RestartNode(reason=reason, holder=holder) if self._obeys(holder, "restart"):
-                self._stop_reason = reason
-                self._fire(Trigger.RESTART)
+                self._fire(Trigger.RESTART, _Why(reason=reason))
             case StartNode() | RestartNode():
                 pass  # refused: the node is leased
             case AcquireNodeLease():
@@ -261,24 +271,19 @@ class NodeActor(SupervisedActor):
 
     # the transition table
 
-    def _fire(self, trigger: Trigger) -> None:
+    def _fire(self, trigger: Trigger, why: _Why = _NO_WHY) -> None:
         before = self._lifecycle
         self._lifecycle, actions = transition(before, trigger)
         if self._lifecycle.state is not before.state:
             self._notify(before.state)
         for action in actions:
-            self._do(action)
+            self._actions[action](why)
 
-    def _do(self, action: Action) -> None:
-        match action:
-            case Action.CANCEL_BACKOFF:
-                self.timers.cancel("backoff")
-            case Action.RESET_HISTORY:
-                self._history = RestartHistory()
-            case Action.COUNT_RESTART:
-                self._restarts_total += 1
-            case _:
-                self._action_methods[action]()
+    def _reset_history(self) -> None:
+        self._history = RestartHistory()
+
+    def _count_restart(self) -> None:
+        self._restarts_total += 1
 
     # process lifecycle
 
@@ -290,8 +295,7 @@ class NodeActor(SupervisedActor):
             self._last_error = str(exc)
             logger.error("cannot start the node: {}", exc)
             self._bus.publish(ev.NodeStartFailed(binary="", error=str(exc)))
-            self._fatal_reason = str(exc)
-            self._fire(Trigger.CANNOT_START)
+            self._fire(Trigger.CANNOT_START, _Why(reason=str(exc)))
             return
         self._generation += 1
         generation = self._generation
@@ -317,7 +321,6 @@ class NodeActor(SupervisedActor):
             self._last_error = f"cannot execute {binary}: {exc}"
             logger.error("{}", self._last_error)
             self._bus.publish(ev.NodeStartFailed(binary=binary, error=self._last_error))
-            self._unexpected = (False, 0.0)
             self._fire(Trigger.SPAWN_FAILED)
             return
         self._process = process
@@ -364,8 +367,8 @@ class NodeActor(SupervisedActor):
         self._detect_version(record.binary)
         return True
 
-    def _announce_running(self) -> None:
-        message = self._confirmed
+    def _announce_running(self, why: _Why) -> None:
+        message = why.confirmed
         assert self._process is not None
         assert message is not None
         self._running_since = time.monotonic()
@@ -382,14 +385,12 @@ class NodeActor(SupervisedActor):
             ev.NodeRunning(pid=self._process.pid, startup_seconds=message.seconds, by=message.by)
         )
 
-    def _terminate(self) -> None:
+    def _terminate(self, why: _Why) -> None:
         assert self._process is not None
         grace = self._config.node.shutdown_grace
         self._cancel_probe()
         self._stop_began = time.monotonic()
-        self._bus.publish(
-            ev.NodeStopping(pid=self._process.pid, reason=self._stop_reason, grace=grace)
-        )
+        self._bus.publish(ev.NodeStopping(pid=self._process.pid, reason=why.reason, grace=grace))
         if not proc_os.signal_group(self._process.pid, signal.SIGTERM):
             logger.info("node group {} already gone", self._process.pid)
         self.timers.schedule("grace", grace, _TimerFired(self._generation, Trigger.GRACE_EXPIRED))
@@ -444,8 +445,7 @@ class NodeActor(SupervisedActor):
                 pid=process.pid, killed=self._killed, seconds=time.monotonic() - self._stop_began
             )
             # Published once the state is STOPPED, before a start asked meanwhile begins.
-            self._stopped_event = stopped
-            self._fire(Trigger.EXITED)
+            self._fire(Trigger.EXITED, _Why(stopped=stopped))
             return
         was_running = self._state is NodeState.RUNNING
         running_for = (
@@ -455,35 +455,31 @@ class NodeActor(SupervisedActor):
         )
         if (status.exit_code is not None and status.exit_code != 0) or status.signal is not None:
             self._last_error = f"node exited unexpectedly: {status.describe()}"
-        self._unexpected = (was_running, running_for)
-        self._fire(Trigger.EXITED)
+        self._fire(Trigger.EXITED, _Why(was_running=was_running, running_for=running_for))
 
-    def _apply_restart_policy(self) -> None:
-        was_running, running_for = self._unexpected
+    def _apply_restart_policy(self, why: _Why) -> None:
         decision = decide_after_exit(
             self._policy,
             self._history,
             now=time.monotonic(),
-            was_running=was_running,
-            running_for=running_for,
+            was_running=why.was_running,
+            running_for=why.running_for,
             jitter=random.random,
         )
         self._history = decision.history
-        self._exit_decision = decision
+        reason = ""
         if decision.action is ExitAction.FATAL:
-            self._fatal_reason = (
-                f"more than {self._policy.max_restarts} restarts within {self._policy.window:g}s"
-            )
-            logger.error("node FATAL: {}; `wemixvisor start` to try again", self._fatal_reason)
-        self._fire(_POLICY_TRIGGERS[decision.action])
+            policy = self._policy
+            reason = f"more than {policy.max_restarts} restarts within {policy.window:g}s"
+            logger.error("node FATAL: {}; `wemixvisor start` to try again", reason)
+        self._fire(_POLICY_TRIGGERS[decision.action], _Why(reason=reason, decision=decision))
 
-    def _announce_stopped(self) -> None:
-        stopped, self._stopped_event = self._stopped_event, None
-        if stopped is not None:
-            self._bus.publish(stopped)
+    def _announce_stopped(self, why: _Why) -> None:
+        if why.stopped is not None:
+            self._bus.publish(why.stopped)
 
-    def _schedule_backoff(self) -> None:
-        decision = self._exit_decision
+    def _schedule_backoff(self, why: _Why) -> None:
+        decision = why.decision
         assert decision is not None
         logger.warning("node restarts in {:.2f}s (back-off)", decision.delay)
         self._bus.publish(
@@ -497,15 +493,12 @@ class NodeActor(SupervisedActor):
             "backoff", decision.delay, _TimerFired(self._generation, Trigger.BACKOFF_ELAPSED)
         )
 
-    def _announce_fatal(self) -> None:
-        decision = self._exit_decision
+    def _announce_fatal(self, why: _Why) -> None:
+        decision = why.decision
         restarts = (
-            decision.restarts_in_window
-            if decision is not None and decision.action is ExitAction.FATAL
-            else len(self._history.restarts)
+            decision.restarts_in_window if decision is not None else len(self._history.restarts)
         )
-        self._exit_decision = None
-        self._bus.publish(ev.NodeFatal(reason=self._fatal_reason, restarts_in_window=restarts))
+        self._bus.publish(ev.NodeFatal(reason=why.reason, restarts_in_window=restarts))
 
     # helpers
 
