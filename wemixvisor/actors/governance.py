@@ -218,7 +218,7 @@ class GovernanceActor(SupervisedActor):
             case _ChainRead():
                 self._on_chain_read(message.info, message.error)
             case _Batch() | _FollowFailed():
-                pass  # from a helper thread that has been replaced
+                pass  # from a follower that has been replaced
             case _PlanOutcome():
                 self._on_plan_outcome(message)
             case _RetryRegistrations():
@@ -233,7 +233,7 @@ class GovernanceActor(SupervisedActor):
                 logger.warning("governance actor: unexpected message {!r}", message)
         return None
 
-    # helper threads
+    # the log follower and the chain-facts poller
 
     def _follow(self, config: Config) -> None:
         """(Re)start the log follower for the configured contracts; none without contracts."""

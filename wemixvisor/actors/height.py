@@ -87,7 +87,7 @@ class HeightActor(SupervisedActor):
             case _RpcFailed(generation=generation) if generation == self._generation:
                 self._on_failure(message.error, message.at)
             case _HeadSeen() | _RpcFailed():
-                pass  # from a helper thread that has been replaced
+                pass  # from a watcher that has been replaced
             case _StallCheck():
                 self._stall_timer_armed = False
                 self._check_stall()
@@ -99,7 +99,7 @@ class HeightActor(SupervisedActor):
                 logger.warning("height actor: unexpected message {!r}", message)
         return None
 
-    # helper thread
+    # the head watcher
 
     def _start_watcher(self) -> None:
         self._stop_watcher()
