@@ -76,6 +76,13 @@ class _Exited(msgspec.Struct, frozen=True):
     status: proc_os.ExitStatus
 
 
+_COMMANDS: dict[type, tuple[Trigger, str]] = {
+    StartNode: (Trigger.START, "start"),
+    StopNode: (Trigger.STOP, "stop"),
+    RestartNode: (Trigger.RESTART, "restart"),
+}
+
+
 class _StartupConfirmed(msgspec.Struct, frozen=True):
     generation: int
     by: str
@@ -202,26 +209,12 @@ class NodeActor(SupervisedActor):
                 pass  # about a process that is gone
             case _VersionDetected(binary=binary, version=version):
                 self._versions[binary] = version
-            case StartNode(reason=reason, holder=holder) if self._obeys(holder, "start"):
-                logger.info("start node requested ({}) in state {}", reason, self._state)
-                self._fire(Trigger.START)
-            case StopNode(reason=reason, done=done, holder=holder, shutdown=shutdown):
-                if not shutdown and not self._obeys(holder, "stop"):
-                    if done is not None:
-                        done.set(self._status())
-                    return None
-                logger.info("stop node requested ({}) in state {}", reason, self._state)
-                if done is not None:
-                    self._stop_waiters.append(done)
-                self._fire(Trigger.STOP, _Why(reason=reason))
-            case RestartNode(reason=reason, holder=holder) if self._obeys(holder, "restart"):
-                self._fire(Trigger.RESTART, _Why(reason=reason))
-            case StartNode() | RestartNode():
-                pass  # refused: the node is leased
+            case StartNode() | StopNode() | RestartNode():
+                self._command(message)
             case AcquireNodeLease():
                 return self._acquire(message)
             case ReleaseNodeLease(holder=holder):
-                self._release_lease(holder)
+                self._leases.release(holder)
             case WatchNode(watcher=watcher):
                 self._watchers.append(watcher)
             case UnwatchNode(watcher=watcher):
@@ -235,16 +228,20 @@ class NodeActor(SupervisedActor):
                 logger.warning("node actor: unexpected message {!r}", message)
         return None
 
-    # the lease
+    # commands and the lease
 
-    def _obeys(self, holder: str | None, verb: str) -> bool:
-        """Whether a command from `holder` is carried out (refused while leased to another)."""
-        if self._leases.allows(holder):
-            return True
-        lease = self._leases.current
-        assert lease is not None
-        logger.warning("node {} refused: busy ({} holds it: {})", verb, lease.holder, lease.reason)
-        return False
+    def _command(self, command: StartNode | StopNode | RestartNode) -> None:
+        """Carry out a start, stop or restart, unless someone else holds the node."""
+        trigger, verb = _COMMANDS[type(command)]
+        shutdown = isinstance(command, StopNode) and command.shutdown
+        if not shutdown and self._leases.refuses(command.holder, verb):
+            if isinstance(command, StopNode) and command.done is not None:
+                command.done.set(self._status())  # the node as it is: not stopped
+            return
+        logger.info("{} node requested ({}) in state {}", verb, command.reason, self._state)
+        if isinstance(command, StopNode) and command.done is not None:
+            self._stop_waiters.append(command.done)
+        self._fire(trigger, _Why(reason=command.reason))
 
     def _acquire(self, request: AcquireNodeLease) -> NodeLease | None:
         done = request.done
@@ -254,20 +251,10 @@ class NodeActor(SupervisedActor):
             wait=request.wait,
             reply=lambda: done if done is not None else self.reply_later(),
         )
-        logger.info("node lease for {} ({}): {}", request.holder, request.reason, answer)
         if answer is None or done is None:
             return answer
         done.set(answer)
         return None
-
-    def _release_lease(self, holder: str) -> None:
-        held = self._leases.current
-        granted = self._leases.release(holder)
-        if held is not None and held.holder == holder:
-            logger.info("node lease of {} released", holder)
-        if granted is not None and granted[1] is not None:
-            logger.info("node leased to {}", granted[0].holder)
-            granted[1].set(granted[0])
 
     # the transition table
 
