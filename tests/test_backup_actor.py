@@ -30,7 +30,16 @@ from wemixvisor.messages.backup import (
     RestoreBackup,
 )
 from wemixvisor.messages.events import Event
-from wemixvisor.messages.node import GetNodeStatus, NodeState, NodeStatus, StartNode, StopNode
+from wemixvisor.messages.node import (
+    AcquireNodeLease,
+    GetNodeStatus,
+    NodeLease,
+    NodeState,
+    NodeStatus,
+    ReleaseNodeLease,
+    StartNode,
+    StopNode,
+)
 
 OLD = 1_600_000_000
 
@@ -62,6 +71,7 @@ class NodeDouble(pykka.ThreadingActor):
         self.release = release
         self.state = NodeState.RUNNING
         self.starts: list[str] = []
+        self.lease: str | None = None
 
     def status(self) -> NodeStatus:
         return NodeStatus(
@@ -78,6 +88,7 @@ class NodeDouble(pykka.ThreadingActor):
             cpu_percent=0.0,
             rss_bytes=0,
             last_error=None,
+            lease=self.lease,
         )
 
     def on_receive(self, message: Any) -> Any:
@@ -100,8 +111,17 @@ class NodeDouble(pykka.ThreadingActor):
             case StartNode(reason=reason):
                 self.starts.append(reason)
                 self.state = NodeState.RUNNING
+            case AcquireNodeLease(holder=holder, reason=reason, done=done):
+                granted = self.lease in (None, holder)
+                if granted:
+                    self.lease = holder
+                done.set(NodeLease(granted, self.lease or holder, reason))
+            case ReleaseNodeLease(holder=holder) if self.lease == holder:
+                self.lease = None
             case "starts":
                 return list(self.starts)
+            case "lease":
+                return self.lease
         return None
 
 
@@ -252,6 +272,46 @@ def test_progress_events_are_rate_limited(tmp_path: Path, anvil_bin_1_5_1: Path)
     assert len(progress) <= 2
     topics = [e.topic for e in events.ask("get", timeout=5) if isinstance(e, Event)]
     assert topics[0] == "backup.started"
+
+
+def test_while_an_upgrade_holds_the_node_create_and_restore_are_refused_busy(
+    tmp_path: Path, anvil_bin_1_5_1: Path
+) -> None:
+    home, config = make_home(tmp_path, anvil_bin_1_5_1)
+    fill(home.data_dir, 2, 1024)
+    bus = Bus()
+    events = Collector.start()
+    bus.register("events", events)
+    node = NodeDouble.start(threading.Event())
+    node.tell(_Stopped(None))
+    bus.register("node", node)
+    actor = BackupActor.start(config=config, home=home, bus=bus)
+    made: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+    actor.tell(CreateBackup(label="before", done=made))
+    backup_id = made.get(timeout=5)
+    wait_event(events, "backup.completed", lambda e: e.id == backup_id)
+
+    leased: pykka.ThreadingFuture[NodeLease] = pykka.ThreadingFuture()
+    node.tell(AcquireNodeLease("upgrade v2", "upgrade at height 100", done=leased))
+    assert leased.get(timeout=5).granted
+    refused: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+    actor.tell(CreateBackup(label="during", done=refused))
+    with pytest.raises(backups.BackupBusy, match="busy: the node is held by upgrade v2"):
+        refused.get(timeout=5)
+    restore_refused: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+    finished: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+    actor.tell(RestoreBackup(backup_id=backup_id, done=restore_refused, finished=finished))
+    with pytest.raises(backups.BackupBusy, match="upgrade v2"):
+        restore_refused.get(timeout=5)
+    with pytest.raises(backups.BackupBusy):
+        finished.get(timeout=5)
+    assert node.ask("starts", timeout=5) == []
+
+    node.tell(ReleaseNodeLease("upgrade v2"))
+    after: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+    actor.tell(CreateBackup(label="after", done=after))
+    wait_event(events, "backup.completed", lambda e: e.id == after.get(timeout=5))
+    assert node.ask("lease", timeout=5) is None
 
 
 @pytest.fixture

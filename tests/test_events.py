@@ -132,9 +132,6 @@ def raw_pub() -> Iterator[Callable[[str], zmq.Socket[bytes]]]:
     context.term()
 
 
-# --- envelope and delivery --------------------------------------------------------------------
-
-
 def test_event_carries_topic_envelope_and_its_own_fields(
     endpoint: str, make_publisher: Any, make_subscriber: Any
 ) -> None:
@@ -214,9 +211,6 @@ def test_prefix_subscription_receives_only_that_domain(
     assert all(e.gap == 0 for e in received)
 
 
-# --- a slow subscriber never slows the daemon --------------------------------------------------
-
-
 def _flood(publisher: EventPublisher, count: int) -> float:
     event = SupervisorStopping(reason="flood")
     start = time.perf_counter()
@@ -264,9 +258,6 @@ def test_a_subscriber_that_never_reads_does_not_slow_publishing(
     missed = sum(e.gap for e in seen)
     assert missed > 0, message
     assert len(seen) + missed == marker.seq - first.seq, message
-
-
-# --- binding: socket file, directory, endpoint checks -------------------------------------------
 
 
 def test_ipc_socket_is_0600_in_a_fresh_0700_directory(tmp_path: Path, make_publisher: Any) -> None:
@@ -372,9 +363,6 @@ def test_publish_without_a_socket_counts_a_drop_and_does_not_raise(endpoint: str
     assert publisher.stats() == (0, 1)
 
 
-# --- EventsActor ------------------------------------------------------------------------------
-
-
 def test_events_told_to_the_actor_reach_subscribers(endpoint: str, make_subscriber: Any) -> None:
     actor = EventsActor.start(endpoint=endpoint, send_hwm=1000)
     subscriber = make_subscriber(endpoint)
@@ -446,9 +434,6 @@ def test_crashed_actor_frees_the_endpoint_for_its_replacement(
 def test_actor_refuses_a_non_loopback_endpoint_at_start() -> None:
     with pytest.raises(EndpointError):
         EventsActor.start(endpoint="tcp://0.0.0.0:7000")
-
-
-# --- subscriber: gaps and malformed input -------------------------------------------------------
 
 
 def frame(topic: str, seq: int, run_id: str = "a" * 32, **fields: Any) -> list[bytes]:

@@ -141,9 +141,6 @@ def rig(make_rig: Callable[..., Rig]) -> Rig:
     return make_rig()
 
 
-# --- plan files ------------------------------------------------------------------------------
-
-
 def test_a_valid_plan_file_is_registered_from_source_file(rig: Rig) -> None:
     rig.start()
     write_atomically(rig.plan_path, b'{"name": "v1.2.0", "height": 1500000}')
@@ -372,9 +369,6 @@ def test_hostile_contents_never_crash_the_actor(rig: Rig, document: bytes, batch
 
     assert rig.files.is_alive()
     assert rig.files.ask(PollFiles(), timeout=WAIT) is None
-
-
-# --- config.toml -----------------------------------------------------------------------------
 
 
 def test_a_valid_config_edit_is_reloaded_and_told_to_every_actor(rig: Rig) -> None:

@@ -30,9 +30,6 @@ from wemixvisor.messages.height import GetHeight, HeadObserved, HeightStatus, Rp
 T = TypeVar("T")
 
 
-# --- test collectors ---------------------------------------------------------------------------
-
-
 class Inbox:
     """What a test collector received, with waiting for a condition under a deadline."""
 
@@ -154,9 +151,6 @@ def anvils(anvil_bin_1_5_1: Path, tmp_path: Path) -> Iterator[Callable[..., Anvi
 
 def consecutive(heights: list[int]) -> bool:
     return all(b == a + 1 for a, b in itertools.pairwise(heights))
-
-
-# --- a real node -------------------------------------------------------------------------------
 
 
 def test_polling_http_reports_every_block_once_in_order(
@@ -321,9 +315,6 @@ def test_config_changed_applies_poll_interval_and_stall_timeout_live(
     assert heads[-1].height == 1
     [stall] = world.events.wait_for(NodeStalled, timeout=2.0)
     assert stall.height == 1
-
-
-# --- hostile answers ---------------------------------------------------------------------------
 
 
 class HostileHttpRpcDouble:

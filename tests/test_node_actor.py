@@ -17,10 +17,13 @@ from wemixvisor.config import load_config
 from wemixvisor.home.layout import Home, init_home
 from wemixvisor.messages.events import Event
 from wemixvisor.messages.node import (
+    AcquireNodeLease,
     GetNodeStatus,
+    NodeLease,
     NodeState,
     NodeStateChanged,
     NodeStatus,
+    ReleaseNodeLease,
     RestartNode,
     StartNode,
     StopNode,
@@ -148,3 +151,37 @@ def test_stop_start_and_restart_are_expected_transitions_seen_by_watchers(node: 
         NodeState.STOPPED,
     ]
     assert "node.stopped" in topics(events)
+
+
+def test_while_an_upgrade_holds_the_node_only_it_stops_and_starts_the_node(node: Any) -> None:
+    ref, _events, _watcher, _url = node
+    ref.tell(StartNode())
+    running = wait_state(ref, NodeState.RUNNING)
+    lease = ref.ask(AcquireNodeLease("upgrade v2", "upgrade at height 100"), timeout=5)
+    assert lease == NodeLease(True, "upgrade v2", "upgrade at height 100")
+    assert ref.ask(GetNodeStatus(), timeout=5).lease == "upgrade v2: upgrade at height 100"
+    refused = ref.ask(AcquireNodeLease("restore x", "restore"), timeout=5)
+    assert refused == NodeLease(False, "upgrade v2", "upgrade at height 100")
+
+    # The operator's stop is refused: its future gets the node as it is.
+    operator: pykka.ThreadingFuture[NodeStatus] = pykka.ThreadingFuture()
+    ref.tell(StopNode(reason="operator", done=operator))
+    assert operator.get(timeout=5).state is NodeState.RUNNING
+    assert ref.ask(GetNodeStatus(), timeout=5).pid == running.pid
+
+    upgrade: pykka.ThreadingFuture[NodeStatus] = pykka.ThreadingFuture()
+    ref.tell(StopNode(reason="upgrade v2", done=upgrade, holder="upgrade v2"))
+    assert upgrade.get(timeout=20).state is NodeState.STOPPED
+    ref.tell(StartNode(reason="operator"))
+    # A restore waiting for the node gets it when the upgrade gives it back.
+    waiting: pykka.ThreadingFuture[NodeLease] = pykka.ThreadingFuture()
+    ref.tell(AcquireNodeLease("restore x", "restore", wait=True, done=waiting))
+    assert ref.ask(GetNodeStatus(), timeout=5).state is NodeState.STOPPED
+    with pytest.raises(pykka.Timeout):
+        waiting.get(timeout=0.2)
+    ref.tell(ReleaseNodeLease("upgrade v2"))
+    assert waiting.get(timeout=5) == NodeLease(True, "restore x", "restore")
+    ref.tell(ReleaseNodeLease("restore x"))
+    ref.tell(StartNode(reason="operator"))
+    wait_state(ref, NodeState.RUNNING)
+    assert ref.ask(GetNodeStatus(), timeout=5).lease is None

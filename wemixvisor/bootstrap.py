@@ -46,6 +46,7 @@ from wemixvisor.messages import events as ev
 from wemixvisor.messages.events import PublishHeartbeat
 from wemixvisor.messages.node import GetNodeStatus, NodeStatus, StopNode
 from wemixvisor.node.process import become_subreaper
+from wemixvisor.upgrade.journal import JournalError, load_journal
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -119,15 +120,18 @@ class Daemon:
         )
 
     def _start_node(self, supervisor: Supervisor) -> pykka.ActorRef[Any]:
-        # An upgrade in progress decides when the node starts (on which binary): the resumed
-        # saga starts it. A node still running is adopted either way.
-        upgrading = state.upgrade_in_progress(self.home)
+        # An upgrade in progress holds the node (a restarted node actor too): its resumed saga
+        # decides when the node starts, on which binary. A running node is adopted either way.
+        try:
+            journal = load_journal(state.journal_file(self.home))
+        except JournalError:
+            journal = None  # the orchestrator sets it aside and starts the node
         return NodeActor.start(
             config=self.config,
             home=self.home,
             bus=self.bus,
             node_args=self.node_args,
-            autostart=not upgrading,
+            held_by=journal.holder if journal is not None else None,
             failure_sink=supervisor.failure_sink,
         )
 
@@ -266,7 +270,7 @@ class Daemon:
         self.control.stopping.set()
         self.bus.publish(ev.SupervisorStopping(reason=reason))
         done: pykka.ThreadingFuture[NodeStatus] = pykka.ThreadingFuture()
-        if self.bus.tell("node", StopNode(reason=f"daemon {reason}", done=done)):
+        if self.bus.tell("node", StopNode(reason=f"daemon {reason}", done=done, shutdown=True)):
             # The actor escalates to SIGKILL after the grace; allow for that and the reaping.
             try:
                 done.get(timeout=self.config.node.shutdown_grace + 10.0)

@@ -7,14 +7,12 @@ supervisor that restarts it when its serving loop dies.
 
 from __future__ import annotations
 
-import contextlib
-from types import TracebackType
 from typing import Any
 
 import msgspec
-import pykka
 
 from wemixvisor.actors.base import FailureSink, SupervisedActor
+from wemixvisor.actors.workers import tell_if_alive
 from wemixvisor.control.security import ServerCurve
 from wemixvisor.control.server import ControlServer
 from wemixvisor.control.verbs import ControlContext, Dispatcher
@@ -52,8 +50,7 @@ class ControlActor(SupervisedActor):
         ref = self.actor_ref
 
         def crashed(exc: BaseException) -> None:
-            with contextlib.suppress(pykka.ActorDeadError):
-                ref.tell(_ServerCrashed(repr(exc)))
+            tell_if_alive(ref, _ServerCrashed(repr(exc)))
 
         self._dispatcher = Dispatcher(self._context)
         self._server = ControlServer(
@@ -69,18 +66,9 @@ class ControlActor(SupervisedActor):
             self._close()
             raise
 
-    def teardown(self) -> None:
+    def release(self) -> None:
+        # Also after a failure: the endpoint must be free for the replacement.
         self._close()
-
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        # pykka skips on_stop after a failure; the endpoint must be free for the replacement.
-        self._close()
-        super().on_failure(exception_type, exception_value, traceback)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, _ServerCrashed):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Any
 
 from wemixvisor.actors.base import FailureSink, SupervisedActor
@@ -33,18 +32,9 @@ class EventsActor(SupervisedActor):
     def setup(self) -> None:
         self._publisher.bind()
 
-    def teardown(self) -> None:
+    def release(self) -> None:
+        # Also after a failure: the endpoint must be free for the replacement actor.
         self._publisher.close()
-
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        # pykka skips on_stop after a failure; the endpoint must be free for the replacement actor.
-        self._publisher.close()
-        super().on_failure(exception_type, exception_value, traceback)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Event):

@@ -15,16 +15,14 @@ the old configuration stays.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Mapping
-from types import TracebackType
 from typing import Any
 
 import msgspec
-import pykka
 from loguru import logger
 
 from wemixvisor.actors.base import FailureSink, SupervisedActor
+from wemixvisor.actors.workers import Poller
 from wemixvisor.bus import Bus
 from wemixvisor.config import MAX_CONFIG_BYTES, Config, ConfigError, load_config, reload_diff
 from wemixvisor.logs import apply_level
@@ -45,8 +43,6 @@ from wemixvisor.plans.queue import MAX_PLAN_BYTES, Plan, PlanError, parse_plan
 CONFIG_ROLES = ("node", "height", "orchestrator", "backup", "governance", "files")
 """Every role told `ConfigChanged` after a valid config.toml edit (a role nobody plays is fine)."""
 
-# A poll interval configured absurdly small must not turn the poll into a busy loop.
-_MIN_POLL_INTERVAL = 0.01
 # A 1 MiB batch can hold hundreds of thousands of bad entries: each of the first ones gets its
 # own plan.rejected, the rest one summary, so that a hostile file cannot flood events and logs.
 _MAX_ENTRY_REJECTIONS = 32
@@ -55,41 +51,6 @@ _LOGGED_NAMES = 10
 
 class _Tick(msgspec.Struct, frozen=True):
     """The poll timer fired."""
-
-
-class _Ticker:
-    """One helper thread telling the actor `_Tick` every poll interval.
-
-    A tick is sent only once the previous one was handled, so a slow poll never piles ticks up
-    in the mailbox. One long-lived thread: idle polling costs no thread creation.
-    """
-
-    def __init__(self, owner: pykka.ActorRef[Any], interval: Callable[[], float]) -> None:
-        self._owner = owner
-        self._interval = interval
-        self._stopped = threading.Event()
-        self._idle = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="files-poll", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def done(self) -> None:
-        """The actor handled a tick: the next one may be sent."""
-        self._idle.set()
-
-    def _run(self) -> None:
-        while not self._stopped.wait(max(self._interval(), _MIN_POLL_INTERVAL)):
-            if not self._idle.is_set():
-                continue
-            self._idle.clear()
-            try:
-                self._owner.tell(_Tick())
-            except pykka.ActorDeadError:
-                return
 
 
 class FileSourceActor(SupervisedActor):
@@ -135,26 +96,13 @@ class FileSourceActor(SupervisedActor):
         # actor (or be restarting); they are retried every poll until it takes them.
         self._outbox: dict[str, RegisterPlans] = {}
         self._delivered: dict[str, RegisterPlans] = {}
-        self._ticker = _Ticker(self.actor_ref, lambda: self._interval)
+        self._ticker: Poller | None = None
 
     def setup(self) -> None:
-        # The first poll reads every file present, so a restarted daemon sees its plans again
-        # (the orchestrator ignores plans it already knows).
-        self.actor_ref.tell(_Tick())
-        self._ticker.start()
-
-    def teardown(self) -> None:
-        self._ticker.stop()
-
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        # pykka skips on_stop after a failure: the replacement actor starts its own ticker.
-        self._ticker.stop()
-        super().on_failure(exception_type, exception_value, traceback)
+        # The first tick comes at once: it reads every file present, so a restarted daemon sees
+        # its plans again (the orchestrator ignores plans it already knows). A tick is sent only
+        # once the previous one was handled: a slow poll never piles ticks up in the mailbox.
+        self._ticker = self.workers.poll("files-poll", _Tick, self._interval, paced=True)
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -162,7 +110,8 @@ class FileSourceActor(SupervisedActor):
                 try:
                     self._poll()
                 finally:
-                    self._ticker.done()
+                    if self._ticker is not None:
+                        self._ticker.handled()
             case PollFiles():
                 self._poll()
             case ResendPlans():
@@ -301,6 +250,8 @@ class FileSourceActor(SupervisedActor):
         """The reloadable keys this actor applies: its poll interval, and the daemon's log level
         (loguru's sink is process-wide; this actor is where reloads arrive first)."""
         self._interval = config.rpc.poll_interval
+        if self._ticker is not None:
+            self._ticker.set_interval(self._interval)
         apply_level(config.log.level)
         if self._on_reload is not None:
             self._on_reload(config)

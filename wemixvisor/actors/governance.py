@@ -1,11 +1,12 @@
 """GovernanceActor: on-chain governance and validator facts (SPEC §13.2, §13.3).
 
-Two helper threads do the network I/O and report back with messages:
+Two threads do the network I/O and report back with messages:
 
 - the log follower (`wemixvisor.chain.governance.LogFollower`), only while contracts are configured:
   every `poll_interval` it reads the configured contracts' logs up to head - `confirmations`;
-- the chain prober: `istanbul_*` facts for `status`, every CHAIN_REFRESH seconds on a WBFT
-  chain, every NOT_WBFT_RECHECK seconds elsewhere (one "method not found" answer, quietly).
+- the chain-facts poller (a worker): `istanbul_*` facts for `status`, every CHAIN_REFRESH seconds
+  on a WBFT chain, every NOT_WBFT_RECHECK seconds elsewhere (one "method not found" answer,
+  quietly).
 
 The actor folds each batch into its proposals, publishes `governance.proposal` for every change,
 and turns an executed proposal of an `upgrade` contract into a plan with source `governance` (or
@@ -15,10 +16,9 @@ so a restarted daemon resumes after the last processed block and handles an exec
 
 from __future__ import annotations
 
-import contextlib
-import threading
+import enum
 import time
-from types import TracebackType
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -26,6 +26,7 @@ import pykka
 from loguru import logger
 
 from wemixvisor.actors.base import FailureSink, SupervisedActor
+from wemixvisor.actors.workers import tell_if_alive
 from wemixvisor.bus import Bus
 from wemixvisor.chain import governance as gov
 from wemixvisor.chain.rpc import RpcClient, RpcError
@@ -35,7 +36,13 @@ from wemixvisor.home.layout import Home
 from wemixvisor.home.state import governance_file
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.config import ConfigChanged
-from wemixvisor.messages.governance import ChainInfo, GetChainInfo, GetProposals, Proposal
+from wemixvisor.messages.governance import (
+    ChainInfo,
+    GetChainInfo,
+    GetProposals,
+    Proposal,
+    ProposalState,
+)
 from wemixvisor.messages.plans import RegisterPlans
 from wemixvisor.plans.queue import MAX_HEIGHT, PlanError, validate_name
 
@@ -56,6 +63,44 @@ _PENDING = "pending"
 _SENT = "sent"
 
 
+class Handoff(enum.StrEnum):
+    """What the actor does with a proposal (`decide_handoff`)."""
+
+    IGNORE = "ignore"  # never becomes a plan: not an upgrade contract's, or over unexecuted
+    TRACK = "track"  # still voting or approved: followed and reported, nothing to hand over
+    HAND_OVER = "hand_over"  # executed, its plan not yet taken by the orchestrator
+    REJECT = "reject"  # executed, but its plan data must not run
+    HANDED = "handed"  # handed over (or rejected) before: nothing more to do
+
+
+_OPEN = (ProposalState.VOTING, ProposalState.APPROVED)
+
+
+def decide_handoff(
+    proposal: Proposal, *, executed: bool = False, unreadable: str | None = None
+) -> tuple[Handoff, str]:
+    """What to do with `proposal` now, and why when it is rejected.
+
+    `executed`: a batch just reported its execution. `unreadable` is why the proposal's plan
+    data could not be read from the chain, if so.
+    """
+    if proposal.kind != gov.UPGRADE:
+        return Handoff.IGNORE, ""
+    if proposal.plan == _PENDING:
+        return Handoff.HAND_OVER, ""
+    if proposal.plan is not None:
+        return Handoff.HANDED, ""  # sent (its answer awaited), registered or rejected
+    if not executed and proposal.state is not ProposalState.EXECUTED:
+        return (Handoff.TRACK if proposal.state in _OPEN else Handoff.IGNORE), ""
+    if unreadable is not None:
+        return Handoff.REJECT, f"proposal {proposal.id} is unreadable: {unreadable}"
+    try:
+        gov.plan_from_proposal(proposal)
+    except PlanError as exc:
+        return Handoff.REJECT, str(exc)
+    return Handoff.HAND_OVER, ""
+
+
 class _Batch(msgspec.Struct, frozen=True):
     generation: int
     batch: gov.ContractBatch
@@ -69,6 +114,7 @@ class _FollowFailed(msgspec.Struct, frozen=True):
 class _ChainRead(msgspec.Struct, frozen=True):
     info: ChainInfo | None
     error: str | None
+    next_in: float  # seconds until the next read
 
 
 class _PlanOutcome(msgspec.Struct, frozen=True):
@@ -92,40 +138,24 @@ class _OutcomeSink:
 
     def set(self, answers: list[tuple[str, str]]) -> None:
         outcome = answers[0][1] if answers else "unknown"
-        with contextlib.suppress(pykka.ActorDeadError):
-            self._ref.tell(_PlanOutcome(self._contract, self._id, outcome))
+        tell_if_alive(self._ref, _PlanOutcome(self._contract, self._id, outcome))
 
 
-class _ChainProber:
-    """The helper thread that keeps the validator facts fresh."""
+def _chain_reader(address: str, timeout: float) -> Callable[[], _ChainRead]:
+    """One read of the validator facts, as the chain-facts poller's call."""
+    client = WbftClient(RpcClient(address, timeout=timeout))
 
-    def __init__(self, address: str, timeout: float, report: Any) -> None:
-        self._client = WbftClient(RpcClient(address, timeout=timeout))
-        self._report = report
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="chain-facts", daemon=True)
+    def read() -> _ChainRead:
+        try:
+            info = read_chain_info(client)
+        except RpcError as exc:
+            return _ChainRead(None, str(exc), CHAIN_RETRY)
+        except Exception as exc:  # noqa: BLE001 - the facts are optional, the poller is not
+            logger.opt(exception=exc).error("reading the validator facts failed")
+            return _ChainRead(None, f"{type(exc).__name__}: {exc}", CHAIN_REFRESH)
+        return _ChainRead(info, None, CHAIN_REFRESH if info.wbft else NOT_WBFT_RECHECK)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                info = read_chain_info(self._client)
-            except RpcError as exc:
-                self._report(None, str(exc))
-                delay = CHAIN_RETRY
-            except Exception as exc:  # noqa: BLE001 - the facts are optional, the thread is not
-                logger.opt(exception=exc).error("reading the validator facts failed")
-                self._report(None, f"{type(exc).__name__}: {exc}")
-                delay = CHAIN_REFRESH
-            else:
-                self._report(info, None)
-                delay = CHAIN_REFRESH if info.wbft else NOT_WBFT_RECHECK
-            self._stop.wait(delay)
+    return read
 
 
 class GovernanceActor(SupervisedActor):
@@ -144,7 +174,6 @@ class GovernanceActor(SupervisedActor):
         self._proposals: dict[str, dict[int, Proposal]] = {}
         self._generation = 0
         self._follower: gov.LogFollower | None = None
-        self._prober: _ChainProber | None = None
         self._chain = ChainInfo()
         self._follow_error: str | None = None
         self._followed_once = False
@@ -169,20 +198,15 @@ class GovernanceActor(SupervisedActor):
                     self._set_plan(contract, proposal.id, _PENDING)
         self._register_pending()
 
+    def release(self) -> None:
+        # Also after a failure: the actor the supervisor starts next follows the logs itself.
+        if self._follower is not None:
+            self._follower.stop()
+            self._follower = None
+
     def teardown(self) -> None:
-        self._stop_threads()
         if self._dirty:
             self._save()
-
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        # The supervisor starts a new actor with its own threads: these must end.
-        self._stop_threads()
-        super().on_failure(exception_type, exception_value, traceback)
 
     # messages
 
@@ -195,7 +219,7 @@ class GovernanceActor(SupervisedActor):
             case _ChainRead():
                 self._on_chain_read(message.info, message.error)
             case _Batch() | _FollowFailed():
-                pass  # from a helper thread that has been replaced
+                pass  # from a follower that has been replaced
             case _PlanOutcome():
                 self._on_plan_outcome(message)
             case _RetryRegistrations():
@@ -210,7 +234,7 @@ class GovernanceActor(SupervisedActor):
                 logger.warning("governance actor: unexpected message {!r}", message)
         return None
 
-    # helper threads
+    # the log follower and the chain-facts poller
 
     def _follow(self, config: Config) -> None:
         """(Re)start the log follower for the configured contracts; none without contracts."""
@@ -236,12 +260,10 @@ class GovernanceActor(SupervisedActor):
         ref = self.actor_ref
 
         def on_batch(batch: gov.ContractBatch) -> None:
-            with contextlib.suppress(pykka.ActorDeadError):
-                ref.tell(_Batch(generation, batch))
+            tell_if_alive(ref, _Batch(generation, batch))
 
         def on_failure(error: str) -> None:
-            with contextlib.suppress(pykka.ActorDeadError):
-                ref.tell(_FollowFailed(generation, error))
+            tell_if_alive(ref, _FollowFailed(generation, error))
 
         follower = gov.LogFollower(
             config.rpc.address,
@@ -276,23 +298,13 @@ class GovernanceActor(SupervisedActor):
         )
 
     def _start_prober(self) -> None:
-        ref = self.actor_ref
-
-        def report(info: ChainInfo | None, error: str | None) -> None:
-            with contextlib.suppress(pykka.ActorDeadError):
-                ref.tell(_ChainRead(info, error))
-
-        prober = _ChainProber(self._config.rpc.address, min(self._config.rpc.timeout, 5.0), report)
-        self._prober = prober
-        prober.start()
-
-    def _stop_threads(self) -> None:
-        if self._follower is not None:
-            self._follower.stop()
-            self._follower = None
-        if self._prober is not None:
-            self._prober.stop()
-            self._prober = None
+        timeout = min(self._config.rpc.timeout, 5.0)
+        self.workers.poll(
+            "chain-facts",
+            _chain_reader(self._config.rpc.address, timeout),
+            CHAIN_REFRESH,
+            interval_after=lambda read: float(read.next_in),
+        )
 
     # follower reports
 
@@ -378,17 +390,8 @@ class GovernanceActor(SupervisedActor):
         """Decide what an executed upgrade proposal becomes: a plan to hand over (marked
         pending), or the `plan.rejected` event to publish once the decision is saved."""
         proposal = self._proposals[contract][proposal_id]
-        if proposal.plan is not None:
-            return None  # handled before (a batch read again after a restart)
-        reason: str | None = None
-        if unreadable is not None:
-            reason = f"proposal {proposal_id} is unreadable: {unreadable}"
-        else:
-            try:
-                plan = gov.plan_from_proposal(proposal)
-            except PlanError as exc:
-                reason = str(exc)
-        if reason is not None:
+        decision, reason = decide_handoff(proposal, executed=True, unreadable=unreadable)
+        if decision is Handoff.REJECT:
             self._set_plan(contract, proposal_id, f"rejected: {reason}")
             logger.warning(
                 "executed governance proposal {} of {} rejected: {}", proposal_id, contract, reason
@@ -399,6 +402,9 @@ class GovernanceActor(SupervisedActor):
                 name=_shown_name(proposal.name),
                 height=_shown_height(proposal.height),
             )
+        if decision is not Handoff.HAND_OVER or proposal.plan is not None:
+            return None  # handled before (a batch read again after a restart)
+        plan = gov.plan_from_proposal(proposal)  # checked by decide_handoff
         logger.info(
             "governance proposal {} of {} executed: plan {} at height {}",
             proposal_id,
@@ -414,7 +420,7 @@ class GovernanceActor(SupervisedActor):
         waiting = False
         for contract, proposals in self._proposals.items():
             for proposal in list(proposals.values()):
-                if proposal.plan != _PENDING:
+                if decide_handoff(proposal)[0] is not Handoff.HAND_OVER:
                     continue
                 try:
                     plan = gov.plan_from_proposal(proposal)

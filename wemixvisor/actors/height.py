@@ -1,6 +1,6 @@
 """HeightActor: follows the chain head over the node's JSON-RPC (SPEC §13.1).
 
-All network I/O runs on one helper thread (`chain.headwatch`): a `newHeads` subscription for
+All network I/O runs on one thread of `chain.headwatch`: a `newHeads` subscription for
 a ws(s):// address, else `eth_blockNumber` polling. The thread reports each new head and each
 failed attempt with a message tagged by its generation; the actor keeps the state (head, RPC
 availability, stall), forwards every new head to the orchestrator at once and publishes events.
@@ -8,16 +8,14 @@ availability, stall), forwards every new head to the orchestrator at once and pu
 
 from __future__ import annotations
 
-import contextlib
 import time
-from types import TracebackType
 from typing import Any
 
 import msgspec
-import pykka
 from loguru import logger
 
 from wemixvisor.actors.base import FailureSink, SupervisedActor
+from wemixvisor.actors.workers import tell_if_alive
 from wemixvisor.bus import Bus
 from wemixvisor.chain.headwatch import HeadPoller, HeadSubscriber, HeadWatcher, StallWatch
 from wemixvisor.config import Config
@@ -76,18 +74,9 @@ class HeightActor(SupervisedActor):
     def setup(self) -> None:
         self._start_watcher()
 
-    def teardown(self) -> None:
+    def release(self) -> None:
+        # Also after a failure: the actor the supervisor starts next runs its own watcher.
         self._stop_watcher()
-
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        # The supervisor starts a new actor with its own helper thread: this one must end.
-        self._stop_watcher()
-        super().on_failure(exception_type, exception_value, traceback)
 
     # messages
 
@@ -98,7 +87,7 @@ class HeightActor(SupervisedActor):
             case _RpcFailed(generation=generation) if generation == self._generation:
                 self._on_failure(message.error, message.at)
             case _HeadSeen() | _RpcFailed():
-                pass  # from a helper thread that has been replaced
+                pass  # from a watcher that has been replaced
             case _StallCheck():
                 self._stall_timer_armed = False
                 self._check_stall()
@@ -110,7 +99,7 @@ class HeightActor(SupervisedActor):
                 logger.warning("height actor: unexpected message {!r}", message)
         return None
 
-    # helper thread
+    # the head watcher
 
     def _start_watcher(self) -> None:
         self._stop_watcher()
@@ -119,12 +108,10 @@ class HeightActor(SupervisedActor):
         ref = self.actor_ref
 
         def on_head(height: int, observed_at: float) -> None:
-            with contextlib.suppress(pykka.ActorDeadError):
-                ref.tell(_HeadSeen(generation, height, observed_at))
+            tell_if_alive(ref, _HeadSeen(generation, height, observed_at))
 
         def on_failure(error: str) -> None:
-            with contextlib.suppress(pykka.ActorDeadError):
-                ref.tell(_RpcFailed(generation, error, time.monotonic()))
+            tell_if_alive(ref, _RpcFailed(generation, error, time.monotonic()))
 
         rpc = self._config.rpc
         watcher: HeadWatcher

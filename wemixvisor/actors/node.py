@@ -1,62 +1,87 @@
 """NodeActor: owns the node process (SPEC §6).
 
-The actor only decides and records; everything slow happens elsewhere: waiting for the process
-(a helper thread per process), probing RPC during STARTING (a helper thread), detecting the
-version (a helper thread), timers (threading.Timer). Each of those reports back with a message
-tagged by the process generation, so a late report about an old process is ignored.
+The actor only decides and records. What the node goes through is the transition table of
+`wemixvisor.node.lifecycle`: each command and each report becomes a trigger, and the actor
+carries out the actions the table returns. Everything slow runs on workers that report back
+with messages tagged by the process generation, so a late report about an old process is
+ignored: waiting for the process, probing RPC during STARTING, detecting the version.
+
+Whoever needs the node down for maintenance (an upgrade, a restore, a backup's last pass)
+takes a lease on it first (AcquireNodeLease); while leased, start/stop/restart from anyone
+else are refused.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import random
 import signal
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import psutil
 import pykka
 from loguru import logger
 
 from wemixvisor.actors.base import FailureSink, SupervisedActor
+from wemixvisor.actors.workers import Job, tell_if_alive
 from wemixvisor.bus import Bus
-from wemixvisor.chain.rpc import RpcClient, RpcError
 from wemixvisor.config import Config, apply_reloadable
 from wemixvisor.home.layout import Home, LayoutError, read_current
 from wemixvisor.home.state import node_pid_file
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.config import ConfigChanged
 from wemixvisor.messages.node import (
+    AcquireNodeLease,
     ExitRecord,
     GetNodeStatus,
+    NodeLease,
     NodeState,
     NodeStateChanged,
     NodeStatus,
+    ReleaseNodeLease,
     RestartNode,
     StartNode,
     StopNode,
+    UnwatchNode,
     WatchNode,
 )
 from wemixvisor.node import process as proc_os
-from wemixvisor.node.logfile import LogRotator
+from wemixvisor.node.lease import LeaseBook
+from wemixvisor.node.lifecycle import Action, Lifecycle, Trigger, transition
+from wemixvisor.node.logfile import ROTATE_INTERVAL, log_rotation
+from wemixvisor.node.probe import confirm_startup
 from wemixvisor.node.restart_policy import (
     ExitAction,
+    ExitDecision,
     RestartHistory,
     RestartPolicy,
     decide_after_exit,
 )
 
-_PROBE_INTERVAL = 0.01
 _EXIT_HISTORY = 20
+_POLICY_TRIGGERS = {
+    ExitAction.RESTART_NOW: Trigger.RESTART_NOW,
+    ExitAction.BACKOFF: Trigger.BACK_OFF,
+    ExitAction.FATAL: Trigger.GIVE_UP,
+    ExitAction.STAY_EXITED: Trigger.STAY_EXITED,
+}
 
 
 class _Exited(msgspec.Struct, frozen=True):
     generation: int
     status: proc_os.ExitStatus
+
+
+_COMMANDS: dict[type, tuple[Trigger, str]] = {
+    StartNode: (Trigger.START, "start"),
+    StopNode: (Trigger.STOP, "stop"),
+    RestartNode: (Trigger.RESTART, "restart"),
+}
 
 
 class _StartupConfirmed(msgspec.Struct, frozen=True):
@@ -65,12 +90,9 @@ class _StartupConfirmed(msgspec.Struct, frozen=True):
     seconds: float
 
 
-class _BackoffElapsed(msgspec.Struct, frozen=True):
+class _TimerFired(msgspec.Struct, frozen=True):
     generation: int
-
-
-class _GraceExpired(msgspec.Struct, frozen=True):
-    generation: int
+    trigger: Trigger  # BACKOFF_ELAPSED or GRACE_EXPIRED
 
 
 class _VersionDetected(msgspec.Struct, frozen=True):
@@ -78,16 +100,19 @@ class _VersionDetected(msgspec.Struct, frozen=True):
     version: str | None
 
 
-def restart_policy(config: Config) -> RestartPolicy:
-    """The restart policy the configuration asks for."""
-    node = config.node
-    return RestartPolicy(
-        restart_on_failure=node.restart_on_failure,
-        max_restarts=node.max_restarts,
-        window=node.restart_window,
-        backoff_initial=node.backoff_initial,
-        backoff_max=node.backoff_max,
-    )
+@dataclass(frozen=True)
+class _Why:
+    """What a trigger brings along for the actions it leads to."""
+
+    reason: str = ""  # of a stop or restart; why the node is FATAL
+    confirmed: _StartupConfirmed | None = None
+    stopped: ev.NodeStopped | None = None  # the expected exit, to announce once STOPPED
+    was_running: bool = False  # an unexpected exit: from RUNNING, after how long
+    running_for: float = 0.0
+    decision: ExitDecision | None = None  # the restart policy's, after an unexpected exit
+
+
+_NO_WHY = _Why()
 
 
 class NodeActor(SupervisedActor):
@@ -103,16 +128,19 @@ class NodeActor(SupervisedActor):
         bus: Bus,
         node_args: list[str],
         autostart: bool = True,
+        held_by: str | None = None,
         failure_sink: FailureSink | None = None,
     ) -> None:
+        """`held_by`: the node starts leased to that holder (an upgrade in progress, which
+        decides when the node starts and on which binary); it is not started here then."""
         super().__init__(failure_sink)
         self._config = config
         self._home = home
         self._bus = bus
         self._node_args = node_args
-        self._autostart = autostart
-        self._policy = restart_policy(config)
-        self._state = NodeState.STOPPED
+        self._autostart = autostart and held_by is None
+        self._policy = RestartPolicy.of(config)
+        self._lifecycle = Lifecycle()
         self._process: proc_os.NodeProcess | None = None
         self._generation = 0
         self._history = RestartHistory()
@@ -121,31 +149,50 @@ class NodeActor(SupervisedActor):
         self._running_since: float | None = None
         self._stop_began: float = 0.0
         self._killed = False
-        self._restart_after_stop = False
         self._stop_waiters: list[pykka.Future[NodeStatus]] = []
         self._watchers: list[pykka.ActorRef[Any]] = []
         self._versions: dict[str, str | None] = {}
         self._sampler = proc_os.TreeSampler()
-        self._probe_cancel: threading.Event | None = None
+        self._probe: Job | None = None
         self._last_error: str | None = None
-        self._rotator = LogRotator(
-            home.node_log, config.log.node_log_max_size, config.log.node_log_keep
-        )
+        self._leases = LeaseBook()
+        if held_by is not None:
+            self._leases.acquire(held_by, "in progress when the node actor started")
+
+        self._actions: dict[Action, Callable[[_Why], None]] = {
+            Action.SPAWN: lambda why: self._spawn(),
+            Action.TERMINATE: self._terminate,
+            Action.KILL: lambda why: self._kill(),
+            Action.CANCEL_BACKOFF: lambda why: self.timers.cancel("backoff"),
+            Action.RESET_HISTORY: lambda why: self._reset_history(),
+            Action.RESOLVE_STOP_WAITERS: lambda why: self._resolve_stop_waiters(),
+            Action.ANNOUNCE_RUNNING: self._announce_running,
+            Action.ANNOUNCE_STOPPED: self._announce_stopped,
+            Action.APPLY_RESTART_POLICY: self._apply_restart_policy,
+            Action.COUNT_RESTART: lambda why: self._count_restart(),
+            Action.SCHEDULE_BACKOFF: self._schedule_backoff,
+            Action.ANNOUNCE_FATAL: self._announce_fatal,
+        }
+
+    @property
+    def _state(self) -> NodeState:
+        return self._lifecycle.state
 
     # lifecycle
 
     def setup(self) -> None:
-        self._rotator.start()
+        log = self._config.log
+        rotation = log_rotation(self._home.node_log, log.node_log_max_size, log.node_log_keep)
+        self.workers.poll(
+            "node-log-rotator", rotation, ROTATE_INTERVAL, first_after=ROTATE_INTERVAL
+        )
         if self._adopt():
             return
         if self._autostart:
             self._spawn()
 
-    def teardown(self) -> None:
-        # The node outlives the actor on purpose: a restarted NodeActor, or the next daemon
-        # run, adopts it. Stopping the node is an explicit StopNode.
-        self._cancel_probe()
-        self._rotator.stop()
+    # The node outlives the actor on purpose: a restarted NodeActor, or the next daemon run,
+    # adopts it. Stopping the node is an explicit StopNode.
 
     # messages
 
@@ -155,67 +202,76 @@ class NodeActor(SupervisedActor):
                 return self._status()
             case _Exited():
                 self._on_exited(message)
-            case _StartupConfirmed():
-                self._on_startup_confirmed(message)
-            case _BackoffElapsed(generation=generation):
-                if generation == self._generation and self._state is NodeState.BACKOFF:
-                    self._spawn()
-            case _GraceExpired(generation=generation):
-                self._on_grace_expired(generation)
+            case _StartupConfirmed(generation=generation) if generation == self._generation:
+                self._fire(Trigger.CONFIRMED, _Why(confirmed=message))
+            case _TimerFired(generation=generation) if generation == self._generation:
+                self._fire(message.trigger)
+            case _StartupConfirmed() | _TimerFired():
+                pass  # about a process that is gone
             case _VersionDetected(binary=binary, version=version):
                 self._versions[binary] = version
-            case StartNode(reason=reason):
-                self._start_node(reason)
-            case StopNode(reason=reason, done=done):
-                self._stop_node(reason, done)
-            case RestartNode(reason=reason):
-                self._restart_node(reason)
+            case StartNode() | StopNode() | RestartNode():
+                self._command(message)
+            case AcquireNodeLease():
+                return self._acquire(message)
+            case ReleaseNodeLease(holder=holder):
+                self._leases.release(holder)
             case WatchNode(watcher=watcher):
                 self._watchers.append(watcher)
+            case UnwatchNode(watcher=watcher):
+                self._watchers = [w for w in self._watchers if w is not watcher]
             case ConfigChanged(config=config):
                 # Reloadable: restart policy, grace, STARTSECS. The rest needs a restart and
                 # stays as it was (config.reloaded lists those keys).
                 self._config = apply_reloadable(self._config, config)
-                self._policy = restart_policy(self._config)
+                self._policy = RestartPolicy.of(self._config)
             case _:
                 logger.warning("node actor: unexpected message {!r}", message)
         return None
 
-    # operator verbs
+    # commands and the lease
 
-    def _start_node(self, reason: str) -> None:
-        logger.info("start node requested ({}) in state {}", reason, self._state)
-        if self._state in (NodeState.STARTING, NodeState.RUNNING):
+    def _command(self, command: StartNode | StopNode | RestartNode) -> None:
+        """Carry out a start, stop or restart, unless someone else holds the node."""
+        trigger, verb = _COMMANDS[type(command)]
+        shutdown = isinstance(command, StopNode) and command.shutdown
+        if not shutdown and self._leases.refuses(command.holder, verb):
+            if isinstance(command, StopNode) and command.done is not None:
+                command.done.set(self._status())  # the node as it is: not stopped
             return
-        if self._state is NodeState.STOPPING:
-            self._restart_after_stop = True
-            return
-        self.timers.cancel("backoff")
-        # An operator start is a fresh start: FATAL's count and the back-off streak reset.
+        logger.info("{} node requested ({}) in state {}", verb, command.reason, self._state)
+        if isinstance(command, StopNode) and command.done is not None:
+            self._stop_waiters.append(command.done)
+        self._fire(trigger, _Why(reason=command.reason))
+
+    def _acquire(self, request: AcquireNodeLease) -> NodeLease | None:
+        done = request.done
+        answer = self._leases.request(
+            request.holder,
+            request.reason,
+            wait=request.wait,
+            reply=lambda: done if done is not None else self.reply_later(),
+        )
+        if answer is None or done is None:
+            return answer
+        done.set(answer)
+        return None
+
+    # the transition table
+
+    def _fire(self, trigger: Trigger, why: _Why = _NO_WHY) -> None:
+        before = self._lifecycle
+        self._lifecycle, actions = transition(before, trigger)
+        if self._lifecycle.state is not before.state:
+            self._notify(before.state)
+        for action in actions:
+            self._actions[action](why)
+
+    def _reset_history(self) -> None:
         self._history = RestartHistory()
-        self._spawn()
 
-    def _stop_node(self, reason: str, done: pykka.Future[NodeStatus] | None) -> None:
-        logger.info("stop node requested ({}) in state {}", reason, self._state)
-        self._restart_after_stop = False
-        if done is not None:
-            self._stop_waiters.append(done)
-        if self._state in (NodeState.STARTING, NodeState.RUNNING):
-            self._begin_stop(reason)
-        elif self._state is NodeState.STOPPING:
-            return
-        else:
-            self.timers.cancel("backoff")
-            if self._state is not NodeState.STOPPED:
-                self._set_state(NodeState.STOPPED)
-            self._resolve_stop_waiters()
-
-    def _restart_node(self, reason: str) -> None:
-        if self._state in (NodeState.STARTING, NodeState.RUNNING):
-            self._begin_stop(reason)
-            self._restart_after_stop = True
-        else:
-            self._start_node(reason)
+    def _count_restart(self) -> None:
+        self._restarts_total += 1
 
     # process lifecycle
 
@@ -227,10 +283,7 @@ class NodeActor(SupervisedActor):
             self._last_error = str(exc)
             logger.error("cannot start the node: {}", exc)
             self._bus.publish(ev.NodeStartFailed(binary="", error=str(exc)))
-            self._set_state(NodeState.FATAL)
-            self._bus.publish(
-                ev.NodeFatal(reason=str(exc), restarts_in_window=len(self._history.restarts))
-            )
+            self._fire(Trigger.CANNOT_START, _Why(reason=str(exc)))
             return
         self._generation += 1
         generation = self._generation
@@ -243,7 +296,7 @@ class NodeActor(SupervisedActor):
                 attempt=len(self._history.restarts) + 1,
             )
         )
-        self._set_state(NodeState.STARTING)
+        self._fire(Trigger.SPAWNING)
         try:
             process = proc_os.spawn_node(
                 current.binary,
@@ -256,27 +309,32 @@ class NodeActor(SupervisedActor):
             self._last_error = f"cannot execute {binary}: {exc}"
             logger.error("{}", self._last_error)
             self._bus.publish(ev.NodeStartFailed(binary=binary, error=self._last_error))
-            self._after_unexpected_exit(was_running=False, running_for=0.0)
+            self._fire(Trigger.SPAWN_FAILED)
             return
         self._process = process
         self._killed = False
         self._running_since = None
         logger.info("node started: pid {} {} {}", process.pid, binary, self._node_args)
         proc_os.write_pidfile(node_pid_file(self._home), process)
-        proc_os.watch_exit(process, self._exit_reporter(generation), f"node-wait-{process.pid}")
-        self._start_probe(generation)
+        self._watch_exit(process, generation, f"node-wait-{process.pid}")
+        self._cancel_probe()
+        address, startsecs = self._config.rpc.address, self._config.node.startsecs
+
+        def probe(stopping: threading.Event) -> _StartupConfirmed | None:
+            confirmed = confirm_startup(address, startsecs, stopping)
+            return _StartupConfirmed(generation, *confirmed) if confirmed is not None else None
+
+        self._probe = self.workers.run(f"node-probe-{generation}", probe)
+
+    def _watch_exit(self, process: proc_os.NodeProcess, generation: int, name: str) -> None:
+        # A dead actor is fine: its restarted successor watches the node itself.
+        self.workers.run(name, lambda _stopping: _Exited(generation, proc_os.wait_exit(process)))
 
     def _adopt(self) -> bool:
         pidfile = node_pid_file(self._home)
-        record = proc_os.read_pidfile(pidfile)
-        if record is not None and proc_os.find_adoptable(record) is None:
-            logger.info("node.pid names pid {} which is gone", record.pid)
-            proc_os.remove_pidfile(pidfile)
-            record = None
+        record = proc_os.adoptable_record(pidfile, self._home.visor_dir)
         if record is None:
-            record = self._orphan_record()
-            if record is None:
-                return False
+            return False
         self._generation += 1
         process = proc_os.NodeProcess(
             pid=record.pid,
@@ -289,56 +347,20 @@ class NodeActor(SupervisedActor):
         self._process = process
         uptime = max(time.time() - record.started_at, 0.0)
         self._running_since = time.monotonic() - uptime
-        self._set_state(NodeState.RUNNING)
+        self._fire(Trigger.ADOPTED)
         proc_os.write_pidfile(pidfile, process)
-        proc_os.watch_exit(
-            process, self._exit_reporter(self._generation), f"node-watch-{process.pid}"
-        )
+        self._watch_exit(process, self._generation, f"node-watch-{process.pid}")
         logger.info("adopted running node pid {} ({})", record.pid, record.binary)
         self._bus.publish(ev.NodeAdopted(pid=record.pid, binary=record.binary, uptime=uptime))
         self._detect_version(record.binary)
         return True
 
-    def _orphan_record(self) -> proc_os.PidRecord | None:
-        orphan = proc_os.find_orphan_node(self._home.visor_dir)
-        if orphan is None:
-            return None
-        try:
-            cmdline = orphan.cmdline()
-            create_time = orphan.create_time()
-            binary = Path(cmdline[0])
-            target = str(binary.parent.parent.relative_to(self._home.visor_dir))
-        except (psutil.Error, IndexError, ValueError):
-            return None
-        logger.warning(
-            "found node pid {} running {} without node.pid: adopting it", orphan.pid, binary
-        )
-        return proc_os.PidRecord(
-            pid=orphan.pid,
-            create_time=create_time,
-            binary=str(binary),
-            target=target,
-            started_at=create_time,
-            daemon_pid=0,
-        )
-
-    def _exit_reporter(self, generation: int) -> Any:
-        ref = self.actor_ref
-
-        def report(status: proc_os.ExitStatus) -> None:
-            # A dead actor is fine: its restarted successor watches the node itself.
-            with contextlib.suppress(pykka.ActorDeadError):
-                ref.tell(_Exited(generation, status))
-
-        return report
-
-    def _on_startup_confirmed(self, message: _StartupConfirmed) -> None:
-        if message.generation != self._generation or self._state is not NodeState.STARTING:
-            return
+    def _announce_running(self, why: _Why) -> None:
+        message = why.confirmed
         assert self._process is not None
+        assert message is not None
         self._running_since = time.monotonic()
         self._last_error = None
-        self._set_state(NodeState.RUNNING)
         # Running `<bin> --version` while the node starts would compete with it for the CPU.
         self._detect_version(self._process.binary)
         logger.info(
@@ -351,20 +373,17 @@ class NodeActor(SupervisedActor):
             ev.NodeRunning(pid=self._process.pid, startup_seconds=message.seconds, by=message.by)
         )
 
-    def _begin_stop(self, reason: str) -> None:
+    def _terminate(self, why: _Why) -> None:
         assert self._process is not None
         grace = self._config.node.shutdown_grace
         self._cancel_probe()
         self._stop_began = time.monotonic()
-        self._set_state(NodeState.STOPPING)
-        self._bus.publish(ev.NodeStopping(pid=self._process.pid, reason=reason, grace=grace))
+        self._bus.publish(ev.NodeStopping(pid=self._process.pid, reason=why.reason, grace=grace))
         if not proc_os.signal_group(self._process.pid, signal.SIGTERM):
             logger.info("node group {} already gone", self._process.pid)
-        self.timers.schedule("grace", grace, _GraceExpired(self._generation))
+        self.timers.schedule("grace", grace, _TimerFired(self._generation, Trigger.GRACE_EXPIRED))
 
-    def _on_grace_expired(self, generation: int) -> None:
-        if generation != self._generation or self._state is not NodeState.STOPPING:
-            return
+    def _kill(self) -> None:
         assert self._process is not None
         logger.warning(
             "node pid {} still running after {}s grace: SIGKILL to its group",
@@ -410,19 +429,11 @@ class NodeActor(SupervisedActor):
             )
         )
         if expected:
-            self._set_state(NodeState.STOPPED)
-            self._bus.publish(
-                ev.NodeStopped(
-                    pid=process.pid,
-                    killed=self._killed,
-                    seconds=time.monotonic() - self._stop_began,
-                )
+            stopped = ev.NodeStopped(
+                pid=process.pid, killed=self._killed, seconds=time.monotonic() - self._stop_began
             )
-            self._resolve_stop_waiters()
-            if self._restart_after_stop:
-                self._restart_after_stop = False
-                self._history = RestartHistory()
-                self._spawn()
+            # Published once the state is STOPPED, before a start asked meanwhile begins.
+            self._fire(Trigger.EXITED, _Why(stopped=stopped))
             return
         was_running = self._state is NodeState.RUNNING
         running_for = (
@@ -432,60 +443,58 @@ class NodeActor(SupervisedActor):
         )
         if (status.exit_code is not None and status.exit_code != 0) or status.signal is not None:
             self._last_error = f"node exited unexpectedly: {status.describe()}"
-        self._after_unexpected_exit(was_running=was_running, running_for=running_for)
+        self._fire(Trigger.EXITED, _Why(was_running=was_running, running_for=running_for))
 
-    def _after_unexpected_exit(self, *, was_running: bool, running_for: float) -> None:
+    def _apply_restart_policy(self, why: _Why) -> None:
         decision = decide_after_exit(
             self._policy,
             self._history,
             now=time.monotonic(),
-            was_running=was_running,
-            running_for=running_for,
+            was_running=why.was_running,
+            running_for=why.running_for,
             jitter=random.random,
         )
         self._history = decision.history
-        match decision.action:
-            case ExitAction.RESTART_NOW:
-                self._restarts_total += 1
-                self._spawn()
-            case ExitAction.BACKOFF:
-                self._restarts_total += 1
-                self._set_state(NodeState.BACKOFF)
-                logger.warning("node restarts in {:.2f}s (back-off)", decision.delay)
-                self._bus.publish(
-                    ev.NodeBackoff(
-                        delay=decision.delay,
-                        restarts_in_window=decision.restarts_in_window,
-                        max_restarts=self._policy.max_restarts,
-                    )
-                )
-                self.timers.schedule("backoff", decision.delay, _BackoffElapsed(self._generation))
-            case ExitAction.FATAL:
-                reason = (
-                    f"more than {self._policy.max_restarts} restarts within "
-                    f"{self._policy.window:g}s"
-                )
-                logger.error("node FATAL: {}; `wemixvisor start` to try again", reason)
-                self._set_state(NodeState.FATAL)
-                self._bus.publish(
-                    ev.NodeFatal(reason=reason, restarts_in_window=decision.restarts_in_window)
-                )
-            case ExitAction.STAY_EXITED:
-                self._set_state(NodeState.EXITED)
+        reason = ""
+        if decision.action is ExitAction.FATAL:
+            policy = self._policy
+            reason = f"more than {policy.max_restarts} restarts within {policy.window:g}s"
+            logger.error("node FATAL: {}; `wemixvisor start` to try again", reason)
+        self._fire(_POLICY_TRIGGERS[decision.action], _Why(reason=reason, decision=decision))
+
+    def _announce_stopped(self, why: _Why) -> None:
+        if why.stopped is not None:
+            self._bus.publish(why.stopped)
+
+    def _schedule_backoff(self, why: _Why) -> None:
+        decision = why.decision
+        assert decision is not None
+        logger.warning("node restarts in {:.2f}s (back-off)", decision.delay)
+        self._bus.publish(
+            ev.NodeBackoff(
+                delay=decision.delay,
+                restarts_in_window=decision.restarts_in_window,
+                max_restarts=self._policy.max_restarts,
+            )
+        )
+        self.timers.schedule(
+            "backoff", decision.delay, _TimerFired(self._generation, Trigger.BACKOFF_ELAPSED)
+        )
+
+    def _announce_fatal(self, why: _Why) -> None:
+        decision = why.decision
+        restarts = (
+            decision.restarts_in_window if decision is not None else len(self._history.restarts)
+        )
+        self._bus.publish(ev.NodeFatal(reason=why.reason, restarts_in_window=restarts))
 
     # helpers
 
-    def _set_state(self, state: NodeState) -> None:
-        previous = self._state
-        self._state = state
-        if previous is state:
-            return
+    def _notify(self, previous: NodeState) -> None:
+        state = self._state
         pid = self._process.pid if self._process is not None else None
-        for watcher in list(self._watchers):
-            try:
-                watcher.tell(NodeStateChanged(state=state, previous=previous, pid=pid))
-            except pykka.ActorDeadError:
-                self._watchers.remove(watcher)
+        changed = NodeStateChanged(state=state, previous=previous, pid=pid)
+        self._watchers = [w for w in self._watchers if tell_if_alive(w, changed)]
 
     def _resolve_stop_waiters(self) -> None:
         status = self._status()
@@ -493,58 +502,24 @@ class NodeActor(SupervisedActor):
         for waiter in waiters:
             waiter.set(status)
 
-    def _start_probe(self, generation: int) -> None:
-        """Confirm the start: RPC answering, or alive for STARTSECS, whichever comes first."""
-        self._cancel_probe()
-        cancel = threading.Event()
-        self._probe_cancel = cancel
-        ref = self.actor_ref
-        startsecs = self._config.node.startsecs
-        address = self._config.rpc.address
-
-        def probe() -> None:
-            began = time.monotonic()
-            client = RpcClient(address, timeout=0.5)
-            while not cancel.is_set():
-                elapsed = time.monotonic() - began
-                if elapsed >= startsecs:
-                    by = "startsecs"
-                    break
-                try:
-                    client.call("eth_blockNumber")
-                except RpcError:
-                    cancel.wait(_PROBE_INTERVAL)
-                    continue
-                by = "rpc"
-                break
-            else:
-                return
-            with contextlib.suppress(pykka.ActorDeadError):
-                ref.tell(_StartupConfirmed(generation, by, time.monotonic() - began))
-
-        threading.Thread(target=probe, name=f"node-probe-{generation}", daemon=True).start()
-
     def _cancel_probe(self) -> None:
-        if self._probe_cancel is not None:
-            self._probe_cancel.set()
-            self._probe_cancel = None
+        if self._probe is not None:
+            self._probe.stop()
+            self._probe = None
 
     def _detect_version(self, binary: str) -> None:
         if binary in self._versions:
             return
-        ref = self.actor_ref
-
-        def detect() -> None:
-            version = proc_os.detect_version(Path(binary))
-            with contextlib.suppress(pykka.ActorDeadError):
-                ref.tell(_VersionDetected(binary, version))
-
-        threading.Thread(target=detect, name="node-version", daemon=True).start()
+        self.workers.run(
+            "node-version",
+            lambda _stopping: _VersionDetected(binary, proc_os.detect_version(Path(binary))),
+        )
 
     def _status(self) -> NodeStatus:
         process = self._process
         cpu, rss = self._sampler.sample(process.pid) if process is not None else (0.0, 0)
         now = time.monotonic()
+        lease = self._leases.current
         return NodeStatus(
             state=self._state,
             pid=process.pid if process is not None else None,
@@ -559,4 +534,5 @@ class NodeActor(SupervisedActor):
             cpu_percent=cpu,
             rss_bytes=rss,
             last_error=self._last_error,
+            lease=f"{lease.holder}: {lease.reason}" if lease is not None else None,
         )

@@ -1,14 +1,13 @@
 """OrchestratorActor: owns the plan queue and runs each upgrade as a journaled saga (SPEC §4, §5).
 
-The actor keeps the queue (state/plans.json) and decides *when*; each saga runs on a worker
-thread (it waits for the node, runs hooks, copies data) and reports back with a message.
-Preflight checks run on helper threads too: they execute the new binary.
+The actor keeps the queue (state/plans.json) and decides *when*; each saga runs as a job (it
+waits for the node, runs hooks, copies data) and reports back with a message. Preflight checks
+run as jobs too: they execute the new binary.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import threading
 import time
@@ -23,7 +22,6 @@ from wemixvisor.chain.wbft import start_signing_check
 from wemixvisor.config import Config, apply_reloadable
 from wemixvisor.home import state
 from wemixvisor.home.layout import Home, LayoutError, read_current
-from wemixvisor.home.state import JournalError, load_journal
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.backup import PrestageBackup
 from wemixvisor.messages.config import ConfigChanged
@@ -32,12 +30,13 @@ from wemixvisor.messages.node import StartNode
 from wemixvisor.messages.plans import CancelPlan, ListPlans, RegisterPlans, ResendPlans
 from wemixvisor.plans import queue as queue_rules
 from wemixvisor.plans.queue import Plan, PlanError, PlanStatus, QueueState, RegisterOutcome
+from wemixvisor.upgrade.journal import Journal, JournalError, Step, load_journal
 from wemixvisor.upgrade.preflight import (
     check_plan,
     fetch_missing_binary,
     warn_if_quorum_at_risk,
 )
-from wemixvisor.upgrade.saga import Journal, Outcome, SagaResult, Step, UpgradeSaga
+from wemixvisor.upgrade.saga import Outcome, SagaResult, UpgradeSaga
 
 PREFLIGHT_RECHECK = 60.0  # seconds between re-checks of a plan whose preflight failed
 PREFLIGHT_AHEAD_BLOCKS = 10  # re-check this many blocks before H
@@ -116,7 +115,7 @@ class OrchestratorActor(SupervisedActor):
     def setup(self) -> None:
         self._queue = self._load_queue()
         try:
-            journal = load_journal(self._journal_file, Journal)
+            journal = load_journal(self._journal_file)
         except JournalError as exc:
             journal = None
             aside = state.move_aside(self._journal_file)
@@ -310,14 +309,10 @@ class OrchestratorActor(SupervisedActor):
             ),
         )
         self._saga = saga
-        ref = self.actor_ref
-
-        def work() -> None:
-            result = saga.run(resume=resume)
-            with contextlib.suppress(Exception):
-                ref.tell(_SagaFinished(result))
-
-        threading.Thread(target=work, name=f"upgrade-{journal.plan.name}", daemon=True).start()
+        self.workers.run(
+            f"upgrade-{journal.plan.name}",
+            lambda _stopping: _SagaFinished(saga.run(resume=resume)),
+        )
 
     def _on_saga_finished(self, result: SagaResult) -> None:
         self._saga = None
@@ -362,19 +357,17 @@ class OrchestratorActor(SupervisedActor):
 
     def _preflight(self, plan: Plan) -> None:
         self._preflights[plan.name] = self._preflights.get(plan.name, 0) + 1
-        ref = self.actor_ref
         home, config, publish = self._home, self._config, self._bus.publish
 
-        def check() -> None:
-            # A missing binary is downloaded here, on this thread, from registration on: the
+        def check(_stopping: threading.Event) -> _PreflightDone:
+            # A missing binary is downloaded here, in this job, from registration on: the
             # saga at H only re-checks (quick) and never downloads.
             problems = fetch_missing_binary(home, config, plan, publish=publish)
             problems += check_plan(home, config, plan)
             warn_if_quorum_at_risk(config, plan, publish=publish)
-            with contextlib.suppress(Exception):
-                ref.tell(_PreflightDone(plan.name, plan.height, problems))
+            return _PreflightDone(plan.name, plan.height, problems)
 
-        threading.Thread(target=check, name=f"preflight-{plan.name}", daemon=True).start()
+        self.workers.run(f"preflight-{plan.name}", check)
 
     def _prestage(self, plan: Plan) -> None:
         """Have the bulk of the plan's backup copied now, while the node runs, so that at H only

@@ -42,6 +42,7 @@ from wemixvisor.control.verbs import BACKUP_CREATE, BACKUP_LIST, BACKUP_PRUNE, B
 from wemixvisor.control.verbs.offline import OfflineContext, describe
 from wemixvisor.control.verbs.render import size
 from wemixvisor.home.layout import Home
+from wemixvisor.home.state import node_pid_file
 from wemixvisor.node.process import find_adoptable, find_orphan_node, read_pidfile
 
 _DAEMON_STARTED = "a daemon started meanwhile; run the command again"
@@ -238,7 +239,7 @@ def _offline(ctx: CliContext, what: str) -> Iterator[OfflineContext]:
 
 def _refuse_running_node(home: Home, what: str) -> None:
     pid: int | None = None
-    record = read_pidfile(home.state_dir / "node.pid")
+    record = read_pidfile(node_pid_file(home))
     if record is not None and find_adoptable(record) is not None:
         pid = record.pid
     else:

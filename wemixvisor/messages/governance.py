@@ -95,4 +95,4 @@ class ChainInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class GetChainInfo(msgspec.Struct, frozen=True):
-    """Ask: answered at once with the latest `ChainInfo` (refreshed on a helper thread)."""
+    """Ask: answered at once with the latest `ChainInfo` (refreshed by a poller)."""

@@ -21,22 +21,61 @@ class NodeState(enum.StrEnum):
 
 
 class StartNode(msgspec.Struct, frozen=True):
-    """Start the node (also leaves FATAL and cuts a BACKOFF short)."""
+    """Start the node (also leaves FATAL and cuts a BACKOFF short).
+
+    `holder` names the lease holder asking (see AcquireNodeLease); while the node is leased,
+    a start from anyone else is refused."""
 
     reason: str = "operator"
+    holder: str | None = None
 
 
 class StopNode(msgspec.Struct, frozen=True):
-    """Stop the node gracefully; `done` (a pykka future) is set with the final NodeStatus."""
+    """Stop the node gracefully; `done` (a pykka future) is set with the final NodeStatus.
+
+    While the node is leased, a stop from anyone but the `holder` is refused: `done` gets the
+    status as it is. `shutdown` (the daemon stopping) stops it whoever holds it."""
 
     reason: str = "operator"
     done: Any = None
+    holder: str | None = None
+    shutdown: bool = False
 
 
 class RestartNode(msgspec.Struct, frozen=True):
-    """Stop, then start again."""
+    """Stop, then start again (refused like StartNode while leased by someone else)."""
 
     reason: str = "operator"
+    holder: str | None = None
+
+
+class AcquireNodeLease(msgspec.Struct, frozen=True):
+    """Ask: the node is `holder`'s for maintenance (an upgrade, a restore, a backup's last
+    pass) until it sends ReleaseNodeLease; answered with a NodeLease.
+
+    While leased, the NodeActor obeys start/stop/restart only from the holder and refuses
+    everyone else (`busy`). A holder asking again is granted again. With `wait`, a request the
+    node cannot grant now is queued and answered when the lease is free (through `done`, a
+    pykka future, when given; else the ask waits)."""
+
+    holder: str
+    reason: str
+    wait: bool = False
+    done: Any = None
+
+
+class ReleaseNodeLease(msgspec.Struct, frozen=True):
+    """The node is no longer `holder`'s (nothing happens if it was not)."""
+
+    holder: str
+
+
+class NodeLease(msgspec.Struct, frozen=True):
+    """Answer to AcquireNodeLease: whether `holder` got the node; if not, who has it."""
+
+    granted: bool
+    holder: str
+    reason: str
 
 
 class GetNodeStatus(msgspec.Struct, frozen=True):
@@ -44,7 +83,14 @@ class GetNodeStatus(msgspec.Struct, frozen=True):
 
 
 class WatchNode(msgspec.Struct, frozen=True):
-    """Tell `watcher` (an ActorRef) a NodeStateChanged on every state change."""
+    """Tell `watcher` (an ActorRef, or anything with a `tell` method) a NodeStateChanged on
+    every state change."""
+
+    watcher: Any
+
+
+class UnwatchNode(msgspec.Struct, frozen=True):
+    """Stop telling `watcher` the state changes."""
 
     watcher: Any
 
@@ -84,3 +130,4 @@ class NodeStatus(msgspec.Struct, frozen=True):
     cpu_percent: float
     rss_bytes: int
     last_error: str | None
+    lease: str | None = None  # who holds the node for maintenance, and why

@@ -1,1 +1,2 @@
-"""The node process: spawning, stopping, adoption, restart policy, and its log file."""
+"""The node process: spawning, stopping, adoption, its lifecycle table, restart policy, the
+lease for maintenance, the client workers use to command it, and its log file."""

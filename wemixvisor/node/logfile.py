@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from loguru import logger
@@ -41,29 +41,18 @@ def rotate_if_needed(path: Path, max_bytes: int, keep: int) -> bool:
     return True
 
 
-class LogRotator:
-    """A helper thread that checks the node log's size every `interval` seconds."""
+ROTATE_INTERVAL = 5.0
+"""Seconds between two checks of the node log's size."""
 
-    def __init__(self, path: Path, max_bytes: int, keep: int, interval: float = 5.0) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self.keep = keep
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="node-log-rotator", daemon=True)
 
-    def start(self) -> None:
-        """Begin checking."""
-        self._thread.start()
+def log_rotation(path: Path, max_bytes: int, keep: int) -> Callable[[], None]:
+    """One check of the node log (a poller's call): rotated when over `max_bytes`."""
 
-    def stop(self) -> None:
-        """Stop checking (returns at once; the thread ends within one interval)."""
-        self._stop.set()
+    def check() -> None:
+        try:
+            if rotate_if_needed(path, max_bytes, keep):
+                logger.info("rotated {}", path)
+        except OSError as exc:
+            logger.warning("could not rotate {}: {}", path, exc)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                if rotate_if_needed(self.path, self.max_bytes, self.keep):
-                    logger.info("rotated {}", self.path)
-            except OSError as exc:
-                logger.warning("could not rotate {}: {}", self.path, exc)
+    return check

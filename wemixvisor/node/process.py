@@ -11,14 +11,14 @@ import os
 import select
 import signal
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 import psutil
+from loguru import logger
 
 from wemixvisor.home.fsutil import atomic_write_bytes
 
@@ -127,39 +127,26 @@ def spawn_node(
     )
 
 
-def watch_exit(
-    process: NodeProcess, on_exit: Callable[[ExitStatus], None], name: str
-) -> threading.Thread:
-    """Call `on_exit` from a helper thread as soon as `process` ends.
+def wait_exit(process: NodeProcess) -> ExitStatus:
+    """Block until `process` ends (run it on a worker thread).
 
     Our own child is reaped with waitpid (instant, gives the status). An adopted process is
     not our child: a pidfd becomes readable when it exits (instant too, status unknown).
     """
-
-    def wait_child(popen: subprocess.Popen[bytes]) -> None:
-        on_exit(ExitStatus.from_returncode(popen.wait()))
-
-    def wait_foreign(pid: int) -> None:
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            on_exit(ExitStatus(None, None))
-            return
-        try:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            while not poller.poll(1000):
-                pass
-        finally:
-            os.close(fd)
-        on_exit(ExitStatus(None, None))
-
     if process.popen is not None:
-        thread = threading.Thread(target=wait_child, args=(process.popen,), name=name, daemon=True)
-    else:
-        thread = threading.Thread(target=wait_foreign, args=(process.pid,), name=name, daemon=True)
-    thread.start()
-    return thread
+        return ExitStatus.from_returncode(process.popen.wait())
+    try:
+        fd = os.pidfd_open(process.pid)
+    except ProcessLookupError:
+        return ExitStatus(None, None)
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while not poller.poll(1000):
+            pass
+    finally:
+        os.close(fd)
+    return ExitStatus(None, None)
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> bool:
@@ -313,6 +300,46 @@ def find_orphan_node(visor_dir: Path) -> psutil.Process | None:
         if oldest is None or proc.info["create_time"] < oldest.info["create_time"]:
             oldest = proc
     return oldest
+
+
+def orphan_record(visor_dir: Path) -> PidRecord | None:
+    """A node.pid record for a node running without one (`find_orphan_node`), to adopt it."""
+    orphan = find_orphan_node(visor_dir)
+    if orphan is None:
+        return None
+    try:
+        cmdline = orphan.cmdline()
+        create_time = orphan.create_time()
+        binary = Path(cmdline[0])
+        target = str(binary.parent.parent.relative_to(visor_dir))
+    except (psutil.Error, IndexError, ValueError):
+        return None
+    return PidRecord(
+        pid=orphan.pid,
+        create_time=create_time,
+        binary=str(binary),
+        target=target,
+        started_at=create_time,
+        daemon_pid=0,
+    )
+
+
+def adoptable_record(pidfile: Path, visor_dir: Path) -> PidRecord | None:
+    """The node a daemon should adopt instead of starting one: the one node.pid names if it
+    still runs (a stale node.pid is removed), else one running without a node.pid."""
+    record = read_pidfile(pidfile)
+    if record is not None and find_adoptable(record) is None:
+        logger.info("node.pid names pid {} which is gone", record.pid)
+        remove_pidfile(pidfile)
+        record = None
+    if record is not None:
+        return record
+    record = orphan_record(visor_dir)
+    if record is not None:
+        logger.warning(
+            "found node pid {} running {} without node.pid: adopting it", record.pid, record.binary
+        )
+    return record
 
 
 class TreeSampler:

@@ -12,6 +12,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from wemixvisor.config import Config
 
 
 class ExitAction(enum.Enum):
@@ -33,6 +37,18 @@ class RestartPolicy:
     backoff_initial: float = 0.5
     backoff_max: float = 60.0
     reset_after: float = 60.0
+
+    @classmethod
+    def of(cls, config: Config) -> RestartPolicy:
+        """The restart policy the configuration asks for."""
+        node = config.node
+        return cls(
+            restart_on_failure=node.restart_on_failure,
+            max_restarts=node.max_restarts,
+            window=node.restart_window,
+            backoff_initial=node.backoff_initial,
+            backoff_max=node.backoff_max,
+        )
 
 
 @dataclass(frozen=True)

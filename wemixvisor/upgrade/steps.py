@@ -1,0 +1,295 @@
+"""The saga's steps (SPEC §5), each run on the saga's worker thread.
+
+Each step may block: it talks to the NodeActor (through its lease, `NodeClient`) and to the
+BackupActor with futures and bounded waits. A local failure raises StepFailed; the saga then
+aborts or rolls back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pykka
+from loguru import logger
+
+from wemixvisor.backup import store as backups
+from wemixvisor.bus import Bus
+from wemixvisor.chain.rpc import RpcClient, RpcError
+from wemixvisor.config import Config
+from wemixvisor.home.fsutil import atomic_write_bytes
+from wemixvisor.home.layout import Home
+from wemixvisor.messages import events as ev
+from wemixvisor.messages.backup import FinishBackup, RestoreBackup
+from wemixvisor.messages.node import NodeState, NodeStatus
+from wemixvisor.node.client import NodeClient
+from wemixvisor.plans.queue import Plan, plan_to_object
+from wemixvisor.upgrade import hooks
+from wemixvisor.upgrade.journal import Journal, Step, save_journal
+from wemixvisor.upgrade.preflight import custom_preupgrade_path
+
+BACKUP_TIMEOUT = 6 * 3600.0
+"""Bound on the wait for the backup at H (and a rollback's restore): generous, because without a
+pre-staged copy it is a full copy of the data dir."""
+
+RPC_RETRY = 0.003
+"""Seconds between two RPC attempts while waiting for the new binary's first answer: that
+answer ends the downtime."""
+
+STATUS_RECHECK = 1.0
+"""Seconds after which the node's status is asked again without any state change reported (a
+restarted NodeActor forgets its watchers)."""
+
+_DOWN = (NodeState.FATAL, NodeState.EXITED, NodeState.STOPPED)
+_UP = (NodeState.STARTING, NodeState.RUNNING)
+
+
+class StepFailed(Exception):
+    """A local failure of a step: the saga rolls back."""
+
+    def __init__(self, step: Step, reason: str) -> None:
+        super().__init__(reason)
+        self.step = step
+        self.reason = reason
+
+
+@dataclass
+class StepContext:
+    """What the steps share: the upgrade, where it happens, and its timings."""
+
+    journal: Journal
+    home: Home
+    config: Config
+    bus: Bus
+    journal_path: Path
+    node: NodeClient
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    stop_began: float | None = None  # monotonic
+    start_requested_at: float = field(default_factory=time.time)
+    first_answer_at: float | None = None  # monotonic: the new binary's first RPC answer
+    first_head: int | None = None
+
+    @property
+    def plan(self) -> Plan:
+        """The plan being applied."""
+        return self.journal.plan
+
+
+def stop_node(ctx: StepContext) -> None:
+    """`stopping`: stop the node and wait until it is down; then DAEMON_RESTART_DELAY."""
+    ctx.stop_began = time.monotonic()
+    status = ctx.node.stop(f"upgrade {ctx.plan.name}")
+    if status.state is not NodeState.STOPPED:
+        raise StepFailed(Step.STOPPING, f"node did not stop (state {status.state})")
+    delay = ctx.config.upgrade.restart_delay
+    if delay > 0:
+        time.sleep(delay)
+
+
+def finish_backup(ctx: StepContext) -> None:
+    """`backup`: ask the BackupActor to finish the plan's pre-staged backup and wait for it.
+
+    The node is stopped: only what changed since the pre-staging is copied. A daemon killed
+    meanwhile resumes here, and a backup of this upgrade that completed is reused.
+    """
+    if ctx.config.backup.skip:
+        return
+    journal = ctx.journal
+    if journal.backup is not None and _backup_complete(ctx.config, journal.backup):
+        return  # resumed after the backup had completed
+    done: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+    request = FinishBackup(ctx.plan.name, done=done, since=journal.started_at)
+    if not _tell_backup(ctx.bus, request):
+        raise StepFailed(Step.BACKUP, "backup failed: no backup actor is running")
+    try:
+        backup_id: str = done.get(timeout=BACKUP_TIMEOUT)
+    except pykka.Timeout:
+        raise StepFailed(
+            Step.BACKUP, f"backup failed: not finished within {BACKUP_TIMEOUT:g}s"
+        ) from None
+    except backups.BackupError as exc:
+        raise StepFailed(Step.BACKUP, f"backup failed: {exc}") from None
+    journal.backup = backup_id
+    save_journal(ctx.journal_path, journal)
+
+
+def restore_backup(ctx: StepContext, backup_id: str) -> str | None:
+    """Restore the upgrade's backup through the BackupActor (the node is stopped); the id
+    restored, or None when that failed: the live data is then left as it was."""
+    name = ctx.plan.name
+    accepted: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+    finished: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+    request = RestoreBackup(backup_id, done=accepted, finished=finished, upgrade=name)
+    if not _tell_backup(ctx.bus, request):
+        logger.error("rollback of {}: no backup actor to restore {}", name, backup_id)
+        return None
+    try:
+        aside: str = finished.get(timeout=BACKUP_TIMEOUT)
+    except (pykka.Timeout, backups.BackupError) as exc:
+        logger.error(
+            "rollback of {}: restoring backup {} failed ({}); the old binary starts on the"
+            " data as the new one left it",
+            name,
+            backup_id,
+            exc,
+        )
+        return None
+    logger.warning("restored backup {}; the data the new binary wrote is in {}", backup_id, aside)
+    return backup_id
+
+
+def run_custom_preupgrade(ctx: StepContext) -> None:
+    """`custom_preupgrade`: the operator's script; a non-zero exit or a timeout fails."""
+    script = custom_preupgrade_path(ctx.home, ctx.config)
+    if script is None:
+        return
+    result = hooks.run_custom_preupgrade(
+        script,
+        ctx.plan,
+        home=ctx.home.root,
+        timeout=ctx.config.upgrade.hook_timeout,
+        base_env=ctx.environ,
+    )
+    logger.info("custom pre-upgrade: {}\n{}", result.describe(), result.output)
+    if not result.ok:
+        raise StepFailed(
+            Step.CUSTOM_PREUPGRADE,
+            f"custom pre-upgrade: {result.describe()}: {result.output[-500:].strip()}",
+        )
+
+
+def run_app_preupgrade(ctx: StepContext) -> None:
+    """`app_preupgrade`: `<new bin> pre-upgrade` with its exit-code protocol."""
+    upgrade = ctx.config.upgrade
+    if not upgrade.app_preupgrade:
+        return
+    name = ctx.plan.name
+    outcome = hooks.run_app_preupgrade(
+        ctx.home.upgrade_bin(name),
+        cwd=ctx.home.root,
+        env=ctx.environ,
+        timeout=upgrade.hook_timeout,
+        max_retries=upgrade.preupgrade_max_retries,
+        on_attempt=lambda attempt: ctx.bus.publish(
+            ev.UpgradeStep(name=name, step=Step.APP_PREUPGRADE.value, attempt=attempt)
+        ),
+    )
+    for attempt in outcome.attempts:
+        logger.info("app pre-upgrade: {}\n{}", attempt.describe(), attempt.output)
+    if not outcome.ok:
+        raise StepFailed(Step.APP_PREUPGRADE, outcome.reason)
+
+
+def copy_plan(ctx: StepContext) -> None:
+    """Keep the plan beside the new binary: a record for the operator."""
+    # Written while the new binary starts, not before: a durable write here would add to
+    # the downtime.
+    plan_copy = ctx.home.target_dir(ctx.journal.to_target) / "upgrade-info.json"
+    atomic_write_bytes(plan_copy, msgspec.json.encode(plan_to_object(ctx.plan)))
+
+
+def verify(ctx: StepContext) -> None:
+    """`verifying`: alive past STARTSECS without an unexpected exit, and answering RPC.
+
+    The node's state changes arrive as events (the saga watches the node): its status is asked
+    when one arrives, not polled. RPC is tried every few ms until it answers, since the first
+    answer ends the downtime; its head is the old binary's last block, since the new one
+    continues from the same data.
+    """
+    config = ctx.config
+    copy_plan(ctx)
+    deadline = time.monotonic() + config.upgrade.verify_timeout
+    alive_for = min(config.node.startsecs, config.upgrade.verify_timeout)
+    client = RpcClient(config.rpc.address, timeout=min(config.rpc.timeout, 1.0))
+    changes = ctx.node.watch()
+    try:
+        status, asked_at = ctx.node.status(), time.monotonic()
+        while True:
+            _check_alive(status, ctx.start_requested_at)
+            if ctx.first_answer_at is None and status.state in _UP:
+                head = _hex_height(_call_quietly(client, "eth_blockNumber"))
+                if head is not None:
+                    ctx.first_answer_at = time.monotonic()
+                    ctx.first_head = head
+                    status, asked_at = ctx.node.status(), time.monotonic()
+                    continue
+            now = time.monotonic()
+            if ctx.first_answer_at is None:
+                wait = RPC_RETRY
+            elif status.state is NodeState.RUNNING and status.uptime is not None:
+                # Still RUNNING unless a state change says otherwise: no need to ask again.
+                uptime = status.uptime + (now - asked_at)
+                if uptime >= alive_for:
+                    return
+                wait = alive_for - uptime
+            else:
+                wait = STATUS_RECHECK
+            if now >= deadline:
+                status = ctx.node.status()
+                _check_alive(status, ctx.start_requested_at)
+                raise StepFailed(Step.VERIFYING, _verify_timeout_reason(ctx, status))
+            recheck_at = asked_at + STATUS_RECHECK
+            changed = changes.wait(min(wait, deadline - now, recheck_at - now))
+            if changed or time.monotonic() >= recheck_at:
+                status, asked_at = ctx.node.status(), time.monotonic()
+    finally:
+        ctx.node.unwatch(changes)
+
+
+def _check_alive(status: NodeStatus, since: float) -> None:
+    crashes = [e for e in status.exits if e.at >= since and not e.expected]
+    if crashes:
+        last = crashes[-1]
+        how = f"signal {last.signal}" if last.signal else f"exit code {last.exit_code}"
+        raise StepFailed(Step.VERIFYING, f"new binary exited ({how})")
+    if status.state in _DOWN:
+        raise StepFailed(Step.VERIFYING, f"new binary is {status.state}")
+
+
+def _verify_timeout_reason(ctx: StepContext, status: NodeStatus) -> str:
+    if ctx.first_answer_at is None:
+        reason = (
+            "RPC never answered"
+            if status.state is NodeState.RUNNING
+            else f"node still {status.state}"
+        )
+    else:
+        reason = "node did not stay up"
+    return f"{reason} within {ctx.config.upgrade.verify_timeout:g}s"
+
+
+def _backup_complete(config: Config, backup_id: str) -> bool:
+    try:
+        path = backups.backup_dir(config.backup.dir, backup_id)
+    except backups.BackupError:
+        return False
+    return backups.read_manifest(path) is not None
+
+
+def _tell_backup(bus: Bus, message: Any) -> bool:
+    # The backup actor may be between two lives (restarted by its supervisor): wait for it.
+    deadline = time.monotonic() + 30
+    while not bus.tell("backup", message):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _call_quietly(client: RpcClient, method: str) -> Any:
+    try:
+        return client.call(method)
+    except RpcError:
+        return None
+
+
+def _hex_height(value: Any) -> int | None:
+    if isinstance(value, str) and value.startswith("0x") and 2 < len(value) <= 18:
+        with contextlib.suppress(ValueError):
+            return int(value, 16)
+    return None
