@@ -117,6 +117,8 @@ class Daemon:
             endpoint=self.config.events.endpoint,
             send_hwm=self.config.events.send_hwm,
             failure_sink=supervisor.failure_sink,
+            journal_dir=state.events_dir(self.home),
+            listener=self.metrics.observe_published if self.metrics is not None else None,
         )
 
     def _start_node(self, supervisor: Supervisor) -> pykka.ActorRef[Any]:
@@ -181,12 +183,7 @@ class Daemon:
         address = self.config.metrics.address
         if not address:
             return
-        exporter = MetricsExporter(
-            address,
-            self.bus,
-            self.config.events.endpoint,
-            actor_restarts=self.supervisor.restarts,
-        )
+        exporter = MetricsExporter(address, self.bus, actor_restarts=self.supervisor.restarts)
         try:
             exporter.start()
         except OSError as exc:

@@ -1,11 +1,19 @@
-"""EventsActor: owns the events PUB socket; every other actor tells it the events to broadcast."""
+"""EventsActor: owns the events PUB socket and the event journal; every other actor tells it the
+events to broadcast."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from wemixvisor.actors.base import FailureSink, SupervisedActor
-from wemixvisor.events.publisher import DEFAULT_SEND_HWM, EventPublisher, PublisherStats
+from wemixvisor.events.journal import EventJournal
+from wemixvisor.events.publisher import (
+    DEFAULT_SEND_HWM,
+    EventListener,
+    EventPublisher,
+    PublisherStats,
+)
 from wemixvisor.messages.events import Event, PublishHeartbeat, SupervisorHeartbeat
 
 
@@ -23,11 +31,15 @@ class EventsActor(SupervisedActor):
         endpoint: str,
         send_hwm: int = DEFAULT_SEND_HWM,
         failure_sink: FailureSink | None = None,
+        *,
+        journal_dir: Path | None = None,
+        listener: EventListener | None = None,
     ) -> None:
         super().__init__(failure_sink)
         # Constructed here so that a refused endpoint fails `EventsActor.start()` in the caller;
-        # the socket itself is created in `setup`, on the actor's thread.
-        self._publisher = EventPublisher(endpoint, send_hwm)
+        # the socket and the journal's file are opened in `setup`, on the actor's thread.
+        journal = EventJournal(journal_dir) if journal_dir is not None else None
+        self._publisher = EventPublisher(endpoint, send_hwm, journal=journal, listener=listener)
 
     def setup(self) -> None:
         self._publisher.bind()

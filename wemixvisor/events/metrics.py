@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import msgspec
 import pykka
 from loguru import logger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -25,7 +26,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from wemixvisor import __version__
 from wemixvisor.bus import Bus
-from wemixvisor.events.subscriber import EventSubscriber, ReceivedEvent
+from wemixvisor.events.subscriber import ReceivedEvent
+from wemixvisor.messages.events import Event
 from wemixvisor.messages.height import GetHeight, HeightStatus
 from wemixvisor.messages.node import GetNodeStatus, NodeState, NodeStatus
 from wemixvisor.messages.plans import ListPlans
@@ -290,14 +292,13 @@ def _operation_of(payload: dict[str, Any]) -> str:
 
 
 class MetricsExporter:
-    """/metrics on `address` (host:port) for the daemon whose actors are on `bus` and whose
-    events are published on `events_endpoint`."""
+    """/metrics on `address` (host:port) for the daemon whose actors are on `bus`; the events
+    publisher tells it every event it publishes (`observe_published`), so none is missed."""
 
     def __init__(
         self,
         address: str,
         bus: Bus,
-        events_endpoint: str,
         *,
         actor_restarts: Callable[[], dict[str, int]] = dict,
     ) -> None:
@@ -305,42 +306,27 @@ class MetricsExporter:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_StatusCollector(bus, actor_restarts))
         self._events = _EventMetrics(self.registry)
-        self._events_endpoint = events_endpoint
-        self._stop = threading.Event()
         self._server: Any = None
         self._http_thread: threading.Thread | None = None
-        self._feed: threading.Thread | None = None
         self.port: int | None = None
 
     def start(self) -> None:
-        """Listen on the address and start following events; OSError if it cannot listen."""
+        """Listen on the address; OSError if it cannot listen."""
         host, port = split_address(self.address)
         self._server, self._http_thread = start_http_server(port, addr=host, registry=self.registry)
         self.port = int(self._server.server_address[1])
-        self._feed = threading.Thread(target=self._follow, name="metrics-events", daemon=True)
-        self._feed.start()
         logger.info("Prometheus metrics on http://{}/metrics", self.address)
 
     def stop(self) -> None:
-        """Stop listening and following."""
-        self._stop.set()
+        """Stop listening."""
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()
             server.server_close()
-        if self._feed is not None:
-            self._feed.join(5.0)
 
-    def _follow(self) -> None:
-        try:
-            subscriber = EventSubscriber([self._events_endpoint])
-        except ValueError as exc:
-            logger.error("metrics cannot follow events: {}", exc)
-            return
-        try:
-            while not self._stop.is_set():
-                event = subscriber.receive(timeout=0.5)
-                if event is not None:
-                    self._events.observe(event)
-        finally:
-            subscriber.close()
+    def observe_published(self, event: Event, payload: bytes) -> None:
+        """Account for one event as it is published (called on the publisher's thread)."""
+        decoded = msgspec.json.decode(payload)
+        self._events.observe(
+            ReceivedEvent(event.topic, decoded, payload, event.seq, event.run_id, event.ts, 0)
+        )

@@ -3,6 +3,10 @@
 Wire format: multipart `[topic, payload]`, the topic UTF-8 `<domain>.<event>`, the payload the
 msgspec-JSON object of the event including `topic`, `seq`, `run_id` and `ts`.
 
+Every stamped event is also appended to the on-disk event journal (when one is given), so a late
+or restarted subscriber can replay what the socket dropped before it joined, and handed to an
+in-process listener (the metrics exporter) without going through the socket.
+
 Binding follows SPEC §11: an ipc socket file is made 0600 inside a directory we create 0700, and
 a tcp endpoint must be a loopback address (events carry no authentication yet).
 """
@@ -13,6 +17,7 @@ import contextlib
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,10 +25,14 @@ import msgspec
 import zmq
 from loguru import logger
 
+from wemixvisor.events.journal import EventJournal
 from wemixvisor.home.ipc import EndpointError, is_loopback_host, prepare_socket_file
 from wemixvisor.messages.events import Event
 
 DEFAULT_SEND_HWM = 10_000
+
+EventListener = Callable[[Event, bytes], None]
+"""Told every stamped event and its encoded payload, on the publisher's thread: must be quick."""
 
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 _UNIX_PATH_MAX = 107
@@ -90,6 +99,9 @@ class EventPublisher:
         endpoint: str,
         send_hwm: int = DEFAULT_SEND_HWM,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        *,
+        journal: EventJournal | None = None,
+        listener: EventListener | None = None,
     ) -> None:
         check_bind_endpoint(endpoint)
         if send_hwm < 1:
@@ -107,6 +119,8 @@ class EventPublisher:
         self._socket_file_id: tuple[int, int] | None = None
         self._encoder = msgspec.json.Encoder()
         self._dropping = False
+        self._journal = journal
+        self._listener = listener
 
     @property
     def bound_endpoint(self) -> str | None:
@@ -122,9 +136,18 @@ class EventPublisher:
         return PublisherStats(self.published, self.dropped)
 
     def bind(self) -> None:
-        """Create the socket and bind it; raises `EndpointError` if the endpoint is unusable."""
+        """Create the socket and bind it; raises `EndpointError` if the endpoint is unusable.
+
+        The event journal is opened first: an unusable journal directory is logged, and the
+        events are still published."""
         if self._socket is not None:
             raise RuntimeError(f"events publisher already bound to {self.endpoint}")
+        if self._journal is not None:
+            try:
+                self._journal.open()
+            except OSError as exc:
+                logger.error("event journal {} unusable: {}", self._journal.directory, exc)
+                self._journal = None
         socket_file = self._prepare_ipc_file()
         self._context = zmq.Context() if self._shared_context is None else self._shared_context
         sock = self._context.socket(zmq.PUB)
@@ -163,6 +186,13 @@ class EventPublisher:
             # A producer put a value of the wrong type in a field: lose the event, not the daemon.
             self._count_drop(stamped, f"cannot encode: {exc}")
             return stamped
+        if self._journal is not None:
+            self._journal.append(payload)
+        if self._listener is not None:
+            try:
+                self._listener(stamped, payload)
+            except Exception:  # noqa: BLE001 - a listener's bug must not lose the event
+                logger.exception("event listener failed on {} seq {}", stamped.topic, stamped.seq)
         if self._socket is None:
             self._count_drop(stamped, "socket not bound")
             return stamped
@@ -180,6 +210,8 @@ class EventPublisher:
         sock, self._socket = self._socket, None
         if sock is not None:
             sock.close(linger=0)
+        if self._journal is not None:
+            self._journal.close()
         self._release_context()
         self._remove_socket_file()
 

@@ -38,6 +38,7 @@ __all__ = [
     "daemon_lock",
     "daemon_pid",
     "daemon_running",
+    "events_dir",
     "governance_file",
     "journal_file",
     "load_journal",
@@ -78,6 +79,11 @@ def journal_file(home: Home) -> Path:
 def node_pid_file(home: Home) -> Path:
     """`state/node.pid`: the node the daemon started, for adoption after a daemon restart."""
     return home.state_dir / "node.pid"
+
+
+def events_dir(home: Home) -> Path:
+    """`state/events/`: the bounded journal of every published event (SPEC §10)."""
+    return home.state_dir / "events"
 
 
 def governance_file(home: Home) -> Path:
