@@ -3,9 +3,6 @@ directory for ipc sockets, and actor teardown."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,7 +11,7 @@ import pytest
 
 from devtools import anvil as devtools_anvil
 from devtools.anvil import AnvilProcess
-from tests.daemon_harness import kill_node_processes
+from tests import control_harness
 
 AnvilBin = Callable[[str], Path]
 
@@ -73,13 +70,6 @@ def stop_all_actors() -> Iterator[None]:
 
 @pytest.fixture
 def short_root() -> Iterator[Path]:
-    """A short directory under /tmp (ipc socket paths must stay under 107 bytes); every process
-    whose command line names it is killed and the directory removed at the end
-    (WEMIXVISOR_KEEP_TEST_DIRS=1 keeps it for a post-mortem)."""
-    root = Path(tempfile.mkdtemp(prefix="wv-", dir="/tmp"))
-    try:
+    """A short directory under /tmp for ipc sockets (see `control_harness.short_root`)."""
+    with control_harness.short_root() as root:
         yield root
-    finally:
-        kill_node_processes(root)
-        if not os.environ.get("WEMIXVISOR_KEEP_TEST_DIRS"):
-            shutil.rmtree(root, ignore_errors=True)

@@ -29,14 +29,16 @@ BASE_ENV = {
 
 @contextmanager
 def short_root() -> Iterator[Path]:
-    """A short directory (ipc paths must stay under 107 bytes); every process left in it is
-    killed and the directory removed at the end."""
+    """A short directory under /tmp (ipc socket paths must stay under 107 bytes); every process
+    whose command line names it is killed and the directory removed at the end
+    (WEMIXVISOR_KEEP_TEST_DIRS=1 keeps it for a post-mortem)."""
     root = Path(tempfile.mkdtemp(prefix="wv-", dir="/tmp"))
     try:
         yield root
     finally:
         kill_node_processes(root)
-        shutil.rmtree(root, ignore_errors=True)
+        if not os.environ.get("WEMIXVISOR_KEEP_TEST_DIRS"):
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def make_home(root: Path, binary: Path, name: str = "anvil") -> Path:

@@ -251,9 +251,8 @@ def test_gaps_in_the_events_are_alerted(
 
 
 @pytest.fixture
-def root_dir() -> Iterator[Path]:
-    with short_root() as root:
-        yield root
+def root_dir(short_root: Path) -> Path:
+    return short_root
 
 
 class FlakySink:

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devtools.anvil import free_port
-from tests.control_harness import WellBehavedClient, short_root
+from tests.control_harness import WellBehavedClient
 from wemixvisor.control import ControlClient, ControlError, ControlUnreachable
 from wemixvisor.control.protocol import MAX_FRAME_BYTES, Request
 from wemixvisor.control.protocol import ControlError as ProtocolError
@@ -45,9 +45,8 @@ def dispatch(request: Request) -> Any:
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
-    with short_root() as path:
-        yield path
+def root(short_root: Path) -> Path:
+    return short_root
 
 
 @pytest.fixture

@@ -45,12 +45,6 @@ class Collector(pykka.ThreadingActor):
         return None
 
 
-@pytest.fixture(autouse=True)
-def stop_all_actors() -> Iterator[None]:
-    yield
-    pykka.ActorRegistry.stop_all()
-
-
 @pytest.fixture
 def node(
     tmp_path: Path, anvil_bin_1_5_1: Path, free_port: Callable[[], int]

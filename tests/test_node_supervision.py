@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -21,15 +19,6 @@ from wemixvisor.home.layout import Home, init_home
 from wemixvisor.node.process import group_members
 
 MakeDaemon = Callable[..., Daemon]
-
-
-@pytest.fixture
-def short_root() -> Iterator[Path]:
-    """A short directory: ipc socket paths must stay under the kernel's 107-byte limit."""
-    root = Path(tempfile.mkdtemp(prefix="wv-", dir="/tmp"))
-    yield root
-    kill_node_processes(root)
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def make_home(root: Path, binary: Path, name: str = "anvil") -> Path:

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
-
-import pykka
-import pytest
 
 from wemixvisor.actors.base import SupervisedActor
 from wemixvisor.actors.supervision import Supervisor
@@ -43,12 +39,6 @@ class FailsOnStart(SupervisedActor):
 
     def on_receive(self, message: Any) -> Any:
         return "alive"
-
-
-@pytest.fixture(autouse=True)
-def stop_all_actors() -> Iterator[None]:
-    yield
-    pykka.ActorRegistry.stop_all()
 
 
 def wait_restarted(supervisor: Supervisor, role: str, count: int, timeout: float = 10) -> None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pykka
-import pytest
 
 from wemixvisor.actors.base import SupervisedActor
 from wemixvisor.actors.workers import Poller
@@ -54,12 +52,6 @@ class Recorder(SupervisedActor):
             case _:
                 self.seen.append(message)
         return None
-
-
-@pytest.fixture(autouse=True)
-def stop_all_actors() -> Iterator[None]:
-    yield
-    pykka.ActorRegistry.stop_all()
 
 
 def wait_for(ref: pykka.ActorRef[Any], predicate: Any, timeout: float = 5.0) -> list[Any]:
