@@ -26,7 +26,7 @@ import pykka
 from loguru import logger
 
 from wemixvisor.actors.base import FailureSink, SupervisedActor
-from wemixvisor.actors.workers import tell_if_alive
+from wemixvisor.actors.workers import Poller, tell_if_alive
 from wemixvisor.bus import Bus
 from wemixvisor.chain import governance as gov
 from wemixvisor.chain.rpc import RpcClient, RpcError
@@ -174,6 +174,7 @@ class GovernanceActor(SupervisedActor):
         self._proposals: dict[str, dict[int, Proposal]] = {}
         self._generation = 0
         self._follower: gov.LogFollower | None = None
+        self._follow_poller: Poller | None = None
         self._chain = ChainInfo()
         self._follow_error: str | None = None
         self._followed_once = False
@@ -200,9 +201,7 @@ class GovernanceActor(SupervisedActor):
 
     def release(self) -> None:
         # Also after a failure: the actor the supervisor starts next follows the logs itself.
-        if self._follower is not None:
-            self._follower.stop()
-            self._follower = None
+        self._stop_following()
 
     def teardown(self) -> None:
         if self._dirty:
@@ -238,9 +237,7 @@ class GovernanceActor(SupervisedActor):
 
     def _follow(self, config: Config) -> None:
         """(Re)start the log follower for the configured contracts; none without contracts."""
-        if self._follower is not None:
-            self._follower.stop()
-            self._follower = None
+        self._stop_following()
         self._generation += 1
         configured = {c.address.lower(): c.kind for c in config.governance.contracts}
         for address, kind in configured.items():
@@ -262,9 +259,6 @@ class GovernanceActor(SupervisedActor):
         def on_batch(batch: gov.ContractBatch) -> None:
             tell_if_alive(ref, _Batch(generation, batch))
 
-        def on_failure(error: str) -> None:
-            tell_if_alive(ref, _FollowFailed(generation, error))
-
         follower = gov.LogFollower(
             config.rpc.address,
             timeout=config.rpc.timeout,
@@ -284,18 +278,31 @@ class GovernanceActor(SupervisedActor):
                 for p in self._progress.values()
             ],
             confirmations=config.governance.confirmations,
-            interval=config.governance.poll_interval,
             on_batch=on_batch,
-            on_failure=on_failure,
         )
+
+        def poll() -> _FollowFailed | None:
+            error = follower.poll_once()
+            return _FollowFailed(generation, error) if error is not None else None
+
         self._follower = follower
-        follower.start()
+        self._follow_poller = self.workers.poll(
+            "governance-logs", poll, config.governance.poll_interval
+        )
         logger.info(
             "following {} governance contract(s) on {} ({} confirmations)",
             len(configured),
             config.rpc.address,
             config.governance.confirmations,
         )
+
+    def _stop_following(self) -> None:
+        if self._follow_poller is not None:
+            self._follow_poller.stop()
+            self._follow_poller = None
+        if self._follower is not None:
+            self._follower.stop()
+            self._follower = None
 
     def _start_prober(self) -> None:
         timeout = min(self._config.rpc.timeout, 5.0)
@@ -475,8 +482,8 @@ class GovernanceActor(SupervisedActor):
         if old.contracts != new.contracts or old.confirmations != new.confirmations:
             self._follow(self._config)
             self._save()
-        elif old.poll_interval != new.poll_interval and self._follower is not None:
-            self._follower.set_interval(new.poll_interval)
+        elif old.poll_interval != new.poll_interval and self._follow_poller is not None:
+            self._follow_poller.set_interval(new.poll_interval)
 
     def _list(self) -> list[Proposal]:
         return [

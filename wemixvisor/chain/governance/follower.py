@@ -1,6 +1,7 @@
-"""The helper thread that reads followed contracts from the node and reports batches.
+"""What reads followed contracts from the node and reports batches (run by the
+GovernanceActor's poller, off its mailbox).
 
-Every `interval` it reads each contract's proposal logs up to head - confirmations (in
+Each poll reads each contract's proposal logs up to head - confirmations (in
 LOG_RANGE steps) and `getProposal` of every proposal those logs touched. The last batch of a
 poll also carries the records of every other open proposal and the confirmed block's timestamp,
 against which the actor expires open proposals (GovBase expiry is lazy: it emits nothing until
@@ -10,7 +11,6 @@ someone touches the proposal).
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Final
 
@@ -52,15 +52,14 @@ class _Unreadable(Exception):
 
 
 BatchCallback = Callable[[ContractBatch], None]
-FailureCallback = Callable[[str], None]
 
 
 class LogFollower:
-    """One helper thread: every `interval`, the logs of each contract up to head - confirmations.
+    """Each poll: the logs of each contract up to head - confirmations.
 
-    Callbacks run on the helper thread and must only enqueue a message. A failed call is
-    reported and retried at the next interval; progress is kept in memory only (the actor
-    persists what it applied, and a new follower starts where that left off).
+    `on_batch` runs on the polling worker's thread and must only enqueue a message. A failed
+    poll is reported and tried again at the next interval; progress is kept in memory only (the
+    actor persists what it applied, and a new follower starts where that left off).
     """
 
     def __init__(
@@ -70,61 +69,31 @@ class LogFollower:
         timeout: float,
         contracts: list[FollowedContract],
         confirmations: int,
-        interval: float,
         on_batch: BatchCallback,
-        on_failure: FailureCallback,
     ) -> None:
         self._client = RpcClient(address, timeout=timeout)
         self._contracts = contracts
         self._confirmations = max(confirmations, 0)
-        self._interval = interval
         self._on_batch = on_batch
-        self._on_failure = on_failure
         self._stop = threading.Event()
-        self._wake = threading.Event()
         self._behind_logged = False
         self._warned: set[tuple[str, str]] = set()
         self._topics = sorted(dialect().events)
-        self._thread = threading.Thread(target=self._main, name="governance-logs", daemon=True)
 
-    @property
-    def interval(self) -> float:
-        """Seconds between two polls."""
-        return self._interval
-
-    def set_interval(self, interval: float) -> None:
-        """Poll every `interval` seconds from now on."""
-        self._interval = interval
-        self._wake.set()
-
-    def start(self) -> None:
-        """Start the helper thread."""
-        self._thread.start()
-
-    def stop(self, join_timeout: float = 0.5) -> bool:
-        """Ask the thread to end; True once it has (a call in flight ends within the timeout)."""
+    def stop(self) -> None:
+        """Abandon a poll in progress at its next step (the follower is being replaced)."""
         self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(join_timeout)
-        return not self._thread.is_alive()
 
-    def _main(self) -> None:
-        while not self._stop.is_set():
-            began = time.monotonic()
-            try:
-                self.poll()
-            except (RpcError, AbiError) as exc:
-                self._failed(str(exc))
-            except Exception as exc:  # noqa: BLE001 - following must go on whatever broke
-                logger.opt(exception=exc).error("governance log follower failed")
-                self._failed(f"{type(exc).__name__}: {exc}")
-            self._wake.wait(max(began + self._interval - time.monotonic(), 0.0))
-            self._wake.clear()
-
-    def _failed(self, error: str) -> None:
-        if not self._stop.is_set():
-            self._on_failure(error)
+    def poll_once(self) -> str | None:
+        """One poll of every contract; why it failed (it is tried again next time), or None."""
+        try:
+            self.poll()
+        except (RpcError, AbiError) as exc:
+            return str(exc)
+        except Exception as exc:  # noqa: BLE001 - following must go on whatever broke
+            logger.opt(exception=exc).error("governance log follower failed")
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
     def poll(self) -> None:
         """Process every contract up to the confirmed head, in LOG_RANGE steps (raises RpcError,
