@@ -41,6 +41,7 @@ SPEC_VERBS = {
     "config_show",
     "config_reload",
     "governance_proposals",
+    "events",
     "version",
 }
 

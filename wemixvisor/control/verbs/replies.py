@@ -27,6 +27,7 @@ __all__ = [
     "ConfigShowReply",
     "DaemonSection",
     "DaemonState",
+    "EventsReply",
     "GovernanceProposalsReply",
     "InProgress",
     "LastUpgrade",
@@ -244,7 +245,20 @@ class VersionNode(msgspec.Struct, frozen=True):
 
 
 class VersionReply(msgspec.Struct, frozen=True):
-    """`version`: wemixvisor's, and the node binary's (null when the node actor is silent)."""
+    """`version`: wemixvisor's, and the node binary's (null when the node actor is silent);
+    `events_endpoint` is where the daemon publishes its events (a client of the control socket
+    learns it here, e.g. the web console)."""
 
     wemixvisor: str
     node: VersionNode | None
+    events_endpoint: str | None = None
+
+
+class EventsReply(msgspec.Struct, frozen=True):
+    """`events`: journaled payloads, oldest first; `more` when the journal holds more after the
+    last one (ask again from its seq + 1 in its run); `run_id` the run the replay started in
+    (null when the journal is empty)."""
+
+    events: list[dict[str, Any]]
+    more: bool
+    run_id: str | None
