@@ -106,7 +106,7 @@ class SecurityMiddleware:
 
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope.get("headers", []):
-            if name == b"authorization":
+            if name == b"authorization" and value:
                 scheme, _, given = value.decode("latin-1").partition(" ")
                 return scheme.lower() == "bearer" and token_matches(self.token, given.strip())
         if _is_event_stream(scope["path"]):
