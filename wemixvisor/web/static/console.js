@@ -260,7 +260,12 @@
       const row = el("tr");
       row.dataset.plan = plan.name;
       const waiting = plan.status === "pending" || plan.status === "in_file";
-      row.append(el("td", plan.name), el("td", plan.height),
+      const nameCell = el("td", plan.name);
+      if (plan.info !== undefined) {
+        nameCell.append(el("div", typeof plan.info === "string" ? plan.info
+          : JSON.stringify(plan.info), "muted info"));
+      }
+      row.append(nameCell, el("td", plan.height),
         el("td", plan.status + (plan.result ? " — " + plan.result : "")),
         el("td", waiting ? etaText(plan.height, head) : "-"));
       const readiness = el("td");
