@@ -147,6 +147,7 @@ def test_scheduling_and_cancelling_a_plan_and_the_errors_an_operator_meets(setup
     assert scheduled.json()["outcome"] == "added"
     plans = console.get("/api/v1/upgrades").json()["plans"]
     assert [(p["name"], p["height"], p["status"]) for p in plans] == [("v2", height, "pending")]
+    assert plans[0]["readiness"] == {"binary_staged": False}, "no upgrades/v2/bin/anvil"
 
     # A passed height without `now` is refused by the queue's rules: 409 with the daemon's words.
     late = console.client.post("/api/v1/upgrades", json={"name": "v3", "height": 1})

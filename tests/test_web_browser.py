@@ -224,7 +224,7 @@ def test_markup_from_the_node_or_a_plan_is_shown_as_text_and_runs_nothing(
 def test_an_upgrade_shows_its_steps_live_and_ends_on_the_new_version(browser: Browser) -> None:
     driver = browser.driver
     head = browser.wait("a head", browser.head)
-    height = head + 5
+    height = head + 8  # time to see the plan waiting, with its readiness
     name = driver.find_element("id", "schedule-name")
     name.clear()
     name.send_keys("v171")
@@ -234,6 +234,8 @@ def test_an_upgrade_shows_its_steps_live_and_ends_on_the_new_version(browser: Br
     driver.find_element("css selector", "#schedule-form button").click()
     browser.wait("the confirmation", lambda: f"height {height}" in browser.text("confirm-text"))
     driver.find_element("id", "confirm-yes").click()
+    row = browser.wait("the plan's row", lambda: browser.row_text("#plans tr[data-plan='v171']"))
+    assert "binary staged: yes" in row and "hooks present: unknown" in row, row
     browser.wait(
         "the saga's first steps",
         lambda: driver.find_elements("css selector", "#saga li"),

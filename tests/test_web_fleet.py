@@ -73,7 +73,7 @@ def test_every_daemon_has_a_stable_id_and_its_own_routes(
 def test_an_event_stream_client_that_stops_reading_slows_nobody(
     fleet: tuple[list[Path], WebConsole],
 ) -> None:
-    homes, console = fleet
+    _homes, console = fleet
     stalled = console.client.stream("GET", "/api/v1/daemons/alpha/events", params={"since": 1})
     response = stalled.__enter__()
     try:

@@ -38,6 +38,7 @@ __all__ = [
     "PendingPlan",
     "PlanRow",
     "PlansSection",
+    "Readiness",
     "ScheduleUpgradeReply",
     "StatusReply",
     "UpgradeStatus",
@@ -149,8 +150,15 @@ class CancelUpgradeReply(msgspec.Struct, frozen=True):
     removed_from: list[str]
 
 
+class Readiness(msgspec.Struct, frozen=True, kw_only=True):
+    """What is known of a waiting plan's readiness (null: not known here)."""
+
+    binary_staged: bool | None = None  # upgrades/<name>/bin/$DAEMON_NAME is there, executable
+
+
 class PlanRow(msgspec.Struct, frozen=True, kw_only=True):
-    """A plan of `list_upgrades`: queued, or `in_file` (not yet seen by the daemon)."""
+    """A plan of `list_upgrades`: queued, or `in_file` (not yet seen by the daemon);
+    `readiness` for the plans still waiting."""
 
     name: str
     height: int
@@ -161,6 +169,7 @@ class PlanRow(msgspec.Struct, frozen=True, kw_only=True):
     result: str | None
     registered_at: float | None
     finished_at: float | None
+    readiness: Readiness | UnsetType = UNSET
 
 
 class ListUpgradesReply(msgspec.Struct, frozen=True):

@@ -38,7 +38,7 @@
     box.className = isError ? "error" : "ok";
   }
 
-  // ---- token: from the URL fragment (then the address bar is cleared), else asked once ----
+  // Token: from the URL fragment (then the address bar is cleared), else asked once.
   function takeToken() {
     const hash = new URLSearchParams(location.hash.slice(1));
     const fromUrl = hash.get("token");
@@ -58,7 +58,7 @@
     $("connection").textContent = "no token";
   }
 
-  // ---- API ----
+  // API.
   class ApiError extends Error {
     constructor(status, code, message) {
       super(message);
@@ -90,7 +90,7 @@
 
   const daemonPath = (id, path) => "/daemons/" + encodeURIComponent(id) + path;
 
-  // ---- numbers ----
+  // Numbers.
   function averageBlockTime() {
     const times = state.blockTimes.slice(-20);
     if (!times.length) return null;
@@ -136,7 +136,7 @@
       chain.quorum + ")";
   }
 
-  // ---- readiness of a plan: what the daemon says, "unknown" where it says nothing ----
+  // Readiness of a plan: what the daemon says, "unknown" where it says nothing.
   const READINESS = [
     ["binary_staged", "binary staged"],
     ["checksum_verified", "checksum verified"],
@@ -168,7 +168,7 @@
     return { plan: next.name + " @ " + next.height, ready };
   }
 
-  // ---- rendering ----
+  // Rendering.
   function renderFleet() {
     const body = $("fleet").querySelector("tbody");
     body.replaceChildren();
@@ -339,7 +339,7 @@
     while (list.children.length > MAX_EVENTS) list.lastChild.remove();
   }
 
-  // ---- events of the selected daemon: fetch() streaming, so the token stays in a header ----
+  // Events of the selected daemon: fetch() streaming, so the token stays in a header.
   function onEvent(event) {
     addEvent(event);
     if (event.topic === "height.observed" && typeof event.height === "number") {
@@ -418,7 +418,7 @@
     }
   }
 
-  // ---- refreshing ----
+  // Refreshing.
   async function refreshStatus(id) {
     try {
       state.status[id] = await api("GET", daemonPath(id, "/status"));
@@ -485,7 +485,7 @@
     slowTick();
   }
 
-  // ---- actions ----
+  // Actions.
   function confirmThen(text, action) {
     $("confirm-text").textContent = text;
     $("confirm").hidden = false;
