@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -52,6 +53,11 @@ _SECURITY_HEADERS: Final = [
     (b"cache-control", b"no-store"),
 ]
 _STATIC: Final = resources.files("wemixvisor.web") / "static"
+
+STATUS_MAX_AGE: Final = 0.1
+"""A `status` this recent is answered again without asking the daemon: many open pages and
+API clients polling cost the daemon one request per tenth of a second (the daemon itself answers
+from a status up to 250 ms old)."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,8 @@ class Console:
         self.settings = settings
         self.fleet = settings.fleet
         self.zmq_context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._in_flight: dict[tuple[str, bytes], asyncio.Future[Any]] = {}
+        self._recent: dict[tuple[str, bytes], tuple[float, Any]] = {}
 
     def link_of(self, request: Request) -> DaemonLink:
         ident = request.path_params.get("daemon")
@@ -208,7 +216,10 @@ class Console:
         except msgspec.ValidationError as exc:
             raise _Refused("bad_request", str(exc)) from None
         try:
-            result = await anyio.to_thread.run_sync(link.call, message)
+            if route.method == "GET":
+                result = await self._shared_call(link, message)
+            else:
+                result = await anyio.to_thread.run_sync(link.call, message)
         except ControlUnreachable as exc:
             raise _Refused(
                 "unreachable", f"daemon {link.id} does not answer at {exc.endpoint}: {exc.reason}"
@@ -222,6 +233,32 @@ class Console:
         if route.reply is not None:
             reply = route.reply(reply)
         return Response(msgspec.json.encode(reply), media_type="application/json")
+
+    async def _shared_call(self, link: DaemonLink, message: Any) -> Any:
+        """A reading request's result; callers asking the same while it is under way share it,
+        and a `status` up to STATUS_MAX_AGE old is answered again."""
+        key = (link.id, msgspec.json.encode(msgspec.structs.replace(message, id="")))
+        fresh = self._recent.get(key)
+        if fresh is not None and time.monotonic() - fresh[0] <= STATUS_MAX_AGE:
+            return fresh[1]
+        pending = self._in_flight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        pending = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = pending
+        try:
+            result = await anyio.to_thread.run_sync(link.call, message)
+        except BaseException as exc:
+            pending.set_exception(exc)
+            pending.exception()  # retrieved: no "never retrieved" warning without sharers
+            raise
+        else:
+            pending.set_result(result)
+            if message.verb == "status":
+                self._recent[key] = (time.monotonic(), result)
+            return result
+        finally:
+            del self._in_flight[key]
 
     async def daemons(self, request: Request) -> Response:
         """Every daemon of the console: id, endpoints, and whether it answers now."""

@@ -17,6 +17,7 @@
     selected: null,
     status: {},          // daemon id -> last status (or {error})
     upgrades: {},        // daemon id -> last list_upgrades reply
+    backups: {},         // daemon id -> last backup list
     heads: [],           // [{height, at}] of the selected daemon
     blockTimes: [],      // seconds between blocks, newest last
     stream: null,        // AbortController of the event stream
@@ -144,24 +145,32 @@
     ["hooks_present", "hooks present"],
   ];
 
-  function readinessOf(plan, status) {
-    const known = plan.readiness || {};
+  function readinessOf(plan, status, daemon) {
+    const known = Object.assign({}, plan.readiness || {});
+    // The backup the daemon pre-stages for a plan is listed with the plan's name.
+    const backups = state.backups[daemon || state.selected];
+    const staged = backups && backups.find((b) => b.plan === plan.name);
+    if (staged && known.backup_prestaged === undefined) {
+      known.backup_prestaged = staged.complete ? true : "in progress";
+    }
     const parts = READINESS.map(([key, label]) => {
       const value = known[key];
-      return [label, value === true ? "yes" : value === false ? "no" : "unknown"];
+      return [label, value === true ? "yes" : value === false ? "no"
+        : typeof value === "string" ? value : "unknown"];
     });
     parts.push(["quorum", quorumText(status)]);
     return parts;
   }
 
-  function readyForNext(status, upgrades) {
+  function readyForNext(status, upgrades, daemon) {
     const plans = (upgrades && upgrades.plans) || [];
     const next = plans.find((p) => p.status === "pending" || p.status === "in_file");
     if (!next) return { plan: "none", ready: "-" };
     const node = status && status.node ? status.node.state : null;
-    const parts = readinessOf(next, status);
+    const parts = readinessOf(next, status, daemon);
     const no = parts.filter(([, v]) => v === "no" || v.startsWith("AT RISK"));
-    const unknown = parts.filter(([, v]) => v === "unknown");
+    const unknown = parts.filter(([, v]) => v !== "yes" && !v.startsWith("safe") &&
+      v !== "not a WBFT chain");
     let ready = "yes";
     if (node !== "RUNNING" || no.length) ready = "no";
     else if (unknown.length) ready = "unknown (" + unknown.map(([k]) => k).join(", ") + ")";
@@ -191,7 +200,7 @@
           el("td", headOf(status) === null ? "unknown" : headOf(status)),
           el("td", status.node.version || "unknown"),
         );
-        const next = readyForNext(status, state.upgrades[daemon.id]);
+        const next = readyForNext(status, state.upgrades[daemon.id], daemon.id);
         row.append(el("td", next.plan), el("td", next.ready,
           next.ready === "yes" ? "ok" : next.ready === "no" ? "bad" : "warn"));
       }
@@ -444,7 +453,12 @@
 
   async function refreshBackups() {
     if (!state.selected) return;
-    try { renderBackups(await api("GET", daemonPath(state.selected, "/backups"))); } catch (e) { /* shown by status */ }
+    const id = state.selected;
+    try {
+      const reply = await api("GET", daemonPath(id, "/backups"));
+      state.backups[id] = reply.backups;
+      renderBackups(reply);
+    } catch (e) { /* shown by status */ }
   }
 
   async function refreshLogs() {
