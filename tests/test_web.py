@@ -7,6 +7,7 @@ token guards every request; control errors keep their code and get the matching 
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import msgspec
 import pytest
 
@@ -317,3 +319,71 @@ def test_a_non_loopback_listen_without_tls_is_refused(setup: Setup) -> None:
     assert url.stdout.strip() == f"http://127.0.0.1:9999/#token={setup.console.token}"
     token_file = setup.home / "wemixvisor" / "web.token"
     assert token_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_with_tls_the_console_serves_https_only(setup: Setup) -> None:
+    cert, key = setup.root / "cert.pem", setup.root / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    port = free_port()
+    env = {**os.environ, "DAEMON_HOME": str(setup.home), "DAEMON_NAME": "anvil"}
+    console = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wemixvisor.cli",
+            "web",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(key),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        trusted = ssl.create_default_context(cafile=str(cert))
+        with httpx.Client(verify=trusted, trust_env=False, timeout=5) as client:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    response = client.get(
+                        f"https://127.0.0.1:{port}/api/v1/version",
+                        headers={"Authorization": f"Bearer {setup.console.token}"},
+                    )
+                    break
+                except httpx.ConnectError as exc:
+                    assert "CERTIFICATE" not in str(exc), exc
+                    assert time.monotonic() < deadline, "no https within 20s"
+                    time.sleep(0.1)
+        assert response.status_code == 200
+        with httpx.Client(trust_env=False, timeout=5) as plain, pytest.raises(httpx.TransportError):
+            plain.get(f"http://127.0.0.1:{port}/")
+    finally:
+        console.terminate()
+        console.wait(timeout=10)
