@@ -378,8 +378,8 @@ def test_with_tls_the_console_serves_https_only(setup: Setup) -> None:
                     )
                     break
                 except httpx.ConnectError as exc:
-                    assert "CERTIFICATE" not in str(exc), exc
-                    assert time.monotonic() < deadline, "no https within 20s"
+                    if "CERTIFICATE" in str(exc) or time.monotonic() > deadline:
+                        raise
                     time.sleep(0.1)
         assert response.status_code == 200
         with httpx.Client(trust_env=False, timeout=5) as plain, pytest.raises(httpx.TransportError):
