@@ -269,6 +269,13 @@ def test_a_late_event_stream_client_gets_the_journal_from_since_then_live_with_n
             "no gap, no repeat"
         )
         assert {r for r, _ in seen} == {run}
+        # A client that lost its connection resumes right after the last event it got.
+        last_run, last_seq = seen[-1]
+        with setup.console.client.stream(
+            "GET", "/api/v1/events", headers={"Last-Event-ID": f"{last_run}:{last_seq}"}
+        ) as resumed:
+            first_id = next(line for line in resumed.iter_lines() if line.startswith("id: "))
+        assert first_id == f"id: {last_run}:{last_seq + 1}"
     finally:
         keeper.close()
 

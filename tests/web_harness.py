@@ -20,7 +20,7 @@ import httpx
 from devtools.anvil import free_port
 from tests.daemon_harness import Daemon
 from wemixvisor.control.verbs.events import journal_dir
-from wemixvisor.events.journal import EventJournal
+from wemixvisor.events.journal import EventJournal, JournalReplayError, replay
 from wemixvisor.events.subscriber import EventSubscriber
 from wemixvisor.home.layout import Home
 
@@ -139,17 +139,22 @@ def wait_http(
 
 
 class JournalKeeper:
-    """Appends every event the daemon publishes to the daemon's journal (`state/events/`).
+    """Appends every event the daemon publishes to the daemon's journal (`state/events/`),
+    unless the daemon journals its events itself (then it only counts them).
 
-    Stands in for the daemon's own journal writer; `first` is the first event it journaled.
+    `first` is the first event it saw; `count` how many it saw.
     """
 
+    _PROBE = 3  # events seen before deciding whether the daemon journals them itself
+
     def __init__(self, home: Home, events_endpoint: str) -> None:
-        self.journal = EventJournal(journal_dir(home))
-        self.journal.open()
+        self.directory = journal_dir(home)
+        self.journal: EventJournal | None = None
+        self.passive = False
         self.subscriber = EventSubscriber([events_endpoint])
         self.first: dict[str, Any] | None = None
         self.count = 0
+        self._held: list[bytes] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="journal-keeper", daemon=True)
         self._thread.start()
@@ -159,19 +164,40 @@ class JournalKeeper:
             event = self.subscriber.receive(0.1)
             if event is None:
                 continue
-            self.journal.append(event.raw)
             if self.first is None:
                 self.first = event.payload
+            if self.journal is None and not self.passive:
+                self._held.append(event.raw)
+                if len(self._held) >= self._PROBE:
+                    self._decide()
+            elif self.journal is not None:
+                self.journal.append(event.raw)
             self.count += 1
+
+    def _decide(self) -> None:
+        assert self.first is not None
+        wanted = (self.first["run_id"], self.first["seq"])
+        try:
+            held = {(p.run_id, p.seq) for p, _ in replay(self.directory, since_run=wanted[0])}
+        except JournalReplayError:
+            held = set()
+        if wanted in held:
+            self.passive = True
+            return
+        self.journal = EventJournal(self.directory)
+        self.journal.open()
+        for raw in self._held:
+            self.journal.append(raw)
 
     def wait_count(self, count: int, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
-        while self.count < count:
-            assert time.monotonic() < deadline, f"only {self.count} events journaled"
+        while self.count < max(count, self._PROBE + 1):
+            assert time.monotonic() < deadline, f"only {self.count} events seen"
             time.sleep(0.02)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
         self.subscriber.close()
-        self.journal.close()
+        if self.journal is not None:
+            self.journal.close()
