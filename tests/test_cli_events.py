@@ -548,3 +548,41 @@ def test_events_since_replays_a_real_daemons_journal_then_follows_it(
         if keeper is not None:
             keeper.close()
         daemon.kill()
+
+
+def test_a_follower_asked_for_a_seq_not_journaled_yet_fills_what_live_skips(
+    tmp_path: Path, scripted: Any
+) -> None:
+    from wemixvisor.events.follow import EventFollower
+    from wemixvisor.events.journal import EventJournal
+
+    journal = tmp_path / "events"
+    journal_with(journal, "run-a", range(1, 5))
+    endpoint = f"ipc://{tmp_path}/events.sock"
+    later = [frame("node.running", seq, "run-a", pid=seq) for seq in range(5, 9)]
+    scripted(endpoint, later[2:])  # live, the tail sees 7 and 8 only
+    pages = journal_pages(journal)
+
+    def daemon_journals_5_and_6_after_the_replay(request: Any) -> Any:
+        # The replay from 5 finds nothing; 5 and 6 are published (and journaled) right after.
+        reply = pages(request)
+        if len(pages.asked) == 1:
+            writer = EventJournal(journal)
+            writer.open()
+            for _topic, payload in later[:2]:
+                writer.append(payload)
+            writer.close()
+        return reply
+
+    follower = EventFollower(
+        daemon_journals_5_and_6_after_the_replay,
+        EventSubscriber([endpoint]),
+        since=5,
+        since_run="run-a",
+    )
+    try:
+        got = follow_all(follower, 4)
+    finally:
+        follower.close()
+    assert got == [("run-a", seq, 0) for seq in range(5, 9)]
+    assert pages.asked[0].since == 5 and pages.asked[1].since == 5, "the gap read back"

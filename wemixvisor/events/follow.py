@@ -102,6 +102,11 @@ class EventFollower:
         last, _reached = self._queue_journaled(reply.events, until=None)
         if last is not None:
             self._cursor = (last[0], last[1] + 1)
+        elif reply.run_id is not None and self._run is None:
+            # Nothing journaled from there yet: live events from that point on are expected,
+            # and what they skip is read from the journal.
+            self._run = reply.run_id
+            self._last.setdefault(reply.run_id, (since or 1) - 1)
         self._replaying = reply.more and last is not None
 
     def _take_live(self, live: ReceivedEvent) -> None:

@@ -49,6 +49,12 @@ class EventsVerb(Verb[ControlContext, Events, EventsReply]):
         return "\n".join(lines)
 
 
+def _newest_run(directory: Path) -> str | None:
+    for position, _line in replay(directory):
+        return position.run_id
+    return None
+
+
 def read_page(directory: Path, request: Events) -> EventsReply:
     """One page of the journal in `directory` as `request` asks for it."""
     events: list[dict[str, Any]] = []
@@ -67,5 +73,5 @@ def read_page(directory: Path, request: Events) -> EventsReply:
     except JournalReplayError as exc:
         raise ControlError(ErrorCode.BAD_REQUEST, str(exc)) from None
     if run_id is None:
-        run_id = request.run
+        run_id = request.run if request.run is not None else _newest_run(directory)
     return EventsReply(events=events, more=more, run_id=run_id)
