@@ -9,7 +9,7 @@ and comes back on its own; then an upgrade to anvil 1.7.1 is scheduled a few blo
 data, switches `current` and starts the new binary, which continues the same chain. It keeps
 running until Ctrl-C (or `--duration`), then stops the daemon, which stops the node gracefully.
 Meanwhile `wemixvisor web` serves the web console; its URL, with the token, is printed at the
-start (`--web-port`, default 8546).
+start (`--web-port`, default 8731).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def _start_console(env: dict[str, str], home: Path, port: int) -> subprocess.Pop
     return console
 
 
-def run(home: Path, duration: float | None, web_port: int = 8546) -> int:
+def run(home: Path, duration: float | None, web_port: int = 8731) -> int:
     """Play the demo in `home` (wiped first); the exit code."""
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__)
     parser.add_argument("--home", type=Path, default=_REPO / "demo-home")
     parser.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
-    parser.add_argument("--web-port", type=int, default=8546, help="the web console's port")
+    parser.add_argument("--web-port", type=int, default=8731, help="the web console's port")
     args = parser.parse_args(argv)
     return run(args.home.resolve(), args.duration, args.web_port)
 

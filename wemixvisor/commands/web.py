@@ -20,7 +20,7 @@ from wemixvisor.control.security import keys_dir_of
 
 __all__ = ["DEFAULT_LISTEN", "console_url", "is_loopback", "parse_listen", "register"]
 
-DEFAULT_LISTEN: Final = "127.0.0.1:8546"
+DEFAULT_LISTEN: Final = "127.0.0.1:8731"  # not 8545/8546, a geth node's own RPC ports
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -70,6 +70,21 @@ def openapi_document() -> dict[str, Any]:
             paths.setdefault(prefix + route.path, {})[route.method.lower()] = _operation(
                 route, request_schemas[VERBS[route.verb].request_type.__name__], fleet
             )
+    for prefix in ("/api/v1", "/api/v1/daemons/{daemon}"):
+        paths[prefix + "/events"] = {"get": _event_stream(fleet=prefix != "/api/v1")}
+    paths["/api/v1/daemons"] = {
+        "get": {
+            "summary": "The console's daemons: id, endpoints, and whether each answers now.",
+            "operationId": "get_daemons",
+            "responses": {
+                "200": {
+                    "description": "`{daemons: [{id, control_endpoint, "
+                    "events_endpoint, reachable, error}]}`"
+                },
+                "401": _ERRORS["401"],
+            },
+        }
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -90,6 +105,53 @@ def openapi_document() -> dict[str, Any]:
         },
         "security": [{"bearer": []}],
         "paths": paths,
+    }
+
+
+def _event_stream(*, fleet: bool) -> dict[str, Any]:
+    parameters: list[dict[str, Any]] = [
+        {
+            "name": "since",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1},
+            "description": "first seq (inclusive) to replay from the journal; none: live only",
+        },
+        {
+            "name": "run",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "the run `since` counts in (default: the newest run in the journal)",
+        },
+        {
+            "name": "topics",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "comma-separated topic prefixes (default: every topic)",
+        },
+        {
+            "name": "access_token",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "the token, for clients that cannot send the Authorization header",
+        },
+    ]
+    if fleet:
+        parameters.insert(
+            0, {"name": "daemon", "in": "path", "required": True, "schema": {"type": "string"}}
+        )
+    return {
+        "summary": "The daemon's events as Server-Sent Events: journal replay, then live.",
+        "operationId": ("fleet_" if fleet else "") + "get_events_stream",
+        "parameters": parameters,
+        "responses": {
+            "200": {
+                "description": "`id: <run_id>:<seq>` and `data: <event JSON>` per event; "
+                "comment lines as heartbeats; `event: error` ends a replay that cannot start",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            "401": _ERRORS["401"],
+            "404": _ERRORS["404"],
+        },
     }
 
 
