@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from wemixvisor.control import protocol
 from wemixvisor.control.client import ControlUnreachable
 from wemixvisor.control.protocol import ControlError, new_request_id
 from wemixvisor.control.verbs import VERBS
@@ -186,6 +187,7 @@ class Console:
         self._recent: dict[tuple[str, bytes], tuple[float, Any]] = {}
 
     def link_of(self, request: Request) -> DaemonLink:
+        """The daemon a request addresses: `{daemon}` of the path, else the first."""
         ident = request.path_params.get("daemon")
         if ident is None:
             return self.fleet.first
@@ -196,6 +198,8 @@ class Console:
         return link
 
     def verb_handler(self, route: ApiRoute) -> Callable[[Request], Awaitable[Response]]:
+        """The handler of `route`: its verb's request, sent to the daemon; its reply."""
+
         async def handle(request: Request) -> Response:
             try:
                 return await self._call_verb(route, request)
@@ -234,31 +238,33 @@ class Console:
             reply = route.reply(reply)
         return Response(msgspec.json.encode(reply), media_type="application/json")
 
-    async def _shared_call(self, link: DaemonLink, message: Any) -> Any:
+    async def _shared_call(self, link: DaemonLink, message: protocol.Request) -> Any:
         """A reading request's result; callers asking the same while it is under way share it,
-        and a `status` up to STATUS_MAX_AGE old is answered again."""
+        and a `status` up to STATUS_MAX_AGE old is answered again. The call is a task of its
+        own: a caller that goes away does not cancel it for the others."""
         key = (link.id, msgspec.json.encode(msgspec.structs.replace(message, id="")))
         fresh = self._recent.get(key)
         if fresh is not None and time.monotonic() - fresh[0] <= STATUS_MAX_AGE:
             return fresh[1]
-        pending = self._in_flight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        pending = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = pending
-        try:
-            result = await anyio.to_thread.run_sync(link.call, message)
-        except BaseException as exc:
-            pending.set_exception(exc)
-            pending.exception()  # retrieved: no "never retrieved" warning without sharers
-            raise
-        else:
-            pending.set_result(result)
-            if message.verb == "status":
-                self._recent[key] = (time.monotonic(), result)
-            return result
-        finally:
-            del self._in_flight[key]
+        task = self._in_flight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._call_and_keep(link, message, key))
+            self._in_flight[key] = task
+            task.add_done_callback(lambda done: self._forget(key, done))
+        return await asyncio.shield(task)
+
+    async def _call_and_keep(
+        self, link: DaemonLink, message: protocol.Request, key: tuple[str, bytes]
+    ) -> Any:
+        result = await anyio.to_thread.run_sync(link.call, message)
+        if message.verb == "status":
+            self._recent[key] = (time.monotonic(), result)
+        return result
+
+    def _forget(self, key: tuple[str, bytes], done: asyncio.Future[Any]) -> None:
+        self._in_flight.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved, even when every caller has gone
 
     async def daemons(self, request: Request) -> Response:
         """Every daemon of the console: id, endpoints, and whether it answers now."""
@@ -298,12 +304,15 @@ class Console:
         )
 
     async def openapi(self, request: Request) -> Response:
+        """The OpenAPI document."""
         return Response(msgspec.json.encode(openapi_document()), media_type="application/json")
 
     async def page(self, request: Request) -> Response:
+        """The console's page (it holds no data: everything comes from the API)."""
         return FileResponse(str(_STATIC / "index.html"), media_type="text/html")
 
     def close(self) -> None:
+        """Release the daemons' clients and the ZeroMQ context (the server is stopping)."""
         self.fleet.close()
         self.zmq_context.term()
 
