@@ -22,6 +22,7 @@
     blockTimes: [],      // seconds between blocks, newest last
     stream: null,        // AbortController of the event stream
     saga: { name: null, steps: [] },
+    lastHeightEvent: 0,  // Date.now() of the last height.observed event
   };
 
   const $ = (id) => document.getElementById(id);
@@ -252,10 +253,8 @@
     const line = document.createElementNS(ns, "polyline");
     line.setAttribute("points", points.join(" "));
     svg.append(line);
-    const label = document.createElementNS(ns, "text");
-    label.setAttribute("x", "2"); label.setAttribute("y", "9");
-    label.textContent = "max " + Math.max(...times).toFixed(2) + " s";
-    svg.append(label);
+    $("chart-caption").textContent = "last " + times.length + " blocks: " +
+      Math.min(...times).toFixed(2) + " s to " + Math.max(...times).toFixed(2) + " s";
   }
 
   function renderPlans() {
@@ -352,6 +351,8 @@
   function onEvent(event) {
     addEvent(event);
     if (event.topic === "height.observed" && typeof event.height === "number") {
+      if (Date.now() - state.lastHeightEvent > 5000) state.heads = [];  // polled heads out
+      state.lastHeightEvent = Date.now();
       noteHead(event.height, event.ts);
       const status = state.status[state.selected];
       if (status && status.head) status.head.height = Math.max(status.head.height || 0, event.height);
@@ -431,7 +432,9 @@
   async function refreshStatus(id) {
     try {
       state.status[id] = await api("GET", daemonPath(id, "/status"));
-      if (id === state.selected) {
+      // Block times come from height.observed events (the daemon's clock); polling is the
+      // fallback while no such event arrives (it only sees heads once a second).
+      if (id === state.selected && Date.now() - state.lastHeightEvent > 5000) {
         const head = headOf(state.status[id]);
         if (head !== null) noteHead(head, Date.now() / 1000);
       }
@@ -465,7 +468,10 @@
     if (!state.selected) return;
     try {
       const reply = await api("GET", daemonPath(state.selected, "/logs?n=60"));
-      $("logs").textContent = reply.exists ? reply.lines.join("\n") : "no node log yet";
+      const logs = $("logs");
+      const atEnd = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
+      logs.textContent = reply.exists ? reply.lines.join("\n") : "no node log yet";
+      if (atEnd) logs.scrollTop = logs.scrollHeight;  // follow the tail unless scrolled up
     } catch (e) { /* shown by status */ }
   }
 
