@@ -253,3 +253,21 @@ def test_an_upgrade_shows_its_steps_live_and_ends_on_the_new_version(browser: Br
     assert len(steps) >= 3, steps
     browser.wait("the new binary", lambda: "1.7.1" in browser.text("node-version"), timeout=30)
     browser.wait("RUNNING again", lambda: browser.text("node-state") == "RUNNING")
+
+
+def test_without_a_token_the_page_asks_for_it_once(browser: Browser) -> None:
+    driver = browser.driver
+    driver.execute_script("sessionStorage.clear()")
+    driver.get(browser.console.base + "/")
+    browser.wait("the token question", lambda: driver.find_element("id", "login").is_displayed())
+    assert not driver.find_element("id", "console").is_displayed()
+    field = driver.find_element("id", "login-token")
+    field.send_keys("not-the-token")
+    driver.find_element("css selector", "#login-form button").click()
+    browser.wait("the refusal", lambda: "refused" in browser.text("login-error"))
+    field.send_keys(browser.console.token)
+    driver.find_element("css selector", "#login-form button").click()
+    browser.wait("RUNNING", lambda: browser.text("node-state") == "RUNNING")
+    assert driver.execute_script("return sessionStorage.getItem('wemixvisor.token')") == (
+        browser.console.token
+    )

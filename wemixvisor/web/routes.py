@@ -13,7 +13,7 @@ from typing import Any, Final
 import msgspec
 
 from wemixvisor.control.verbs import upgrade_status
-from wemixvisor.control.verbs.replies import ListUpgradesReply, UpgradeStatus
+from wemixvisor.control.verbs.replies import UpgradeStatus
 
 __all__ = ["ROUTES", "ApiRoute", "QueryParam"]
 
@@ -52,10 +52,6 @@ class ApiRoute:
         return (self.path_fields or {}).get(param, param)
 
 
-def _upgrade_status(reply: ListUpgradesReply) -> UpgradeStatus:
-    return upgrade_status(reply)
-
-
 ROUTES: Final[tuple[ApiRoute, ...]] = (
     ApiRoute("GET", "/status", "status"),
     ApiRoute("GET", "/version", "version"),
@@ -75,7 +71,7 @@ ROUTES: Final[tuple[ApiRoute, ...]] = (
         "/upgrades/status",
         "list_upgrades",
         summary="The pending plans and the journal of the upgrade in progress.",
-        reply=_upgrade_status,
+        reply=upgrade_status,
         reply_type=UpgradeStatus,
     ),
     ApiRoute("DELETE", "/upgrades/{name}", "cancel_upgrade"),
