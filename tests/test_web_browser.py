@@ -21,38 +21,16 @@ import pytest
 from devtools.anvil import free_port
 from tests.control_harness import control_endpoint, make_home, short_root, wait_status
 from tests.daemon_harness import Daemon
-from tests.web_harness import WebConsole, start_anvil_daemon
+from tests.web_harness import CHROMEDRIVER, CHROMIUM, WebConsole, chromium, start_anvil_daemon
 from wemixvisor.control import ControlClient
 from wemixvisor.home.layout import Home, add_upgrade
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 XSS = "<img src=x onerror=alert(1)>"
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
     reason="needs Debian's chromium and chromium-driver (scripts/setup.sh installs them)",
 )
-
-
-def chromium() -> Any:
-    """Headless Chromium through the system chromedriver; nothing is downloaded."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,1600",
-        "--no-first-run",
-        "--disable-extensions",
-    ):
-        options.add_argument(argument)
-    return webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
 
 
 @dataclass

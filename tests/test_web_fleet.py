@@ -19,7 +19,7 @@ from tests.control_harness import (
     wait_status,
 )
 from tests.daemon_harness import Daemon
-from tests.web_harness import WebConsole, wait_http
+from tests.web_harness import CHROMEDRIVER, CHROMIUM, WebConsole, chromium, wait_http
 from wemixvisor.control import ControlClient
 from wemixvisor.web import daemon_id
 
@@ -92,3 +92,41 @@ def test_an_event_stream_client_that_stops_reading_slows_nobody(
     finally:
         stalled.__exit__(None, None, None)
     wait_http(console, "/api/v1/status", 200)
+
+
+@pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+    reason="needs Debian's chromium and chromium-driver (scripts/setup.sh installs them)",
+)
+def test_the_page_puts_every_daemon_in_the_fleet_table(
+    fleet: tuple[list[Path], WebConsole],
+) -> None:
+    homes, console = fleet
+    beta = daemon_id(control_endpoint(homes[1]))
+    driver = chromium()
+    try:
+        driver.get(f"{console.base}/#token={console.token}")
+        rows_script = (
+            "return [...document.querySelectorAll('#fleet tbody tr')]"
+            ".map(r => [r.dataset.daemon, r.innerText]);"
+        )
+        deadline = time.monotonic() + 30
+        rows: list[list[str]] = []
+        while time.monotonic() < deadline:
+            rows = driver.execute_script(rows_script)
+            if len(rows) == 2 and all("RUNNING" in text for _, text in rows):
+                break
+            time.sleep(0.1)
+        assert [ident for ident, _ in rows] == ["alpha", beta], rows
+        assert all("RUNNING" in text for _, text in rows), rows
+        driver.execute_script(
+            "document.querySelector(`#fleet tr[data-daemon='${arguments[0]}'] button`).click()",
+            beta,
+        )
+        while time.monotonic() < deadline:
+            if driver.find_element("id", "daemon-id").text == beta:
+                break
+            time.sleep(0.1)
+        assert driver.find_element("id", "daemon-id").text == beta
+    finally:
+        driver.quit()

@@ -24,6 +24,30 @@ from wemixvisor.events.journal import EventJournal, JournalReplayError, replay
 from wemixvisor.events.subscriber import EventSubscriber
 from wemixvisor.home.layout import Home
 
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+def chromium() -> Any:
+    """Headless Chromium through Debian's chromedriver: the driver's path is given, so
+    selenium-manager never runs and nothing is downloaded."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1600",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
+        options.add_argument(argument)
+    return webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+
 
 def daemon_env(home: Path, rpc_port: int) -> dict[str, str]:
     """What the daemons of these scenarios run with: anvil on `rpc_port`, quick heartbeats."""
