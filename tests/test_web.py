@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
@@ -288,16 +289,36 @@ def test_a_late_event_stream_client_gets_the_journal_from_since_then_live_with_n
 def test_a_down_daemon_is_503_with_a_clear_message_and_its_return_is_200(setup: Setup) -> None:
     console = setup.console
     wait_http(console, "/api/v1/status", 200)
-    assert setup.daemon.terminate() == 0
-    # (a status up to 100 ms old may still be answered from the console's memory)
-    down = wait_http(console, "/api/v1/status", 503, timeout=5)
-    error = down.json()["error"]
-    assert error["code"] == "unreachable"
-    assert control_endpoint(setup.home) in error["message"]
-    assert console.process.poll() is None, "the console lives on"
-    setup.daemon = start_anvil_daemon(setup.home, setup.rpc_port)
-    back = wait_http(console, "/api/v1/status", 200, timeout=60)
-    assert back.json()["daemon"]["pid"] == setup.daemon.pid
+    with console.client.stream("GET", "/api/v1/events") as stream:
+        lines = stream.iter_lines()
+        before = _next_event(lines)
+        assert setup.daemon.terminate() == 0
+        # (a status up to 100 ms old may still be answered from the console's memory)
+        down = wait_http(console, "/api/v1/status", 503, timeout=5)
+        error = down.json()["error"]
+        assert error["code"] == "unreachable"
+        assert control_endpoint(setup.home) in error["message"]
+        assert console.process.poll() is None, "the console lives on"
+        setup.daemon = start_anvil_daemon(setup.home, setup.rpc_port)
+        back = wait_http(console, "/api/v1/status", 200, timeout=60)
+        assert back.json()["daemon"]["pid"] == setup.daemon.pid
+        # The open event stream goes on with the new daemon run's events.
+        new_run = back.json()["daemon"]["run_id"]
+        deadline = time.monotonic() + 30
+        event = before
+        while event["run_id"] != new_run:
+            assert time.monotonic() < deadline, "no event of the new run on the open stream"
+            event = _next_event(lines)
+    assert before["run_id"] != new_run
+
+
+def _next_event(lines: Iterator[str]) -> dict[str, Any]:
+    """The next event of an SSE stream (heartbeat comments skipped)."""
+    for line in lines:
+        if line.startswith("data: "):
+            payload: dict[str, Any] = msgspec.json.decode(line[6:])
+            return payload
+    raise AssertionError("the event stream ended")
 
 
 def test_a_non_loopback_listen_without_tls_is_refused(setup: Setup) -> None:
