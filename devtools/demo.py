@@ -8,6 +8,8 @@ and comes back on its own; then an upgrade to anvil 1.7.1 is scheduled a few blo
 `wemixvisor add-upgrade --height`, and at that height the daemon stops the node, backs up its
 data, switches `current` and starts the new binary, which continues the same chain. It keeps
 running until Ctrl-C (or `--duration`), then stops the daemon, which stops the node gracefully.
+Meanwhile `wemixvisor web` serves the web console; its URL, with the token, is printed at the
+start (`--web-port`, default 8731).
 """
 
 from __future__ import annotations
@@ -56,7 +58,30 @@ def _wait_new_pid(home: Path, old: int | None, timeout: float) -> int:
     raise TimeoutError("the node did not come back")
 
 
-def run(home: Path, duration: float | None) -> int:
+def _start_console(env: dict[str, str], home: Path, port: int) -> subprocess.Popen[bytes]:
+    """`wemixvisor web` on 127.0.0.1:`port`; its URL with the token printed."""
+    listen = f"127.0.0.1:{port}"
+    url = subprocess.run(
+        [sys.executable, "-m", "wemixvisor.cli", "web", "--listen", listen, "--print-url"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    log = (home / "web.log").open("ab")
+    console = subprocess.Popen(
+        [sys.executable, "-m", "wemixvisor.cli", "web", "--listen", listen],
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    log.close()
+    _say(f"the web console: open {url}")
+    return console
+
+
+def run(home: Path, duration: float | None, web_port: int = 8731) -> int:
     """Play the demo in `home` (wiped first); the exit code."""
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
@@ -101,6 +126,7 @@ def run(home: Path, duration: float | None) -> int:
         start_new_session=True,
     )
     daemon_log.close()
+    console = _start_console(env, home, web_port)
     stop_requested = False
 
     def request_stop(_signum: int, _frame: object) -> None:
@@ -164,6 +190,8 @@ def run(home: Path, duration: float | None) -> int:
         time.sleep(0.3)  # let the events tail print the last events before it goes
         events.send_signal(signal.SIGINT)
         events.wait(timeout=10)
+        console.terminate()
+        console.wait(timeout=10)
     print(f"daemon exited with {code}; its log: {home / 'daemon.log'}", flush=True)
     return 0 if code == 0 else 1
 
@@ -173,8 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__)
     parser.add_argument("--home", type=Path, default=_REPO / "demo-home")
     parser.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
+    parser.add_argument("--web-port", type=int, default=8731, help="the web console's port")
     args = parser.parse_args(argv)
-    return run(args.home.resolve(), args.duration)
+    return run(args.home.resolve(), args.duration, args.web_port)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,19 @@ if ! command -v npm >/dev/null 2>&1; then
   fi
 fi
 
+# The browser tests drive Debian's chromium through its chromedriver (no browser download).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium and chromium-driver (for the web console's browser tests)"
+    if ! apt-cache show chromium-driver >/dev/null 2>&1; then
+      apt-get update -qq
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "setup: chromium and chromium-driver are missing; the browser tests will be skipped" >&2
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi

@@ -367,3 +367,222 @@ def test_text_line_cannot_drive_the_terminal() -> None:
 def test_text_line_survives_a_timestamp_no_clock_can_show() -> None:
     event = received({"topic": "node.running", "seq": 1, "run_id": "f" * 32, "ts": 1e20})
     assert format_event(event) == "??:??:??.??? node.running seq=1"
+
+
+# Replay from the journal, then live (SPEC §10): `events.follow` and `events --since`.
+
+
+def journal_with(directory: Path, run_id: str, seqs: range) -> list[list[bytes]]:
+    """Journal events `seqs` of run `run_id` in `directory`; their frames."""
+    from wemixvisor.events.journal import EventJournal
+
+    writer = EventJournal(directory)
+    writer.open()
+    frames = [frame("node.running", seq, run_id, pid=seq) for seq in seqs]
+    for _topic, payload in frames:
+        writer.append(payload)
+    writer.close()
+    return frames
+
+
+def journal_pages(directory: Path) -> Any:
+    """What the daemon's `events` verb answers, read straight from `directory`."""
+    from wemixvisor.control.verbs.events import read_page
+
+    asked: list[Any] = []
+
+    def fetch_page(request: Any) -> Any:
+        asked.append(request)
+        return read_page(directory, request)
+
+    fetch_page.asked = asked  # type: ignore[attr-defined]
+    return fetch_page
+
+
+def follow_all(follower: Any, count: int) -> list[tuple[str, int, int]]:
+    got = []
+    while len(got) < count:
+        event = follower.receive(5.0)
+        assert event is not None, f"only {got}"
+        got.append((event.run_id, event.seq, event.gap))
+    return got
+
+
+def test_a_follower_replays_the_journal_then_follows_live_with_no_gap_and_no_repeat(
+    tmp_path: Path, scripted: Any
+) -> None:
+    from wemixvisor.events.follow import EventFollower
+
+    journal = tmp_path / "events"
+    frames = journal_with(journal, "run-a", range(1, 13))
+    endpoint = f"ipc://{tmp_path}/events.sock"
+    # Live, the tail sees 5..7 again (published while it replayed), misses 8..9 (a slow
+    # reader's overflow), then 10..12 and a new event 13 that the journal does not hold yet.
+    scripted(endpoint, [*frames[4:7], *frames[9:12], frame("node.running", 13, "run-a", pid=13)])
+    pages = journal_pages(journal)
+    follower = EventFollower(pages, EventSubscriber([endpoint]), since=3, since_run="run-a")
+    try:
+        got = follow_all(follower, 11)
+    finally:
+        follower.close()
+    assert got == [("run-a", seq, 0) for seq in range(3, 14)]
+    assert follower.replayed == 10 and follower.missed == 0
+
+
+def test_a_follower_fills_a_gap_across_a_daemon_restart_and_reports_what_the_journal_lacks(
+    tmp_path: Path, scripted: Any
+) -> None:
+    from wemixvisor.events.follow import EventFollower
+
+    journal = tmp_path / "events"
+    journal_with(journal, "run-a", range(1, 4))
+    journal_with(journal, "run-b", range(1, 3))
+    endpoint = f"ipc://{tmp_path}/events.sock"
+    scripted(
+        endpoint,
+        [
+            frame(
+                "node.running", 3, "run-b", pid=3
+            ),  # after a restart: run-b 1..2 from the journal
+            frame("node.running", 7, "run-b", pid=7),  # 4..6 are nowhere: reported as a gap
+        ],
+    )
+    follower = EventFollower(journal_pages(journal), EventSubscriber([endpoint]), since=2)
+    # No run given: the newest run of the journal (run-b) from seq 2.
+    try:
+        got = follow_all(follower, 3)
+    finally:
+        follower.close()
+    assert got == [("run-b", 2, 0), ("run-b", 3, 0), ("run-b", 7, 3)]
+
+
+def test_a_follower_filters_topics_but_counts_every_seq(tmp_path: Path, scripted: Any) -> None:
+    from wemixvisor.events.follow import EventFollower
+
+    journal = tmp_path / "events"
+    journal_with(journal, "run-a", range(1, 3))
+    endpoint = f"ipc://{tmp_path}/events.sock"
+    scripted(
+        endpoint,
+        [frame("supervisor.heartbeat", 3, "run-a"), frame("node.running", 4, "run-a", pid=4)],
+    )
+    follower = EventFollower(
+        journal_pages(journal), EventSubscriber([endpoint]), since=1, prefixes=["node."]
+    )
+    try:
+        got = follow_all(follower, 3)
+    finally:
+        follower.close()
+    assert got == [("run-a", 1, 0), ("run-a", 2, 0), ("run-a", 4, 0)]
+
+
+def test_events_since_replays_a_real_daemons_journal_then_follows_it(
+    short_root: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.control_harness import cli_env, make_home, sleeper_node, start_daemon
+    from tests.web_harness import JournalKeeper
+    from wemixvisor.home.layout import Home
+
+    home = make_home(short_root, sleeper_node(short_root))
+    daemon = start_daemon(home)
+    keeper = None
+    try:
+        layout = Home(root=home, name="anvil", data_dir=home / "data")
+        keeper = JournalKeeper(layout, f"ipc://{home}/wemixvisor/events.sock")
+        keeper.wait_count(6)
+        assert keeper.first is not None
+        since, run = keeper.first["seq"] + 1, keeper.first["run_id"]
+        count = keeper.count + 5  # beyond what is journaled now: the rest comes live
+        tail = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "wemixvisor.cli",
+                "events",
+                "--json",
+                "--since",
+                str(since),
+                "--since-run",
+                run,
+                "--count",
+                str(count),
+                "--timeout",
+                "20",
+            ],
+            env=cli_env(home),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert tail.returncode == 0, tail.stderr
+        events = [msgspec.json.decode(line) for line in tail.stdout.splitlines()]
+        assert [e["seq"] for e in events] == list(range(since, since + count))
+        assert {e["run_id"] for e in events} == {run}
+
+        rotated = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "wemixvisor.cli",
+                "events",
+                "--since-run",
+                "no-such-run",
+                "--count",
+                "1",
+                "--timeout",
+                "5",
+            ],
+            env=cli_env(home),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert rotated.returncode == 1
+        assert "bad_request" in rotated.stderr and "no-such-run" in rotated.stderr
+    finally:
+        if keeper is not None:
+            keeper.close()
+        daemon.kill()
+
+
+def test_a_follower_asked_for_a_seq_not_journaled_yet_fills_what_live_skips(
+    tmp_path: Path, scripted: Any
+) -> None:
+    from wemixvisor.events.follow import EventFollower
+    from wemixvisor.events.journal import EventJournal
+
+    journal = tmp_path / "events"
+    journal_with(journal, "run-a", range(1, 5))
+    endpoint = f"ipc://{tmp_path}/events.sock"
+    later = [frame("node.running", seq, "run-a", pid=seq) for seq in range(5, 9)]
+    scripted(endpoint, later[2:])  # live, the tail sees 7 and 8 only
+    pages = journal_pages(journal)
+
+    def daemon_journals_5_and_6_after_the_replay(request: Any) -> Any:
+        # The replay from 5 finds nothing; 5 and 6 are published (and journaled) right after.
+        reply = pages(request)
+        if len(pages.asked) == 1:
+            writer = EventJournal(journal)
+            writer.open()
+            for _topic, payload in later[:2]:
+                writer.append(payload)
+            writer.close()
+        return reply
+
+    follower = EventFollower(
+        daemon_journals_5_and_6_after_the_replay,
+        EventSubscriber([endpoint]),
+        since=5,
+        since_run="run-a",
+    )
+    try:
+        got = follow_all(follower, 4)
+    finally:
+        follower.close()
+    assert got == [("run-a", seq, 0) for seq in range(5, 9)]
+    assert pages.asked[0].since == 5 and pages.asked[1].since == 5, "the gap read back"

@@ -41,6 +41,7 @@ SPEC_VERBS = {
     "config_show",
     "config_reload",
     "governance_proposals",
+    "events",
     "version",
 }
 
@@ -229,3 +230,31 @@ def test_replies_encode_as_the_wire_results_and_decode_back() -> None:
         assert msgspec.to_builtins(governance.decode_reply(shown)) == shown
     with pytest.raises(ValueError, match="malformed list_upgrades result"):
         listing.decode_reply({"plans": "none"})
+
+
+def test_the_events_verb_reads_the_journal_page_by_page(tmp_path: Any) -> None:
+    from wemixvisor.control.protocol import ControlError, Events
+    from wemixvisor.control.verbs.events import read_page
+    from wemixvisor.events.journal import EventJournal
+
+    writer = EventJournal(tmp_path)
+    writer.open()
+    for run, count in (("run-a", 3), ("run-b", 4)):
+        for seq in range(1, count + 1):
+            payload = {"topic": "node.running", "seq": seq, "run_id": run, "ts": 1.0}
+            writer.append(msgspec.json.encode(payload))
+    writer.close()
+
+    page = read_page(tmp_path, Events(id=1, since=2, limit=2))
+    assert [e["seq"] for e in page.events] == [2, 3] and page.more and page.run_id == "run-b"
+    rest = read_page(tmp_path, Events(id=2, since=4, run="run-b"))
+    assert [e["seq"] for e in rest.events] == [4] and not rest.more
+    across = read_page(tmp_path, Events(id=3, since=3, run="run-a"))
+    assert [(e["run_id"], e["seq"]) for e in across.events][:2] == [("run-a", 3), ("run-b", 1)]
+    with pytest.raises(ControlError) as refused:
+        read_page(tmp_path, Events(id=4, run="run-x"))
+    assert refused.value.code == "bad_request" and "run-x" in refused.value.message
+    for wrong in ({"since": 0}, {"limit": 10_001}, {"run": "x" * 129}):
+        assert failure(msgspec.json.encode({"id": 5, "type": "events", **wrong})).code == (
+            ErrorCode.BAD_REQUEST
+        )

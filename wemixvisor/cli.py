@@ -25,6 +25,7 @@ from wemixvisor.commands import (
     status,
     upgrade,
     version,
+    web,
 )
 from wemixvisor.commands.common import (
     EXIT_OK,
@@ -51,6 +52,7 @@ COMMANDS: tuple[Command, ...] = (
     alert,
     keys,
     governance,
+    web,
 )
 """Every verb, in the order `--help` lists them."""
 

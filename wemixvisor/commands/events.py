@@ -2,6 +2,10 @@
 
 Text lines read `HH:MM:SS.mmm topic seq=N key=value ...`; `--json` prints each event's JSON
 object instead. Missed events (a gap in a daemon's `seq`) are reported on stderr.
+
+`--since SEQ` (and `--since-run RUN_ID`) first replays the daemon's event journal from there
+(through its `events` control verb), then follows live with no gap and no repeat
+(`events.follow`).
 """
 
 from __future__ import annotations
@@ -11,18 +15,27 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
 from wemixvisor.commands.common import (
+    DEFAULT_TIMEOUT,
     EXIT_OK,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     CliContext,
     CommandError,
+    command_error,
+    open_client,
 )
+from wemixvisor.control.client import ControlClient, ControlUnreachable
+from wemixvisor.control.protocol import ControlError, Events
+from wemixvisor.control.verbs import EVENTS
+from wemixvisor.control.verbs.replies import EventsReply
+from wemixvisor.events.follow import EventFollower
 from wemixvisor.events.subscriber import EventSubscriber, ReceivedEvent
 
 # Envelope keys left out of text lines: the time and topic lead the line already, the run is
@@ -42,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="tail events of one or many daemons",
         description=(
             "Print the daemon's events as they happen, one line each. Events published before "
-            "this command connected are not shown."
+            "this command connected are shown only with --since/--since-run, replayed from the "
+            "daemon's event journal."
         ),
     )
     parser.add_argument(
@@ -61,6 +75,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="ENDPOINT",
         help="events endpoint of a daemon, repeatable (default: events.endpoint of this home)",
     )
+    parser.add_argument(
+        "--since",
+        type=_positive_int,
+        metavar="SEQ",
+        help="first replay the journal from this seq (of the newest run, or of --since-run)",
+    )
+    parser.add_argument(
+        "--since-run",
+        metavar="RUN_ID",
+        help="the daemon run --since counts in (default: the newest run in the journal)",
+    )
+    parser.add_argument(
+        "--control",
+        metavar="ENDPOINT",
+        help="control endpoint of the daemon whose journal --since replays "
+        "(default: control.endpoint of this home)",
+    )
     parser.add_argument("--count", type=_positive_int, metavar="N", help="exit after N events")
     parser.add_argument(
         "--timeout",
@@ -76,10 +107,31 @@ def handle(args: argparse.Namespace, ctx: CliContext) -> int:
     # cli imports this module (via commands/__init__), so cli is imported at call time.
 
     endpoints: list[str] = args.endpoints or [ctx.config.events.endpoint]
+    replaying = args.since is not None or args.since_run is not None
+    if replaying and len(endpoints) > 1:
+        raise CommandError(
+            "--since replays the journal of one daemon: give one --connect", EXIT_USAGE
+        )
     try:
-        subscriber = EventSubscriber(endpoints, args.prefixes)
+        subscriber = EventSubscriber(endpoints, () if replaying else args.prefixes)
     except ValueError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
+    client: ControlClient | None = None
+    receive: Callable[[float | None], ReceivedEvent | None] = subscriber.receive
+    if replaying:
+        client = (
+            ControlClient(args.control, DEFAULT_TIMEOUT)
+            if args.control
+            else open_client(ctx, DEFAULT_TIMEOUT)
+        )
+        follower = EventFollower(
+            _pages_of(client),
+            subscriber,
+            since=args.since,
+            since_run=args.since_run,
+            prefixes=args.prefixes,
+        )
+        receive = _replay_errors(follower.receive)
     shown = 0
     idle_since = time.monotonic()
     note_due: float | None = idle_since + _UNREACHABLE_NOTE_AFTER
@@ -88,7 +140,7 @@ def handle(args: argparse.Namespace, ctx: CliContext) -> int:
             waits = [] if note_due is None else [note_due - time.monotonic()]
             if args.timeout is not None:
                 waits.append(idle_since + args.timeout - time.monotonic())
-            event = subscriber.receive(min(waits) if waits else None)
+            event = receive(min(waits) if waits else None)
             if event is None:
                 now = time.monotonic()
                 if note_due is not None and now >= note_due:
@@ -116,7 +168,32 @@ def handle(args: argparse.Namespace, ctx: CliContext) -> int:
         _silence_stdout()
     finally:
         subscriber.close()
+        if client is not None:
+            client.close()
     return EXIT_OK
+
+
+def _pages_of(client: ControlClient) -> Callable[[Events], EventsReply]:
+    def fetch_page(request: Events) -> EventsReply:
+        return EVENTS.decode_reply(client.request(request))
+
+    return fetch_page
+
+
+def _replay_errors(
+    receive: Callable[[float | None], ReceivedEvent | None],
+) -> Callable[[float | None], ReceivedEvent | None]:
+    """`receive`, with a journal that cannot be replayed as the operator's error."""
+
+    def guarded(timeout: float | None) -> ReceivedEvent | None:
+        try:
+            return receive(timeout)
+        except ControlUnreachable as exc:
+            raise CommandError(f"cannot replay the journal: {exc}", EXIT_UNREACHABLE) from None
+        except ControlError as exc:
+            raise command_error(exc) from None
+
+    return guarded
 
 
 def format_event(event: ReceivedEvent) -> str:

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Final
 import msgspec
 
 __all__ = [
+    "MAX_EVENTS_PAGE",
     "MAX_FRAME_BYTES",
     "MAX_LOG_LINES",
     "MAX_REQUEST_BYTES",
@@ -34,6 +35,7 @@ __all__ = [
     "ControlError",
     "DecodeFailure",
     "ErrorCode",
+    "Events",
     "GovernanceProposals",
     "ListUpgrades",
     "Logs",
@@ -62,6 +64,9 @@ MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
 
 MAX_LOG_LINES: Final = 10_000
 """The most node log lines one `logs` request returns."""
+
+MAX_EVENTS_PAGE: Final = 10_000
+"""The most journaled events one `events` request returns."""
 
 _MAX_ID_CHARS: Final = 128
 
@@ -184,6 +189,15 @@ class Version(Request, tag="version", frozen=True):
     """wemixvisor's version and the node binary's."""
 
 
+class Events(Request, tag="events", frozen=True):
+    """Journaled events from seq `since` (inclusive) of run `run` (default: the newest run in
+    the journal) on, then every event of later runs; at most `limit` of them."""
+
+    since: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    run: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_EVENTS_PAGE)] = 1000
+
+
 REQUEST_TYPES: Final[dict[str, type[Request]]] = {
     str(cls.__struct_config__.tag): cls
     for cls in (
@@ -202,6 +216,7 @@ REQUEST_TYPES: Final[dict[str, type[Request]]] = {
         ConfigShow,
         ConfigReload,
         GovernanceProposals,
+        Events,
         Version,
     )
 }

@@ -4,7 +4,7 @@ daemon running or not) and, later, the HTTP API (SPEC §18).
 
 - `base`: the `Verb` ABC and the contexts the plan and backup verbs run against;
 - `replies`: every verb's reply Struct (the wire reply's `result`);
-- `node`, `upgrades`, `backups`, `config`, `info`: the verbs;
+- `node`, `upgrades`, `backups`, `config`, `info`, `events`: the verbs;
 - `daemon`: `ControlContext`, the daemon's context (it asks actors);
 - `offline`: `OfflineContext`, the context on a home's files while no daemon runs;
 - `registry`: `VERBS` and one constant per verb; `dispatch`: the control server's `Dispatcher`;
@@ -33,6 +33,7 @@ from wemixvisor.control.verbs.registry import (
     CANCEL_UPGRADE,
     CONFIG_RELOAD,
     CONFIG_SHOW,
+    EVENTS,
     GOVERNANCE_PROPOSALS,
     LIST_UPGRADES,
     LOGS,
@@ -55,6 +56,7 @@ __all__ = [
     "CANCEL_UPGRADE",
     "CONFIG_RELOAD",
     "CONFIG_SHOW",
+    "EVENTS",
     "GOVERNANCE_PROPOSALS",
     "LIST_UPGRADES",
     "LOGS",

@@ -49,7 +49,9 @@ class VersionVerb(Verb[ControlContext, Version, VersionReply]):
             if status is not None
             else None
         )
-        return VersionReply(wemixvisor=__version__, node=node)
+        return VersionReply(
+            wemixvisor=__version__, node=node, events_endpoint=ctx.config.events.endpoint
+        )
 
     def render(self, reply: VersionReply) -> str:
         node = reply.node

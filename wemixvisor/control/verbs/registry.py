@@ -1,4 +1,4 @@
-"""Every verb, once: the instances the server, the operator tool (and later HTTP) share."""
+"""Every verb, once: the instances the server, the operator tool and HTTP share."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from wemixvisor.control.verbs.backups import (
 )
 from wemixvisor.control.verbs.base import Verb
 from wemixvisor.control.verbs.config import ConfigReloadVerb, ConfigShowVerb
+from wemixvisor.control.verbs.events import EventsVerb
 from wemixvisor.control.verbs.info import GovernanceProposalsVerb, VersionVerb
 from wemixvisor.control.verbs.node import LogsVerb, RestartVerb, StartVerb, StatusVerb, StopVerb
 from wemixvisor.control.verbs.upgrades import (
@@ -28,6 +29,7 @@ __all__ = [
     "CANCEL_UPGRADE",
     "CONFIG_RELOAD",
     "CONFIG_SHOW",
+    "EVENTS",
     "GOVERNANCE_PROPOSALS",
     "LIST_UPGRADES",
     "LOGS",
@@ -55,6 +57,7 @@ BACKUP_PRUNE: Final = BackupPruneVerb()
 CONFIG_SHOW: Final = ConfigShowVerb()
 CONFIG_RELOAD: Final = ConfigReloadVerb()
 GOVERNANCE_PROPOSALS: Final = GovernanceProposalsVerb()
+EVENTS: Final = EventsVerb()
 VERSION: Final = VersionVerb()
 
 VERBS: Final[dict[str, Verb[Any, Any, Any]]] = {
@@ -75,6 +78,7 @@ VERBS: Final[dict[str, Verb[Any, Any, Any]]] = {
         CONFIG_SHOW,
         CONFIG_RELOAD,
         GOVERNANCE_PROPOSALS,
+        EVENTS,
         VERSION,
     )
 }

@@ -27,6 +27,7 @@ __all__ = [
     "ConfigShowReply",
     "DaemonSection",
     "DaemonState",
+    "EventsReply",
     "GovernanceProposalsReply",
     "InProgress",
     "LastUpgrade",
@@ -37,6 +38,7 @@ __all__ = [
     "PendingPlan",
     "PlanRow",
     "PlansSection",
+    "Readiness",
     "ScheduleUpgradeReply",
     "StatusReply",
     "UpgradeStatus",
@@ -148,8 +150,15 @@ class CancelUpgradeReply(msgspec.Struct, frozen=True):
     removed_from: list[str]
 
 
+class Readiness(msgspec.Struct, frozen=True, kw_only=True):
+    """What is known of a waiting plan's readiness (null: not known here)."""
+
+    binary_staged: bool | None = None  # upgrades/<name>/bin/$DAEMON_NAME is there, executable
+
+
 class PlanRow(msgspec.Struct, frozen=True, kw_only=True):
-    """A plan of `list_upgrades`: queued, or `in_file` (not yet seen by the daemon)."""
+    """A plan of `list_upgrades`: queued, or `in_file` (not yet seen by the daemon);
+    `readiness` for the plans still waiting."""
 
     name: str
     height: int
@@ -160,6 +169,7 @@ class PlanRow(msgspec.Struct, frozen=True, kw_only=True):
     result: str | None
     registered_at: float | None
     finished_at: float | None
+    readiness: Readiness | UnsetType = UNSET
 
 
 class ListUpgradesReply(msgspec.Struct, frozen=True):
@@ -244,7 +254,20 @@ class VersionNode(msgspec.Struct, frozen=True):
 
 
 class VersionReply(msgspec.Struct, frozen=True):
-    """`version`: wemixvisor's, and the node binary's (null when the node actor is silent)."""
+    """`version`: wemixvisor's, and the node binary's (null when the node actor is silent);
+    `events_endpoint` is where the daemon publishes its events (a client of the control socket
+    learns it here, e.g. the web console)."""
 
     wemixvisor: str
     node: VersionNode | None
+    events_endpoint: str | None = None
+
+
+class EventsReply(msgspec.Struct, frozen=True):
+    """`events`: journaled payloads, oldest first; `more` when the journal holds more after the
+    last one (ask again from its seq + 1 in its run); `run_id` the run the replay started in
+    (null when the journal is empty)."""
+
+    events: list[dict[str, Any]]
+    more: bool
+    run_id: str | None

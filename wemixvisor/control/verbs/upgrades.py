@@ -6,7 +6,10 @@ plan files of its home (`offline.OfflineContext`). The queue's rules are the sam
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+import msgspec
 
 from wemixvisor.control.protocol import (
     CancelUpgrade,
@@ -21,9 +24,11 @@ from wemixvisor.control.verbs.replies import (
     CancelUpgradeReply,
     ListUpgradesReply,
     PlanRow,
+    Readiness,
     ScheduleUpgradeReply,
     UpgradeStatus,
 )
+from wemixvisor.home.layout import Home
 from wemixvisor.plans.files import file_plans, locked_plan_files, remove_from_plan_files
 from wemixvisor.plans.queue import (
     Plan,
@@ -203,6 +208,7 @@ class ListUpgradesVerb(Verb[PlanContext, ListUpgrades, ListUpgradesReply]):
             if get(queue, plan.name) is None and plan.name not in seen:
                 seen.add(plan.name)
                 rows.append(_row(plan, status="in_file", late=False, result=NOT_YET_SEEN))
+        rows = [_with_readiness(ctx.home, row) for row in rows]
         rows.sort(key=lambda row: row.height)
         return ListUpgradesReply(
             daemon=ctx.daemon_state(),
@@ -214,6 +220,18 @@ class ListUpgradesVerb(Verb[PlanContext, ListUpgrades, ListUpgradesReply]):
 
     def render(self, reply: ListUpgradesReply) -> str:
         return render_plans(reply.plans)
+
+
+def _with_readiness(home: Home, row: PlanRow) -> PlanRow:
+    """A waiting plan's row with what the home tells of its readiness."""
+    if row.status not in ("pending", "in_file"):
+        return row
+    try:
+        binary = home.upgrade_bin(row.name)
+    except ValueError:
+        return row
+    staged = binary.is_file() and os.access(binary, os.X_OK)
+    return msgspec.structs.replace(row, readiness=Readiness(binary_staged=staged))
 
 
 def upgrade_status(listing: ListUpgradesReply, journal_error: str | None = None) -> UpgradeStatus:
