@@ -31,8 +31,10 @@ from tests.control_harness import (
     wait_status,
 )
 from tests.daemon_harness import EventLog
+from tests.support import wait_until
 from wemixvisor.control import ControlClient
 from wemixvisor.events.alert import AlertForwarder, DeliveryError, alert_text
+from wemixvisor.events.journal import replay
 from wemixvisor.events.publisher import EventPublisher
 from wemixvisor.events.subscriber import ReceivedEvent
 from wemixvisor.messages import events as ev
@@ -341,3 +343,92 @@ def test_alert_text_is_one_readable_line() -> None:
     text = alert_text({"topic": "plan.rejected", "seq": 3, "reason": "bad\nname", "x": [1]}, "n1")
     assert text == "[n1] plan.rejected: reason=bad?name x=[1]"
     assert "\n" not in alert_text({"topic": "x.y", "v": "a" * 500}, "n1")
+
+
+def test_a_restarted_forwarder_delivers_what_it_missed_from_the_journal(
+    anvil_bin_1_5_1: Path, short_root: Path, alert_processes: list[AlertProcess]
+) -> None:
+    """At-least-once: a forwarder killed with SIGKILL and started again delivers every heartbeat
+    published while it was down, from the event after the last one it had delivered."""
+    home = make_home(short_root, anvil_bin_1_5_1)
+    port = free_port()
+    daemon = start_daemon(
+        home, anvil_args(port, home), DAEMON_RPC_ADDRESS=f"http://127.0.0.1:{port}"
+    )
+    receiver = Receiver(free_port()).up()
+    events = EventLog(f"ipc://{home}/wemixvisor/events.sock", ["supervisor.heartbeat"])
+    try:
+        first = AlertProcess(home, "--webhook", receiver.url, "--topics", "supervisor.heartbeat")
+        alert_processes.append(first)
+        delivered = receiver.wait_for("supervisor.heartbeat")
+        cursors = list((home / "wemixvisor" / "alerts").glob("*.json"))
+        wait_deadline = time.monotonic() + 10
+        while not cursors:
+            assert time.monotonic() < wait_deadline, "no cursor written"
+            time.sleep(0.05)
+            cursors = list((home / "wemixvisor" / "alerts").glob("*.json"))
+        first.process.kill()
+        first.stop()
+        last = msgspec.json.decode(cursors[0].read_bytes())
+        assert last["run_id"] == delivered["run_id"]
+        # Five heartbeats go by with no forwarder running.
+        missed = [
+            events.wait_for("supervisor.heartbeat", lambda p: p["seq"] > last["seq"])
+            for _ in range(5)
+        ]
+        second = AlertProcess(home, "--webhook", receiver.url, "--topics", "supervisor.heartbeat")
+        alert_processes.append(second)
+        newest = missed[-1]["seq"]
+        receiver.wait_for("supervisor.heartbeat", lambda a: a["seq"] > newest)
+        got = {a["seq"] for a in receiver.seen if a.get("topic") == "supervisor.heartbeat"}
+        journal = [
+            e["seq"]
+            for _, line in replay(
+                home / "wemixvisor" / "state" / "events", since_run=last["run_id"]
+            )
+            if (e := msgspec.json.decode(line))["topic"] == "supervisor.heartbeat"
+            and last["seq"] < e["seq"] <= newest
+        ]
+        assert journal and set(journal) <= got
+    finally:
+        events.close()
+        receiver.down()
+        daemon.kill()
+
+
+def test_a_hostile_cursor_file_means_following_live_events(
+    anvil_bin_1_5_1: Path, short_root: Path, alert_processes: list[AlertProcess]
+) -> None:
+    home = make_home(short_root, anvil_bin_1_5_1)
+    port = free_port()
+    daemon = start_daemon(
+        home, anvil_args(port, home), DAEMON_RPC_ADDRESS=f"http://127.0.0.1:{port}"
+    )
+    receiver = Receiver(free_port()).up()
+    try:
+        for content in (
+            b"\x00\xffgarbage",
+            b'{"run_id": "gone", "seq": 5}',
+            b"[" * 5000,
+            b"x" * 9000,
+        ):
+            cursor = short_root / "cursor.json"
+            cursor.write_bytes(content)
+            forwarder = AlertProcess(
+                home,
+                "--webhook",
+                receiver.url,
+                "--topics",
+                "supervisor.heartbeat",
+                "--cursor",
+                str(cursor),
+            )
+            alert_processes.append(forwarder)
+            beat = receiver.wait_for("supervisor.heartbeat")
+            written = lambda path=cursor, old=content: path.read_bytes() != old  # noqa: E731
+            wait_until(written, what="the cursor written")
+            assert msgspec.json.decode(cursor.read_bytes())["run_id"] == beat["run_id"]
+            assert forwarder.stop() == 0
+    finally:
+        receiver.down()
+        daemon.kill()

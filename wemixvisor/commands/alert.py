@@ -2,20 +2,41 @@
 
 Runs until SIGTERM or Ctrl-C. It follows the daemon's events socket (reconnecting when the
 daemon restarts) and delivers each matching event as an alert, see `wemixvisor.events.alert`.
+Following one daemon, it records the last event it delivered (`--cursor`) and, restarted,
+replays what it missed from the daemon's event journal before following live events again.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shlex
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 
-from wemixvisor.commands.common import EXIT_USAGE, CliContext, CommandError, seconds
-from wemixvisor.events.alert import AlertForwarder, ExecSink, Sink, WebhookSink
-from wemixvisor.events.subscriber import EventSubscriber
+from wemixvisor.commands.common import (
+    DEFAULT_TIMEOUT,
+    EXIT_USAGE,
+    CliContext,
+    CommandError,
+    open_client,
+    seconds,
+)
+from wemixvisor.control.client import ControlClient, ControlUnreachable
+from wemixvisor.control.protocol import ControlError
+from wemixvisor.events.alert import (
+    AlertForwarder,
+    DeliveryCursor,
+    ExecSink,
+    Receiver,
+    Sink,
+    WebhookSink,
+)
+from wemixvisor.events.follow import EventFollower, FetchPage, journal_pages
+from wemixvisor.events.subscriber import EventSubscriber, ReceivedEvent
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,6 +72,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         metavar="ENDPOINT",
         help="events endpoint of a daemon, repeatable (default: events.endpoint of this home)",
+    )
+    parser.add_argument(
+        "--cursor",
+        type=Path,
+        metavar="FILE",
+        help=(
+            "where the last delivered event is recorded, to resume from after a restart "
+            "(default: wemixvisor/alerts/<target>.json in the home; one daemon only)"
+        ),
     )
     parser.add_argument(
         "--delivery-timeout",
@@ -93,10 +123,19 @@ def handle(args: argparse.Namespace, ctx: CliContext) -> int:
         raise CommandError("--queue must be at least 1", EXIT_USAGE)
     sink = _sink(args)
     endpoints: list[str] = args.endpoints or [ctx.config.events.endpoint]
+    cursor = _cursor(args, ctx, endpoints)
+    position = cursor.load() if cursor is not None else None
     try:
-        subscriber = EventSubscriber(endpoints, args.topics)
+        # A resumed forwarder replays every topic (gaps are judged on all of them) and filters
+        # what it delivers itself.
+        subscriber = EventSubscriber(endpoints, () if position else args.topics)
     except ValueError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
+    source: Receiver = subscriber
+    client: ControlClient | None = None
+    if position is not None:
+        client = open_client(ctx, DEFAULT_TIMEOUT)
+        source = _resumed(journal_pages(client), subscriber, position, args.topics)
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
@@ -105,7 +144,7 @@ def handle(args: argparse.Namespace, ctx: CliContext) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     forwarder = AlertForwarder(
-        subscriber, sink, queue_size=args.queue, backoff_max=args.max_backoff
+        source, sink, queue_size=args.queue, backoff_max=args.max_backoff, cursor=cursor
     )
     print(
         f"wemixvisor alert: forwarding {' '.join(args.topics) or 'all events'} from "
@@ -117,9 +156,55 @@ def handle(args: argparse.Namespace, ctx: CliContext) -> int:
         forwarder.run(stop)
     finally:
         subscriber.close()
+        if client is not None:
+            client.close()
     print(
         f"wemixvisor alert: {forwarder.forwarded} forwarded, {forwarder.failed} failed, "
         f"{forwarder.dropped} dropped, {forwarder.missed} events missed",
         file=sys.stderr,
     )
     return 0
+
+
+def _cursor(
+    args: argparse.Namespace, ctx: CliContext, endpoints: list[str]
+) -> DeliveryCursor | None:
+    """The cursor file of this forwarder: given, or one per target and topics in the home;
+    none when following several daemons (a journal replay is one daemon's)."""
+    if args.cursor is not None:
+        return DeliveryCursor(args.cursor)
+    if len(endpoints) > 1 or (args.endpoints and args.endpoints[0] != ctx.config.events.endpoint):
+        return None
+    target = args.webhook if args.webhook is not None else args.command
+    key = hashlib.sha256("\0".join([target, *sorted(args.topics)]).encode()).hexdigest()[:16]
+    return DeliveryCursor(ctx.config.home / "wemixvisor" / "alerts" / f"{key}.json")
+
+
+def _resumed(
+    fetch_page: FetchPage,
+    subscriber: EventSubscriber,
+    position: tuple[str, int],
+    topics: list[str],
+) -> Receiver:
+    """A follower replaying from the event after `position`; when the journal no longer holds
+    it (rotated away, another daemon's home), live events only, said on stderr."""
+    run_id, seq = position
+    follower = EventFollower(
+        fetch_page, subscriber, since=seq + 1, since_run=run_id, prefixes=topics
+    )
+
+    class Guarded:
+        def receive(self, timeout: float | None = None) -> ReceivedEvent | None:
+            try:
+                return follower.receive(timeout)
+            except (ControlError, ControlUnreachable) as exc:
+                print(
+                    f"wemixvisor alert: cannot resume after run {run_id} seq {seq} ({exc}); "
+                    "following live events",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self.receive = subscriber.receive  # type: ignore[method-assign]
+                return subscriber.receive(timeout)
+
+    return Guarded()

@@ -32,10 +32,8 @@ from wemixvisor.commands.common import (
     open_client,
 )
 from wemixvisor.control.client import ControlClient, ControlUnreachable
-from wemixvisor.control.protocol import ControlError, Events
-from wemixvisor.control.verbs import EVENTS
-from wemixvisor.control.verbs.replies import EventsReply
-from wemixvisor.events.follow import EventFollower
+from wemixvisor.control.protocol import ControlError
+from wemixvisor.events.follow import EventFollower, journal_pages
 from wemixvisor.events.subscriber import EventSubscriber, ReceivedEvent
 
 # Envelope keys left out of text lines: the time and topic lead the line already, the run is
@@ -125,7 +123,7 @@ def handle(args: argparse.Namespace, ctx: CliContext) -> int:
             else open_client(ctx, DEFAULT_TIMEOUT)
         )
         follower = EventFollower(
-            _pages_of(client),
+            journal_pages(client),
             subscriber,
             since=args.since,
             since_run=args.since_run,
@@ -171,13 +169,6 @@ def handle(args: argparse.Namespace, ctx: CliContext) -> int:
         if client is not None:
             client.close()
     return EXIT_OK
-
-
-def _pages_of(client: ControlClient) -> Callable[[Events], EventsReply]:
-    def fetch_page(request: Events) -> EventsReply:
-        return EVENTS.decode_reply(client.request(request))
-
-    return fetch_page
 
 
 def _replay_errors(

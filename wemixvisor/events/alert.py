@@ -25,12 +25,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
 from loguru import logger
 
-from wemixvisor.events.subscriber import EventSubscriber, ReceivedEvent
+from wemixvisor.events.subscriber import ReceivedEvent
+from wemixvisor.home.fsutil import atomic_write_bytes, read_capped
 
 __all__ = [
     "AlertForwarder",
@@ -45,6 +47,13 @@ _ENVELOPE = frozenset({"topic", "seq", "run_id", "ts", "text"})
 _MAX_TEXT_VALUE = 120
 _RETRYABLE_STATUS = frozenset({408, 425, 429})
 _encode = msgspec.json.Encoder().encode
+
+
+class Receiver(Protocol):
+    """What the forwarder reads events from: a subscriber, or a follower replaying first."""
+
+    def receive(self, timeout: float | None = None) -> ReceivedEvent | None:
+        """The next event, or None after `timeout` seconds without one."""
 
 
 class DeliveryError(Exception):
@@ -187,24 +196,72 @@ def alert_text(payload: Mapping[str, Any], host: str) -> str:
     return f"[{host}] {topic}: {summary}".rstrip(": ")
 
 
+class DeliveryCursor:
+    """Where a forwarder stands: the `(run_id, seq)` of the last event it delivered, kept in a
+    small file so that a restarted forwarder resumes from there (at-least-once: an event whose
+    delivery was not yet recorded is delivered again).
+
+    A missing, unreadable or hostile file means "no position": the forwarder follows live."""
+
+    MAX_BYTES = 4096
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> tuple[str, int] | None:
+        """The last delivered position, or None (with a warning when the file is bad)."""
+        try:
+            raw = read_capped(self.path, self.MAX_BYTES)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            logger.warning("alert cursor {} unreadable ({}); following live events", self.path, exc)
+            return None
+        try:
+            position = msgspec.json.decode(raw, type=_Position)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            logger.warning("alert cursor {} is not a position ({}); following live", self.path, exc)
+            return None
+        if not position.run_id or position.seq < 1:
+            return None
+        return position.run_id, position.seq
+
+    def save(self, run_id: str, seq: int) -> None:
+        """Record a delivered event; a failed write is logged (the next one may succeed)."""
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            atomic_write_bytes(self.path, msgspec.json.encode(_Position(run_id, seq)), mode=0o600)
+        except OSError as exc:
+            logger.warning("alert cursor {} not written: {}", self.path, exc)
+
+
+class _Position(msgspec.Struct):
+    run_id: str
+    seq: int
+
+
 class AlertForwarder:
     """Forwards the events `subscriber` receives to `sink`, until `run`'s stop event is set.
 
-    Counters: `forwarded` (delivered), `failed` (given up), `dropped` (queue overflow),
-    `missed` (events lost upstream, from seq gaps).
+    `subscriber` is anything with `receive(timeout)` (an EventSubscriber, or an EventFollower
+    that replays the journal first). With a `cursor`, each delivered event's position is
+    recorded there. Counters: `forwarded` (delivered), `failed` (given up), `dropped` (queue
+    overflow), `missed` (events lost upstream, from seq gaps).
     """
 
     def __init__(
         self,
-        subscriber: EventSubscriber,
+        subscriber: Receiver,
         sink: Sink,
         *,
         queue_size: int = 1000,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         host: str | None = None,
+        cursor: DeliveryCursor | None = None,
     ) -> None:
         self.subscriber = subscriber
+        self.cursor = cursor
         self.sink = sink
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -299,7 +356,13 @@ class AlertForwarder:
                 stop.wait(delay)
                 continue
             self.forwarded += 1
+            self._record(alert)
             return
         # Stopping while retrying: the alert goes back so that the count of undelivered is right.
         with self._ready:
             self._queue.appendleft(alert)
+
+    def _record(self, alert: Mapping[str, Any]) -> None:
+        run_id, seq = alert.get("run_id"), alert.get("seq")
+        if self.cursor is not None and isinstance(run_id, str) and type(seq) is int:
+            self.cursor.save(run_id, seq)

@@ -21,12 +21,13 @@ from typing import Any, Final
 import msgspec
 from loguru import logger
 
-from wemixvisor.control.client import ControlUnreachable
+from wemixvisor.control.client import ControlClient, ControlUnreachable
 from wemixvisor.control.protocol import ControlError, Events, new_request_id
+from wemixvisor.control.verbs import EVENTS
 from wemixvisor.control.verbs.replies import EventsReply
 from wemixvisor.events.subscriber import EventSubscriber, ReceivedEvent
 
-__all__ = ["PAGE_SIZE", "EventFollower", "FetchPage"]
+__all__ = ["PAGE_SIZE", "EventFollower", "FetchPage", "journal_pages"]
 
 PAGE_SIZE: Final = 1000
 """Events asked for per `events` request."""
@@ -35,6 +36,15 @@ FetchPage = Callable[[Events], EventsReply]
 """Sends one `events` request to the daemon and returns its reply."""
 
 _encode: Final = msgspec.json.Encoder().encode
+
+
+def journal_pages(client: ControlClient) -> FetchPage:
+    """`fetch_page` over a control client of the daemon."""
+
+    def fetch_page(request: Events) -> EventsReply:
+        return EVENTS.decode_reply(client.request(request))
+
+    return fetch_page
 
 
 class EventFollower:
