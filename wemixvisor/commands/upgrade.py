@@ -114,7 +114,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Works without a running daemon: it reads the daemon's state files.",
     )
     listing.add_argument("--json", action="store_true", help="print one JSON object")
-    listing.set_defaults(handler=run_list)
+    listing.set_defaults(handler=run_list, talks_to_daemon=True)
 
     status = actions.add_parser(
         "status",
@@ -122,7 +122,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Works without a running daemon: it reads the daemon's state files.",
     )
     status.add_argument("--json", action="store_true", help="print one JSON object")
-    status.set_defaults(handler=run_status)
+    status.set_defaults(handler=run_status, talks_to_daemon=True)
 
     cancelling = actions.add_parser(
         "cancel",
