@@ -206,9 +206,10 @@ def register(
     """Add `plan` to the queue (mutates `state`); raise PlanError when it is refused.
 
     Rules (SPEC §4): keyed by name; a plan that completed or is running is never run again
-    (UNCHANGED; a completed plan shown with another height is refused), nor a failed one unless re-scheduled through the control protocol; two pending
-    plans at one height conflict and the later is refused; a plan at or below the head is refused
-    from the control protocol unless `now`, and from files/governance runs at once, marked late.
+    (UNCHANGED; a completed plan shown with another height is refused), nor a failed one unless
+    re-scheduled through the control protocol; two pending plans at one height conflict and the
+    later is refused; a plan at or below the head is refused from the control protocol unless
+    `now`, and from files/governance runs at once, marked late.
     """
     existing = _find(state, plan.name)
     if existing is not None and existing.status is not PlanStatus.PENDING:
