@@ -7,6 +7,7 @@ validated upgrade names, so no other module joins operator input onto a path (SP
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -15,6 +16,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
+
+from loguru import logger
 
 from wemixvisor.home.fsutil import atomic_write, fsync_dir, removed_on_failure
 
@@ -326,6 +329,10 @@ def switch_current(home: Home, target: str) -> None:
         check_binary(home.target_dir(target) / "bin" / home.name)
     except LayoutError as exc:
         raise LayoutError(f"cannot point {link} at {target!r}: {exc}") from None
+    try:
+        previous: str | None = os.readlink(link)
+    except OSError:
+        previous = None
     tmp = home.visor_dir / f".current.{secrets.token_hex(8)}"
     try:
         with removed_on_failure(tmp):
@@ -334,6 +341,20 @@ def switch_current(home: Home, target: str) -> None:
         fsync_dir(home.visor_dir)
     except OSError as exc:
         raise LayoutError(f"cannot point {link} at {target}: {exc.strerror or exc}") from exc
+    if previous is not None and os.path.isabs(previous):
+        logger.info("{} was the absolute link {}; it is now relative: {}", link, previous, target)
+
+
+def _inside_visor_dir(home: Home, text: str) -> str | None:
+    """An absolute `current` (as cosmovisor writes it) as the path relative to the home's
+    `wemixvisor/` directory, or None when it points elsewhere. `..` is never followed."""
+    path = PurePosixPath(text)
+    if ".." in path.parts:
+        return None
+    for base in {home.visor_dir, Path(os.path.realpath(home.visor_dir))}:
+        with contextlib.suppress(ValueError):
+            return str(path.relative_to(base))
+    return None
 
 
 def read_current(home: Home) -> Current:
@@ -352,10 +373,13 @@ def read_current(home: Home) -> Current:
         text = os.readlink(link)
     except OSError as exc:
         raise LayoutError(f"cannot read {link}: {exc.strerror or exc}") from exc
-    if os.path.isabs(text):
-        raise LayoutError(f"{link} points at the absolute path {text}; {relink_hint}")
+    relative = _inside_visor_dir(home, text) if os.path.isabs(text) else text
+    if relative is None:
+        raise LayoutError(
+            f"{link} points at the absolute path {text}, outside {home.visor_dir}; {relink_hint}"
+        )
     # PurePosixPath drops "./" and trailing slashes, so only equivalent spellings are accepted.
-    target = "/".join(PurePosixPath(text).parts)
+    target = "/".join(PurePosixPath(relative).parts)
     try:
         upgrade_name = _parse_target(target)
     except LayoutError:
