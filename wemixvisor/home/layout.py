@@ -34,6 +34,8 @@ __all__ = [
     "add_upgrade",
     "check_binary",
     "init_home",
+    "install_binary",
+    "make_dir",
     "read_current",
     "switch_current",
     "validate_upgrade_name",
@@ -203,7 +205,7 @@ def _same_content(a: Path, b: Path) -> bool:
                 return True
 
 
-def _install_binary(source: Path, dest: Path) -> None:
+def install_binary(source: Path, dest: Path) -> None:
     """Copy `source` to `dest` (mode 0755) so that `dest` is the old file or the new one.
 
     Streamed through `atomic_write`, because node binaries are large. Node binaries are public
@@ -216,7 +218,7 @@ def _install_binary(source: Path, dest: Path) -> None:
         raise LayoutError(f"cannot install {source} as {dest}: {exc.strerror or exc}") from exc
 
 
-def _make_dir(path: Path, lines: list[str], *, mode: int = 0o755, private: bool = False) -> None:
+def make_dir(path: Path, lines: list[str], *, mode: int = 0o755, private: bool = False) -> None:
     """Create `path` if missing; a private directory is (re)set to 0700 even if it existed."""
     try:
         if not path.is_dir():
@@ -257,19 +259,19 @@ def init_home(home: Home, binary: Path, *, force: bool = False) -> list[str]:
             )
 
     lines: list[str] = []
-    _make_dir(home.root, lines)
+    make_dir(home.root, lines)
     # The control and event sockets live in visor_dir; 0700 is what keeps other users out.
-    _make_dir(home.visor_dir, lines, mode=0o700, private=True)
-    _make_dir(home.genesis_dir / "bin", lines)
-    _make_dir(home.upgrades_dir, lines)
-    _make_dir(home.state_dir, lines, mode=0o700, private=True)
-    _make_dir(home.logs_dir, lines)
+    make_dir(home.visor_dir, lines, mode=0o700, private=True)
+    make_dir(home.genesis_dir / "bin", lines)
+    make_dir(home.upgrades_dir, lines)
+    make_dir(home.state_dir, lines, mode=0o700, private=True)
+    make_dir(home.logs_dir, lines)
     # Node data dirs hold the node key; geth-family nodes create theirs 0700 too.
-    _make_dir(home.data_dir, lines, mode=0o700)
+    make_dir(home.data_dir, lines, mode=0o700)
 
     if replace:
         existed = os.path.lexists(dest)
-        _install_binary(binary, dest)
+        install_binary(binary, dest)
         lines.append(f"{'replaced' if existed else 'installed'} genesis binary {dest}")
     else:
         if not os.access(dest, os.X_OK):
@@ -313,7 +315,7 @@ def add_upgrade(home: Home, name: str, binary: Path, *, force: bool = False) -> 
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LayoutError(f"cannot create directory {dest.parent}: {exc.strerror}") from exc
-    _install_binary(binary, dest)
+    install_binary(binary, dest)
     return dest
 
 
