@@ -217,7 +217,10 @@ def test_schedule_refuses_a_batch_file_it_cannot_understand(
         (["v2", "10", "--info", '{"a": "' + "x" * (1 << 20) + '"}'], "over the"),
         (["v2", "10", "--info", '{"binaries": {"any": 3}}'], "URL string"),
         (["v2", "10", "--checksum", SHA], "--checksum needs --binary"),
-        (["v2", "10", "--binary", "ftp://h/x", "--checksum", SHA], "not an http(s)://"),
+        (
+            ["v2", "10", "--binary", "ftp://h/x", "--checksum", SHA],
+            "only http://, https:// and file:// URLs",
+        ),
         (["v2", "10", "--binary", "https://h/x y", "--checksum", SHA], "without spaces"),
         (["v2", "10", "--binary", "https://h/\udcff", "--checksum", SHA], "ASCII URL"),
         (["v2", "10", "--info", '{"a": "\udcff"}'], "not valid UTF-8"),
