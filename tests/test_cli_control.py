@@ -377,7 +377,7 @@ SOCKET_VERBS = [
     ["start"],
     ["stop"],
     ["restart"],
-    ["logs", "-n", "5"],
+    ["governance", "proposals"],
 ]
 
 
@@ -396,6 +396,10 @@ def test_with_no_daemon_socket_verbs_exit_3_at_once_and_upgrade_verbs_use_the_fi
             assert (argv, code) == (argv, 3)
             assert endpoint in err
             assert time.monotonic() - began < 2.0
+        # The node log is a file of the home: read without the daemon.
+        code, out, err = cli("logs", "-n", "5")
+        assert (code, out.strip()) == (0, f"no node log yet at {home / 'logs/node.log'}")
+        assert endpoint in err
         code, out, _ = cli("upgrade", "schedule", "v2", "500")
         assert code == 0
         assert "reads it when it starts" in out
