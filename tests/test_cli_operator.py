@@ -5,12 +5,10 @@ checks of ports — against real daemons supervising anvil or a stand-in node.""
 
 from __future__ import annotations
 
-import os
 import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -23,6 +21,7 @@ from tests.control_harness import (
     cli_env,
     control_endpoint,
     make_home,
+    operator_cli,
     short_root,
     sleeper_node,
     start_daemon,
@@ -30,13 +29,11 @@ from tests.control_harness import (
 )
 from tests.daemon_harness import Daemon, EventLog
 from wemixvisor.bootstrap import rpc_port_mismatch
-from wemixvisor.cli import main, split_node_args
+from wemixvisor.cli import split_node_args
 from wemixvisor.control import ControlClient
 from wemixvisor.home.layout import Home
 from wemixvisor.home.state import write_queue
 from wemixvisor.plans.queue import Plan, PlanStatus, QueuedPlan, QueueState
-
-Cli = Callable[..., tuple[int, str, str]]
 
 # The verbs that only ask the daemon: a broken config.toml must not lock the operator out.
 DAEMON_ONLY_VERBS = [
@@ -49,24 +46,6 @@ DAEMON_ONLY_VERBS = [
     ["config", "show"],
     ["events", "--count", "1"],
 ]
-
-
-def operator_cli(
-    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], **env: str
-) -> Cli:
-    """`wemixvisor ...` in this process, from an operator's shell on `home`."""
-    for key in list(os.environ):
-        if key.startswith(("DAEMON_", "WEMIXVISOR_", "UNSAFE_", "COSMOVISOR_")):
-            monkeypatch.delenv(key)
-    for key, value in {**cli_env(home), **env}.items():
-        monkeypatch.setenv(key, value)
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run
 
 
 @pytest.mark.parametrize(

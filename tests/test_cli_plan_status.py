@@ -5,7 +5,6 @@ daemon (SPEC §4, §8, §12)."""
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,19 +12,18 @@ import msgspec
 import pytest
 
 from tests.control_harness import (
-    cli_env,
     control_endpoint,
     make_home,
+    operator_cli,
     short_root,
     sleeper_node,
     start_daemon,
     wait_status,
 )
 from tests.daemon_harness import EventLog
-from wemixvisor.cli import main
 from wemixvisor.control import ControlClient
 
-Cli = Callable[..., tuple[int, str, str]]
+HomeCli = Callable[..., tuple[int, str, str]]
 
 
 def script(path: Path, version: str) -> Path:
@@ -35,22 +33,15 @@ def script(path: Path, version: str) -> Path:
 
 
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> HomeCli:
     def run(*argv: str, home: Path, **env: str) -> tuple[int, str, str]:
-        for key in list(os.environ):
-            if key.startswith(("DAEMON_", "WEMIXVISOR_", "UNSAFE_", "COSMOVISOR_")):
-                monkeypatch.delenv(key)
-        for key, value in {**cli_env(home), **env}.items():
-            monkeypatch.setenv(key, value)
-        code = main(list(argv))
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
+        return operator_cli(home, monkeypatch, capsys, **env)(*argv)
 
     return run
 
 
 def test_with_the_daemon_down_schedule_reports_the_preflight_and_status_shows_one_plan(
-    cli: Cli,
+    cli: HomeCli,
 ) -> None:
     with short_root() as root:
         home = make_home(root, sleeper_node(root))
@@ -96,7 +87,7 @@ def test_with_the_daemon_down_schedule_reports_the_preflight_and_status_shows_on
     ],
 )
 def test_a_binary_url_the_downloader_would_refuse_is_a_usage_error(
-    cli: Cli, tmp_path: Path, url: str, message: str
+    cli: HomeCli, tmp_path: Path, url: str, message: str
 ) -> None:
     home = tmp_path / "home"
     code, _, err = cli(
@@ -115,7 +106,7 @@ def test_a_binary_url_the_downloader_would_refuse_is_a_usage_error(
 
 
 def test_through_the_daemon_a_file_binary_is_downloaded_and_a_missing_one_reported_at_once(
-    cli: Cli,
+    cli: HomeCli,
 ) -> None:
     with short_root() as root:
         home = make_home(root, sleeper_node(root))
