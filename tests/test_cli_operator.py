@@ -32,7 +32,7 @@ from wemixvisor.bootstrap import rpc_port_mismatch
 from wemixvisor.cli import split_node_args
 from wemixvisor.control import ControlClient
 from wemixvisor.home.layout import Home
-from wemixvisor.home.state import write_queue
+from wemixvisor.home.state import DaemonRecord, daemon_lock, write_daemon_record, write_queue
 from wemixvisor.plans.queue import Plan, PlanStatus, QueuedPlan, QueueState
 
 # The verbs that only ask the daemon: a broken config.toml must not lock the operator out.
@@ -315,4 +315,62 @@ def test_the_node_log_without_a_daemon(
         code, out, err = cli("logs", "-n", "1")
         assert (code, out) == (0, "\ufffd-not-utf8\n")
         assert "not valid TOML" in err
-        assert "no running daemon recorded its endpoints" in err
+        assert "no usable record of a running daemon" in err
+
+
+HOSTILE_RECORDS = [
+    (b"", "not a daemon record"),
+    (b"{half", "not a daemon record"),
+    (b'{"pid": "1"}', "not a daemon record"),
+    (b"[1, 2]", "not a daemon record"),
+    (b"[" * 60_000, "not a daemon record"),
+    (b" " * (64 * 1024 + 1), "limit"),
+]
+
+
+@pytest.mark.parametrize(("content", "message"), HOSTILE_RECORDS)
+def test_a_hostile_daemon_record_is_a_warning_and_the_defaults_are_used(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    content: bytes,
+    message: str,
+) -> None:
+    with short_root() as root:
+        home = make_home(root, sleeper_node(root))
+        layout = Home(root=home, name="anvil", data_dir=home / "data")
+        (home / "wemixvisor/config.toml").write_text("[nope]\n")
+        (home / "wemixvisor/state/daemon.json").write_bytes(content)
+        cli = operator_cli(home, monkeypatch, capsys)
+        # Held as a running daemon holds it: the record is what the tool would trust.
+        with daemon_lock(layout):
+            code, _, err = cli("status")
+        assert code == 3
+        assert "unknown section [nope]" in err
+        assert message in err
+        assert control_endpoint(home) in err
+
+
+def test_a_record_of_another_home_or_of_a_daemon_that_is_gone_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with short_root() as root:
+        home = make_home(root, sleeper_node(root))
+        layout = Home(root=home, name="anvil", data_dir=home / "data")
+        (home / "wemixvisor/config.toml").write_text("[nope]\n")
+        elsewhere = "ipc:///tmp/elsewhere/control.sock"
+        record = DaemonRecord(
+            pid=1,
+            control_endpoint=elsewhere,
+            events_endpoint="ipc:///tmp/elsewhere/events.sock",
+            version="0",
+            home="/somewhere/else",
+            started_at=0.0,
+        )
+        write_daemon_record(layout, record)
+        cli = operator_cli(home, monkeypatch, capsys)
+        with daemon_lock(layout):
+            code, _, err = cli("status")
+        assert (code, elsewhere in err, control_endpoint(home) in err) == (3, False, True)
+        write_daemon_record(layout, msgspec.structs.replace(record, home=str(home)))
+        code, _, err = cli("status")  # no daemon holds the lock: the record is stale
+        assert (code, elsewhere in err, control_endpoint(home) in err) == (3, False, True)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loguru import logger
 
 from wemixvisor.home.layout import (
     UPGRADE_NAME_RE,
@@ -318,8 +319,17 @@ def test_switch_current_uses_a_relative_link_back_and_forth(
     assert current.upgrade_name == "v2"
     assert current.binary == initialised.upgrade_bin("v2")
 
-    switch_current(initialised, "genesis")
-    assert os.readlink(initialised.current_link) == "genesis"
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="INFO", format="{message}")
+    try:
+        switch_current(initialised, "genesis")
+        switch_current(initialised, "upgrades/v2")
+    finally:
+        logger.remove(sink)
+    assert os.readlink(initialised.current_link) == "upgrades/v2"
+    rewritten = [line for line in lines if "now relative" in line]
+    assert len(rewritten) == 1
+    assert str(initialised.upgrades_dir / "v2") in rewritten[0]
     assert read_current(initialised).upgrade_name is None
     assert no_temp_links(initialised)
 

@@ -107,8 +107,8 @@ class CliContext:
             record = None
         if record is None or record.home != str(home.root):
             print(
-                "wemixvisor: warning: config.toml left out; no running daemon recorded its "
-                "endpoints, using the environment and defaults",
+                "wemixvisor: warning: config.toml left out: using the environment and defaults "
+                "(no usable record of a running daemon)",
                 file=sys.stderr,
             )
             return config
