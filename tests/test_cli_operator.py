@@ -316,6 +316,11 @@ def test_the_node_log_without_a_daemon(
         assert (code, out) == (0, "\ufffd-not-utf8\n")
         assert "not valid TOML" in err
         assert "no usable record of a running daemon" in err
+        # Nothing runs that could show its configuration: the file's error is the answer.
+        code, out, err = cli("config", "show")
+        assert (code, out) == (2, "")
+        assert "configuration error" in err
+        assert "not valid TOML" in err
 
 
 HOSTILE_RECORDS = [

@@ -213,17 +213,18 @@ class Daemon:
             raise DaemonError(
                 f"{self.home.visor_dir} does not exist: run `wemixvisor init <binary>` first"
             )
-        # Refused before anything starts: a non-loopback tcp control endpoint without CURVE,
-        # and a tcp port another program holds.
+        # Refused before anything starts: a non-loopback tcp control endpoint without CURVE.
         self._control_curve = server_curve_for(
             self.config.control.endpoint, keys_dir_of(self.home.root)
         )
-        check_bindable(self.config.control.endpoint, "control")
-        check_bindable(self.config.events.endpoint, "events")
         mismatch = rpc_port_mismatch(self.config.rpc.address, self.node_args)
         if mismatch is not None:
             logger.warning("{}", mismatch)
         with daemon_lock(self.home):
+            # Once the home is ours (a second daemon is told so first): a tcp port another
+            # program holds is refused now, not retried in the background with a node running.
+            check_bindable(self.config.control.endpoint, "control")
+            check_bindable(self.config.events.endpoint, "events")
             self.install_signals()
             if not become_subreaper():
                 logger.warning("cannot become child subreaper: orphans of the node go to PID 1")

@@ -20,7 +20,7 @@ from wemixvisor.control.client import ControlClient, ControlUnreachable
 from wemixvisor.control.protocol import ControlError, Request
 from wemixvisor.control.verbs import OfflineContext, Verb
 from wemixvisor.home.ipc import EndpointError
-from wemixvisor.home.layout import Home
+from wemixvisor.home.layout import Home, LayoutError
 from wemixvisor.home.state import (
     daemon_pid,
     daemon_record_file,
@@ -98,8 +98,11 @@ class CliContext:
             config = load_config(env=self.env, overrides=self.overrides, read_file=False)
         except ConfigError:
             raise error from None
+        try:
+            home = Home.from_config(config)
+        except LayoutError:
+            raise error from None
         print(f"wemixvisor: warning: {error}", file=sys.stderr)
-        home = Home.from_config(config)
         try:
             record = read_daemon_record(home) if daemon_running(home) else None
         except (PlanError, OSError) as exc:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from wemixvisor.commands.common import CliContext, add_timeout_argument, call
+from wemixvisor.commands.common import CliContext, add_timeout_argument, call, daemon_runs
 from wemixvisor.config import (
     SECTIONS,
     SETTINGS,
@@ -29,6 +29,7 @@ from wemixvisor.control.security import keys_dir_of, server_curve_for
 from wemixvisor.control.verbs import CONFIG_SHOW
 from wemixvisor.events.publisher import check_bind_endpoint
 from wemixvisor.home.ipc import EndpointError
+from wemixvisor.home.layout import Home, LayoutError
 
 _SOURCE_KEYS = tuple(setting.key for setting in SETTINGS)
 
@@ -102,6 +103,8 @@ def run_show(args: argparse.Namespace, ctx: CliContext) -> int:
     try:
         config, sources = load_config_with_sources(ctx.env, ctx.overrides)
     except ConfigError:
+        if not _daemon_on_home(ctx):
+            raise  # nothing runs that could show a configuration: the file's error is the answer
         return _show_running(args, ctx)
     if args.json:
         document = {
@@ -114,6 +117,15 @@ def run_show(args: argparse.Namespace, ctx: CliContext) -> int:
     else:
         print(render_config(config, sources))
     return 0
+
+
+def _daemon_on_home(ctx: CliContext) -> bool:
+    """Whether a daemon runs on the home the flags and environment name (without the file)."""
+    try:
+        home = Home.from_config(load_config(ctx.env, ctx.overrides, read_file=False))
+    except (ConfigError, LayoutError):
+        return False
+    return daemon_runs(home)
 
 
 def _path_hook(kind: type, value: object) -> object:
