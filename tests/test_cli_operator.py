@@ -164,6 +164,9 @@ def test_run_passes_the_node_args_and_a_broken_config_never_locks_the_operator_o
             assert f"genesis: {genesis}" in out
             assert cli("start")[0] == 0
             events.wait_for("rpc.recovered", timeout=30)
+            # `status` may be answered from a reply a quarter second old: wait for a fresh one.
+            with ControlClient(control_endpoint(home), 5.0) as client:
+                wait_status(client, lambda s: s["head"]["rpc_available"])
             code, out, _ = cli("status", "--json")
             assert code == 0
             head = msgspec.json.decode(out)["head"]
