@@ -91,6 +91,30 @@ def wait_status(
     raise AssertionError(f"no matching status within {timeout}s; last: {last!r}")
 
 
+Cli = Callable[..., tuple[int, str, str]]
+"""`cli("status", "--json")` → (exit code, stdout, stderr) of `wemixvisor` run in this process."""
+
+
+def operator_cli(home: Path, monkeypatch: Any, capsys: Any, **env: str) -> Cli:
+    """`wemixvisor ...` in this process, from an operator's shell on `home` (with `env` added):
+    the test's own DAEMON_*/WEMIXVISOR_* variables are removed through `monkeypatch`, output
+    is taken from `capsys`."""
+    from wemixvisor.cli import main
+
+    for key in list(os.environ):
+        if key.startswith(("DAEMON_", "WEMIXVISOR_", "UNSAFE_", "COSMOVISOR_")):
+            monkeypatch.delenv(key)
+    for key, value in {**cli_env(home), **env}.items():
+        monkeypatch.setenv(key, value)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
 def cli_env(home: Path) -> dict[str, str]:
     """The environment of an operator's shell on `home` (nothing inherited from the test's)."""
     env = {

@@ -59,10 +59,19 @@ class Daemon:
 
     _count = 0
 
-    def __init__(self, home: Path, env: dict[str, str], node_args: list[str]) -> None:
+    def __init__(
+        self,
+        home: Path,
+        env: dict[str, str],
+        node_args: list[str],
+        *,
+        command: list[str] | None = None,
+    ) -> None:
         self.home = home
         self.env = {**os.environ, **env, "DAEMON_HOME": str(home)}
         self.node_args = node_args
+        # What runs the daemon, before the node's arguments (default: the bootstrap module).
+        self.command = command or [sys.executable, "-m", "wemixvisor.bootstrap"]
         Daemon._count += 1
         self.log_path = home.parent / f"{home.name}-daemon-{Daemon._count}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -78,7 +87,7 @@ class Daemon:
         """Spawn the daemon (own session, so a test's signals reach only it)."""
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "wemixvisor.bootstrap", *self.node_args],
+            [*self.command, *self.node_args],
             env=self.env,
             stdout=log,
             stderr=log,

@@ -4,7 +4,6 @@ through the daemon, and the security of the control socket."""
 
 from __future__ import annotations
 
-import os
 import queue
 import re
 import signal
@@ -13,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,18 +23,19 @@ import zmq
 
 from devtools.anvil import free_port, wait_for_rpc
 from tests.control_harness import (
+    Cli,
     WellBehavedClient,
     anvil_args,
     cli_env,
     control_endpoint,
     make_home,
+    operator_cli,
     short_root,
     sleeper_node,
     start_daemon,
     wait_status,
 )
 from tests.daemon_harness import Daemon, EventLog
-from wemixvisor.cli import main
 from wemixvisor.control import ControlClient, ControlError, ControlUnreachable
 from wemixvisor.control.protocol import new_request_id
 from wemixvisor.control.security import CurveClientKeys, load_server_curve
@@ -51,8 +51,6 @@ from wemixvisor.control.verbs import (
 )
 from wemixvisor.messages.node import NodeState
 from wemixvisor.node.logfile import rotate_if_needed
-
-Cli = Callable[..., tuple[int, str, str]]
 
 
 @dataclass
@@ -89,21 +87,6 @@ def running(anvil_bin_1_5_1: Path) -> Iterator[Running]:
                 assert daemon.terminate() == 0
             finally:
                 daemon.kill()
-
-
-def operator_cli(home: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any, **env: str) -> Cli:
-    for key in list(os.environ):
-        if key.startswith(("DAEMON_", "WEMIXVISOR_", "UNSAFE_", "COSMOVISOR_")):
-            monkeypatch.delenv(key)
-    for key, value in {**cli_env(home), **env}.items():
-        monkeypatch.setenv(key, value)
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run
 
 
 @pytest.fixture
@@ -377,7 +360,7 @@ SOCKET_VERBS = [
     ["start"],
     ["stop"],
     ["restart"],
-    ["logs", "-n", "5"],
+    ["governance", "proposals"],
 ]
 
 
@@ -396,6 +379,10 @@ def test_with_no_daemon_socket_verbs_exit_3_at_once_and_upgrade_verbs_use_the_fi
             assert (argv, code) == (argv, 3)
             assert endpoint in err
             assert time.monotonic() - began < 2.0
+        # The node log is a file of the home: read without the daemon.
+        code, out, err = cli("logs", "-n", "5")
+        assert (code, out.strip()) == (0, f"no node log yet at {home / 'logs/node.log'}")
+        assert endpoint in err
         code, out, _ = cli("upgrade", "schedule", "v2", "500")
         assert code == 0
         assert "reads it when it starts" in out

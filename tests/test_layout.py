@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loguru import logger
 
 from wemixvisor.home.layout import (
     UPGRADE_NAME_RE,
@@ -429,11 +430,59 @@ def test_read_current_refuses_a_real_directory(initialised: Home) -> None:
     assert not initialised.current_link.is_symlink()
 
 
-def test_read_current_refuses_an_absolute_link(initialised: Home) -> None:
-    relink(initialised, str(initialised.genesis_dir))
-    with pytest.raises(LayoutError, match="absolute path"):
+def test_an_absolute_link_inside_the_home_is_read_and_made_relative_at_the_next_switch(
+    initialised: Home, make_binary: MakeBinary
+) -> None:
+    add_upgrade(initialised, "v2", make_binary(version="2.0.0"))
+    relink(initialised, str(initialised.upgrades_dir / "v2") + "/")
+    current = read_current(initialised)
+    assert (current.target, current.upgrade_name) == ("upgrades/v2", "v2")
+    assert current.binary == initialised.upgrade_bin("v2")
+    # Left as it is until `current` is switched; then written relative, as ours always are.
+    assert os.path.isabs(os.readlink(initialised.current_link))
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="INFO", format="{message}")
+    try:
+        switch_current(initialised, "genesis")
+        switch_current(initialised, "upgrades/v2")
+    finally:
+        logger.remove(sink)
+    assert os.readlink(initialised.current_link) == "upgrades/v2"
+    rewritten = [line for line in lines if "now relative" in line]
+    assert len(rewritten) == 1
+    assert str(initialised.upgrades_dir / "v2") in rewritten[0]
+
+
+def test_an_absolute_link_through_a_symlinked_home_is_read(
+    tmp_path: Path, make_binary: MakeBinary
+) -> None:
+    real = Home(root=tmp_path / "real", name="gwemix", data_dir=tmp_path / "real" / "data")
+    init_home(real, make_binary())
+    (tmp_path / "alias").symlink_to(real.root)
+    relink(real, str(real.root.resolve() / "wemixvisor" / "genesis"))
+    aliased = Home(root=tmp_path / "alias", name="gwemix", data_dir=tmp_path / "alias" / "data")
+    assert read_current(aliased).target == "genesis"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "/usr/bin",
+        "{home}/genesis",
+        "{visor}/../wemixvisor/genesis",
+        "{visor}/upgrades/../genesis",
+        "{visor}",
+        "{visor}/state",
+    ],
+)
+def test_an_absolute_link_outside_genesis_and_upgrades_of_the_home_stays_an_error(
+    initialised: Home, text: str
+) -> None:
+    shown = text.format(home=initialised.root, visor=initialised.visor_dir)
+    relink(initialised, shown)
+    with pytest.raises(LayoutError, match=r"absolute path|not genesis or upgrades/<name>"):
         read_current(initialised)
-    assert os.readlink(initialised.current_link) == str(initialised.genesis_dir)
+    assert os.readlink(initialised.current_link) == shown
 
 
 def test_read_current_refuses_a_dangling_link(initialised: Home) -> None:

@@ -392,14 +392,13 @@ def test_unknown_head_never_makes_a_plan_late() -> None:
 def test_a_completed_plan_never_runs_again(source: str) -> None:
     state = queue_with(plan("v1", 100))
     state.plans[0].status = PlanStatus.COMPLETED
-    for height in (100, 500):
-        outcome, entry = plans.register(
-            state, plan("v1", height, source), head=90, now=True, at=2.0
-        )
-        assert outcome is RegisterOutcome.UNCHANGED
-        assert entry is not None
-        assert entry.status is PlanStatus.COMPLETED
-        assert entry.plan.height == 100
+    outcome, entry = plans.register(state, plan("v1", 100, source), head=90, now=True, at=2.0)
+    assert outcome is RegisterOutcome.UNCHANGED
+    assert entry is not None
+    assert entry.status is PlanStatus.COMPLETED
+    with pytest.raises(PlanError, match="already completed at height 100"):
+        plans.register(state, plan("v1", 500, source), head=90, now=True, at=2.0)
+    assert [(e.plan.height, e.status) for e in state.plans] == [(100, PlanStatus.COMPLETED)]
     assert plans.due(state, head=10_000) is None
 
 

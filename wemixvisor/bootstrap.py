@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
 import pykka
 from loguru import logger
@@ -36,6 +37,7 @@ from wemixvisor.actors.supervision import Supervisor
 from wemixvisor.bus import Bus
 from wemixvisor.config import Config, ConfigError, apply_reloadable, load_config
 from wemixvisor.control.security import ServerCurve, keys_dir_of, server_curve_for
+from wemixvisor.control.server import check_bindable
 from wemixvisor.control.verbs import ControlContext
 from wemixvisor.events.metrics import MetricsExporter
 from wemixvisor.home import state
@@ -212,7 +214,14 @@ class Daemon:
         self._control_curve = server_curve_for(
             self.config.control.endpoint, keys_dir_of(self.home.root)
         )
+        mismatch = rpc_port_mismatch(self.config.rpc.address, self.node_args)
+        if mismatch is not None:
+            logger.warning("{}", mismatch)
         with daemon_lock(self.home):
+            # Once the home is ours (a second daemon is told so first): a tcp port another
+            # program holds is refused now, not retried in the background with a node running.
+            check_bindable(self.config.control.endpoint, "control")
+            check_bindable(self.config.events.endpoint, "events")
             self.install_signals()
             if not become_subreaper():
                 logger.warning("cannot become child subreaper: orphans of the node go to PID 1")
@@ -225,13 +234,33 @@ class Daemon:
                     self.metrics.stop()
                 self.supervisor.stop_all()
                 raise
+            self._record()
             self.bus.publish(
                 ev.SupervisorStarted(version=__version__, pid=os.getpid(), home=str(self.home.root))
             )
             logger.info("wemixvisor {} running on {}", __version__, self.home.root)
-            reason = self._serve()
-            self._shutdown(reason)
+            try:
+                reason = self._serve()
+                self._shutdown(reason)
+            finally:
+                state.clear_daemon_record(self.home, os.getpid())
         return EXIT_OK
+
+    def _record(self) -> None:
+        """`state/daemon.json`: where the operator tool finds this daemon even when config.toml
+        is broken (the endpoints are fixed for the daemon's life)."""
+        record = state.DaemonRecord(
+            pid=os.getpid(),
+            control_endpoint=self.config.control.endpoint,
+            events_endpoint=self.config.events.endpoint,
+            version=__version__,
+            home=str(self.home.root),
+            started_at=time.time(),
+        )
+        try:
+            state.write_daemon_record(self.home, record)
+        except OSError as exc:
+            logger.warning("cannot write {}: {}", state.daemon_record_file(self.home), exc)
 
     def _serve(self) -> str:
         next_heartbeat = time.monotonic() + self.config.events.heartbeat_interval
@@ -277,6 +306,45 @@ class Daemon:
             self.metrics.stop()
         self.supervisor.stop_all()
         logger.info("stopped")
+
+
+_PORT_FLAGS = ("port", "http.port", "ws.port")
+
+
+def _node_ports(node_args: Sequence[str]) -> list[int]:
+    """The ports named by `--port`, `--http.port` and `--ws.port` (one or two leading dashes,
+    `--flag N` or `--flag=N`, as geth-family nodes and anvil accept them)."""
+    ports: list[int] = []
+    for index, arg in enumerate(node_args):
+        name, sep, value = arg.lstrip("-").partition("=")
+        if not arg.startswith("-") or name not in _PORT_FLAGS:
+            continue
+        if not sep:
+            value = node_args[index + 1] if index + 1 < len(node_args) else ""
+        if value.isascii() and value.isdigit():
+            ports.append(int(value))
+    return ports
+
+
+def rpc_port_mismatch(rpc_address: str, node_args: Sequence[str]) -> str | None:
+    """A warning when DAEMON_RPC_ADDRESS's port is none of the ports the node's arguments name
+    (the daemon would follow another node, or none); None when they agree, when the arguments
+    name no port, or when the address is an IPC path."""
+    parts = urlsplit(rpc_address)
+    if parts.scheme not in ("http", "https", "ws", "wss"):
+        return None
+    try:
+        port = parts.port or (443 if parts.scheme in ("https", "wss") else 80)
+    except ValueError:
+        return None
+    ports = _node_ports(node_args)
+    if not ports or port in ports:
+        return None
+    named = ", ".join(str(p) for p in ports)
+    return (
+        f"DAEMON_RPC_ADDRESS {rpc_address} uses port {port}, but the node's arguments name "
+        f"port {named}: the daemon may follow another node's chain, or none"
+    )
 
 
 def run_daemon(

@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     listing = actions.add_parser("list", help="the backups, complete or not")
     _add_common(listing)
-    listing.set_defaults(handler=run_list)
+    listing.set_defaults(handler=run_list, talks_to_daemon=True)
 
     restore = actions.add_parser(
         "restore",

@@ -14,14 +14,20 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from wemixvisor.config import Config, load_config
+from wemixvisor.config import Config, ConfigError, load_config
 from wemixvisor.control import client_for
 from wemixvisor.control.client import ControlClient, ControlUnreachable
 from wemixvisor.control.protocol import ControlError, Request
 from wemixvisor.control.verbs import OfflineContext, Verb
 from wemixvisor.home.ipc import EndpointError
-from wemixvisor.home.layout import Home
-from wemixvisor.home.state import daemon_pid, daemon_running
+from wemixvisor.home.layout import Home, LayoutError
+from wemixvisor.home.state import (
+    daemon_pid,
+    daemon_record_file,
+    daemon_running,
+    read_daemon_record,
+)
+from wemixvisor.plans.queue import PlanError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -64,15 +70,61 @@ class CommandError(Exception):
 
 @dataclass
 class CliContext:
-    """What every command gets: the global flags and a lazily loaded configuration."""
+    """What every command gets: the global flags and a lazily loaded configuration.
+
+    `talks_to_daemon` marks a verb that only asks the running daemon (status, logs, events…):
+    for it a broken config.toml is a warning, and the daemon is found through the endpoints it
+    recorded at start (`state/daemon.json`), so the operator is never locked out of it.
+    """
 
     env: dict[str, str]
     overrides: dict[str, str] = field(default_factory=dict)
+    talks_to_daemon: bool = False
 
     @cached_property
     def config(self) -> Config:
         """Configuration from flags > environment > config.toml > defaults."""
-        return load_config(env=self.env, overrides=self.overrides)
+        try:
+            return load_config(env=self.env, overrides=self.overrides)
+        except ConfigError as exc:
+            if not self.talks_to_daemon:
+                raise
+            return self._daemon_config(exc)
+
+    def _daemon_config(self, error: ConfigError) -> Config:
+        """Flags, environment and defaults without config.toml, with the running daemon's
+        recorded endpoints; `error` again when even that cannot be loaded."""
+        try:
+            config = load_config(env=self.env, overrides=self.overrides, read_file=False)
+        except ConfigError:
+            raise error from None
+        try:
+            home = Home.from_config(config)
+        except LayoutError:
+            raise error from None
+        print(f"wemixvisor: warning: {error}", file=sys.stderr)
+        try:
+            record = read_daemon_record(home) if daemon_running(home) else None
+        except (PlanError, OSError) as exc:
+            print(f"wemixvisor: warning: {exc}", file=sys.stderr)
+            record = None
+        if record is None or record.home != str(home.root):
+            print(
+                "wemixvisor: warning: config.toml left out: using the environment and defaults "
+                "(no usable record of a running daemon)",
+                file=sys.stderr,
+            )
+            return config
+        print(
+            f"wemixvisor: warning: using the endpoints daemon pid {record.pid} recorded in "
+            f"{daemon_record_file(home)}",
+            file=sys.stderr,
+        )
+        return msgspec.structs.replace(
+            config,
+            control=msgspec.structs.replace(config.control, endpoint=record.control_endpoint),
+            events=msgspec.structs.replace(config.events, endpoint=record.events_endpoint),
+        )
 
 
 class Command(Protocol):

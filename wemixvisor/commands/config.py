@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from wemixvisor.commands.common import CliContext
+from wemixvisor.commands.common import CliContext, add_timeout_argument, call, daemon_runs
 from wemixvisor.config import (
     SECTIONS,
     SETTINGS,
@@ -24,6 +24,14 @@ from wemixvisor.config import (
     load_config_with_sources,
     setting_value,
 )
+from wemixvisor.control.protocol import ConfigShow, new_request_id
+from wemixvisor.control.security import keys_dir_of, server_curve_for
+from wemixvisor.control.verbs import CONFIG_SHOW
+from wemixvisor.events.publisher import check_bind_endpoint
+from wemixvisor.home.ipc import EndpointError
+from wemixvisor.home.layout import Home, LayoutError
+
+_SOURCE_KEYS = tuple(setting.key for setting in SETTINGS)
 
 # Comments with the source start at this column when the `key = value` part is short enough.
 _SOURCE_COLUMN = 44
@@ -51,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     show.add_argument(
         "--json", action="store_true", help="print one JSON object (durations in seconds)"
     )
-    show.set_defaults(handler=run_show)
+    add_timeout_argument(show)
+    show.set_defaults(handler=run_show, talks_to_daemon=True)
     validate = actions.add_parser(
         "validate",
         help="check a config file together with the environment and flags",
@@ -89,8 +98,14 @@ def render_config(config: Config, sources: dict[str, str]) -> str:
 
 
 def run_show(args: argparse.Namespace, ctx: CliContext) -> int:
-    """Print the effective configuration (text or `--json`)."""
-    config, sources = load_config_with_sources(ctx.env, ctx.overrides)
+    """Print the effective configuration (text or `--json`); with a broken config.toml, the
+    configuration the running daemon runs with."""
+    try:
+        config, sources = load_config_with_sources(ctx.env, ctx.overrides)
+    except ConfigError:
+        if not _daemon_on_home(ctx):
+            raise  # nothing runs that could show a configuration: the file's error is the answer
+        return _show_running(args, ctx)
     if args.json:
         document = {
             "config_file": str(config.config_path),
@@ -104,12 +119,47 @@ def run_show(args: argparse.Namespace, ctx: CliContext) -> int:
     return 0
 
 
+def _daemon_on_home(ctx: CliContext) -> bool:
+    """Whether a daemon runs on the home the flags and environment name (without the file)."""
+    try:
+        home = Home.from_config(load_config(ctx.env, ctx.overrides, read_file=False))
+    except (ConfigError, LayoutError):
+        return False
+    return daemon_runs(home)
+
+
+def _path_hook(kind: type, value: object) -> object:
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError(kind)
+
+
+def _show_running(args: argparse.Namespace, ctx: CliContext) -> int:
+    """`config show` while config.toml is broken: the daemon's running configuration (the
+    context has warned about the file and found the daemon through its record)."""
+    reply = call(ctx, CONFIG_SHOW, ConfigShow(id=new_request_id()), args.timeout)
+    if args.json:
+        print(msgspec.json.encode(reply).decode())
+        return 0
+    running = msgspec.convert(reply.config, Config, dec_hook=_path_hook)
+    print("# the running daemon's configuration (config.toml is not valid)")
+    print(render_config(running, dict.fromkeys(_SOURCE_KEYS, "running daemon")))
+    return 0
+
+
 def run_validate(args: argparse.Namespace, ctx: CliContext) -> int:
     """Check FILE (or the home's config.toml) with the environment and flags: 0 valid, 1 not."""
     path: Path | None = args.file
     try:
         config = load_config(ctx.env, ctx.overrides, config_path=path)
     except ConfigError as exc:
+        print(f"wemixvisor: invalid configuration: {exc}", file=sys.stderr)
+        return 1
+    try:
+        # The daemon's own startup checks of its endpoints, so that `ok` means it would start.
+        server_curve_for(config.control.endpoint, keys_dir_of(config.home))
+        check_bind_endpoint(config.events.endpoint)
+    except EndpointError as exc:
         print(f"wemixvisor: invalid configuration: {exc}", file=sys.stderr)
         return 1
     if path is None and not config.config_path.is_file():

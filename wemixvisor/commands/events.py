@@ -97,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="exit after SECONDS without an event (exit 3 if none arrived at all)",
     )
-    parser.set_defaults(handler=handle)
+    parser.set_defaults(handler=handle, talks_to_daemon=True)
 
 
 def handle(args: argparse.Namespace, ctx: CliContext) -> int:

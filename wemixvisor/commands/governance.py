@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     proposals.add_argument("--json", action="store_true", help="print one JSON object")
     add_timeout_argument(proposals)
-    proposals.set_defaults(handler=handle_proposals)
+    proposals.set_defaults(handler=handle_proposals, talks_to_daemon=True)
 
 
 def handle_proposals(args: argparse.Namespace, ctx: CliContext) -> int:

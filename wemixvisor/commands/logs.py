@@ -1,8 +1,9 @@
 """`wemixvisor logs [-n N] [-f]`: the node's log.
 
-Without `-f`, the daemon sends the last N lines of logs/node.log. With `-f` the file is read
-here directly (the node log is a local file of the home) and followed like `tail -F`: through
-the daemon's copy-truncate rotation, and while no daemon runs.
+Without `-f`, the daemon sends the last N lines of logs/node.log; with no daemon answering,
+they are read from the file here (the node log is a local file of the home). With `-f` the file
+is read here directly and followed like `tail -F`: through the daemon's copy-truncate rotation,
+and while no daemon runs.
 """
 
 from __future__ import annotations
@@ -14,10 +15,18 @@ import sys
 import threading
 from types import FrameType
 
-from wemixvisor.commands.common import CliContext, add_timeout_argument, call, print_reply
+from wemixvisor.commands.common import (
+    CliContext,
+    CommandError,
+    add_timeout_argument,
+    ask_daemon,
+    print_reply,
+)
+from wemixvisor.control.client import ControlUnreachable
 from wemixvisor.control.logtail import follow, tail_lines
 from wemixvisor.control.protocol import MAX_LOG_LINES, Logs, new_request_id
 from wemixvisor.control.verbs import LOGS
+from wemixvisor.control.verbs.node import read_node_log
 from wemixvisor.home.layout import Home
 
 
@@ -27,8 +36,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "logs",
         help="the node's log: the last lines, or follow it with -f",
         description=(
-            "Print the last lines of $DAEMON_HOME/logs/node.log (asks the daemon). With -f, "
-            "read the file directly and keep printing what the node writes, across rotations."
+            "Print the last lines of $DAEMON_HOME/logs/node.log (asks the daemon; reads the "
+            "file itself when no daemon answers). With -f, read the file directly and keep "
+            "printing what the node writes, across rotations."
         ),
     )
     parser.add_argument(
@@ -44,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object (not with -f)")
     add_timeout_argument(parser)
-    parser.set_defaults(handler=handle)
+    parser.set_defaults(handler=handle, talks_to_daemon=True)
 
 
 def _line_count(text: str) -> int:
@@ -60,7 +70,15 @@ def _line_count(text: str) -> int:
 def handle(args: argparse.Namespace, ctx: CliContext) -> int:
     """Print the last lines, then follow if asked."""
     if not args.follow:
-        reply = call(ctx, LOGS, Logs(id=new_request_id(), lines=args.lines), args.timeout)
+        try:
+            reply = ask_daemon(ctx, LOGS, Logs(id=new_request_id(), lines=args.lines), args.timeout)
+        except ControlUnreachable as exc:
+            print(f"wemixvisor: {exc}; reading the node log directly", file=sys.stderr)
+            path = Home.from_config(ctx.config).node_log
+            try:
+                reply = read_node_log(path, args.lines)
+            except OSError as exc:
+                raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
         print_reply(LOGS, reply, as_json=args.json)
         return 0
     config = ctx.config

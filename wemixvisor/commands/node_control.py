@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         )
         parser.add_argument("--json", action="store_true", help="print JSON objects")
         add_timeout_argument(parser)
-        parser.set_defaults(handler=handle, verb=verb)
+        parser.set_defaults(handler=handle, verb=verb, talks_to_daemon=True)
 
 
 def _deadline(verb: str, ctx: CliContext) -> float:

@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run the daemon in the foreground (same as python -m wemixvisor.bootstrap)",
         description="Run the daemon; every argument after `run` is passed to the node verbatim.",
     )
-    parser.add_argument("node_args", nargs=argparse.REMAINDER, help="arguments for the node")
+    # `cli.main` cuts the node's arguments off before argparse runs; this entry documents them.
+    parser.add_argument("node_args", nargs="*", metavar="NODE_ARG", help="arguments for the node")
     parser.set_defaults(handler=handle)
 
 
@@ -23,6 +24,4 @@ def handle(args: argparse.Namespace, ctx: CliContext) -> int:
     from wemixvisor.bootstrap import run_daemon  # noqa: PLC0415  (the daemon is heavy to import)
 
     node_args: list[str] = list(args.node_args)
-    if node_args[:1] == ["--"]:
-        node_args = node_args[1:]
     return run_daemon(ctx.config, node_args, environ=ctx.env, overrides=ctx.overrides)

@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="print the upgrade-info.json of the data dir and of the current upgrade",
         description=(
             "Print, as one JSON object, $DAEMON_DATA_DIR/upgrade-info.json (key `data`) and the "
-            "upgrade-info.json beside the current binary (key `current`); exit 1 if neither exists."
+            "upgrade-info.json beside the current binary (key `current`); with neither, say so "
+            "(exit 0; exit 1 when one exists but cannot be read)."
         ),
     )
     parser.set_defaults(handler=run_show_upgrade_info)
@@ -50,7 +51,7 @@ def _read(path: Path) -> tuple[Any, str | None]:
 
 
 def run_show_upgrade_info(args: argparse.Namespace, ctx: CliContext) -> int:
-    """Print both files; exit 1 when neither can be shown."""
+    """Print both files; exit 1 only when one exists but cannot be read and the other is absent."""
 
     home = Home.from_config(ctx.config)
     places: dict[str, Path | None] = {"data": plan_file(home.data_dir)}
@@ -82,8 +83,9 @@ def run_show_upgrade_info(args: argparse.Namespace, ctx: CliContext) -> int:
     for problem in problems:
         print(f"wemixvisor: {problem}", file=sys.stderr)
     if document["data"] is None and document["current"] is None:
+        # No plan pending and none applied yet is a normal state, not a failure.
         where = " and ".join(str(path) for path in places.values() if path is not None)
-        print(f"wemixvisor: no upgrade-info.json to show (looked in {where})", file=sys.stderr)
-        return EXIT_FAILURE
+        print(f"no upgrade-info.json (looked in {where})")
+        return EXIT_FAILURE if problems else EXIT_OK
     print(msgspec.json.format(msgspec.json.encode(document), indent=2).decode())
     return EXIT_OK

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from wemixvisor.commands.common import CliContext, add_timeout_argument, call, print_reply
+from wemixvisor.commands.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    CliContext,
+    add_timeout_argument,
+    call,
+    print_reply,
+)
 from wemixvisor.control.protocol import Status, new_request_id
 from wemixvisor.control.verbs import STATUS
+from wemixvisor.messages.node import NodeState
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -17,16 +25,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Ask the running daemon through its control socket: node state, pid, uptime, "
             "restarts, binary and version, CPU and RSS, head height, pending plans and the last "
-            "upgrade. Exit 3 when no daemon answers."
+            "upgrade. Exit 0 when the node is RUNNING, 1 when it is not (FATAL, STOPPED, "
+            "BACKOFF…), 3 when no daemon answers."
         ),
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_timeout_argument(parser)
-    parser.set_defaults(handler=handle)
+    parser.set_defaults(handler=handle, talks_to_daemon=True)
 
 
 def handle(args: argparse.Namespace, ctx: CliContext) -> int:
-    """Print the daemon's status."""
+    """Print the daemon's status; exit 1 unless the node runs (as `supervisorctl status`)."""
     reply = call(ctx, STATUS, Status(id=new_request_id()), args.timeout)
     print_reply(STATUS, reply, as_json=args.json)
-    return 0
+    return EXIT_OK if reply.node.state is NodeState.RUNNING else EXIT_FAILURE

@@ -19,7 +19,6 @@ import argparse
 import re
 import sys
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 
@@ -34,6 +33,7 @@ from wemixvisor.commands.common import (
     run_offline,
     warn_fall_back,
 )
+from wemixvisor.commands.plan_details import print_preflight, run_plan_status
 from wemixvisor.control.client import ControlUnreachable
 from wemixvisor.control.protocol import (
     CancelUpgrade,
@@ -62,6 +62,8 @@ from wemixvisor.plans.queue import (
     validate_height,
     validate_name,
 )
+from wemixvisor.upgrade.download import DownloadError
+from wemixvisor.upgrade.download.source import check_url
 
 _QUEUE_OWNER = "the daemon owns the plan queue: stop it or use the control socket"
 _CHECKSUM_RE = re.compile(r"\A(?:sha256:[0-9a-fA-F]{64}|sha512:[0-9a-fA-F]{128})\Z")
@@ -95,7 +97,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     schedule.add_argument(
         "--binary",
         metavar="URL",
-        help="http(s) URL of this platform's binary or archive (written as info.binaries)",
+        help=(
+            "http(s):// or file:/// URL of this platform's binary or archive (written as "
+            "info.binaries)"
+        ),
     )
     schedule.add_argument(
         "--checksum",
@@ -114,15 +119,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Works without a running daemon: it reads the daemon's state files.",
     )
     listing.add_argument("--json", action="store_true", help="print one JSON object")
-    listing.set_defaults(handler=run_list)
+    listing.set_defaults(handler=run_list, talks_to_daemon=True)
 
     status = actions.add_parser(
         "status",
-        help="pending plans and the upgrade in progress",
+        help="pending plans and the upgrade in progress, or one plan's details",
         description="Works without a running daemon: it reads the daemon's state files.",
     )
+    status.add_argument("name", nargs="?", help="show this plan's details")
     status.add_argument("--json", action="store_true", help="print one JSON object")
-    status.set_defaults(handler=run_status)
+    status.set_defaults(handler=run_status, talks_to_daemon=True)
 
     cancelling = actions.add_parser(
         "cancel",
@@ -145,9 +151,10 @@ def _binary_url(url: str, checksum: str | None, must_have_checksum: bool) -> str
     # ASCII only: a URL is percent-encoded, and undecodable argv bytes cannot go into JSON.
     if len(url) > 8192 or not url.isascii() or _URL_FORBIDDEN_RE.search(url):
         raise _usage("--binary must be an ASCII URL without spaces or control characters")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise _usage(f"--binary {url!r} is not an http(s):// URL")
+    try:
+        parts = check_url(url)  # the downloader's own check: http(s):// or file:///path
+    except DownloadError as exc:
+        raise _usage(f"--binary: {exc}") from None
     has_checksum = any(param.startswith("checksum=") for param in parts.query.split("&") if param)
     if checksum is not None:
         if not _CHECKSUM_RE.fullmatch(checksum):
@@ -247,12 +254,14 @@ def schedule(ctx: CliContext, request: ScheduleUpgrade) -> None:
                     file=sys.stderr,
                 )
             print(SCHEDULE_UPGRADE.render(reply) + " in the daemon's queue")
+            print_preflight(reply)
             return
     reply, offline = run_offline(ctx, SCHEDULE_UPGRADE, request)
     print(
         f"{SCHEDULE_UPGRADE.render(reply)} in {batch_file(home.data_dir)}; "
         f"{_pickup(offline.daemon_state())}"
     )
+    print_preflight(reply)
 
 
 def _pickup(daemon: DaemonState) -> str:
@@ -307,7 +316,9 @@ def run_list(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def run_status(args: argparse.Namespace, ctx: CliContext) -> int:
-    """Print the pending plans and the journal of the upgrade in progress."""
+    """Print the pending plans and the journal of the upgrade in progress (or one plan)."""
+    if args.name is not None:
+        return run_plan_status(args.name, *_listing(ctx), as_json=args.json)
     status = upgrade_status(*_listing(ctx))
     if args.json:
         print(msgspec.json.encode(status).decode())

@@ -347,10 +347,13 @@ def load_config_with_sources(
     env: Mapping[str, str],
     overrides: Mapping[str, str] | None = None,
     config_path: Path | None = None,
+    *,
+    read_file: bool = True,
 ) -> tuple[Config, dict[str, str]]:
     """`load_config`, plus where each key's value came from.
 
     The sources map every dotted key (and `home`) to `default`, `file`, `env VARIABLE` or `--set`.
+    Without `read_file`, config.toml is left out (flags, environment and defaults only).
     """
     overrides = dict(overrides or {})
     for key in overrides:
@@ -365,7 +368,9 @@ def load_config_with_sources(
     home, home_source = _resolve_home(env, overrides)
     values: dict[str, object] = {"home": home}
     sources: dict[str, str] = {"home": home_source}
-    if config_path is not None:
+    if not read_file:
+        from_file: dict[str, object] = {}
+    elif config_path is not None:
         from_file = _file_values(config_path)
     else:
         default_path = home / "wemixvisor" / "config.toml"
@@ -410,6 +415,8 @@ def load_config(
     env: Mapping[str, str],
     overrides: Mapping[str, str] | None = None,
     config_path: Path | None = None,
+    *,
+    read_file: bool = True,
 ) -> Config:
     """The effective configuration: `overrides` > `env` > config file > defaults.
 
@@ -417,4 +424,4 @@ def load_config(
     environment strings; `config_path` defaults to `$DAEMON_HOME/wemixvisor/config.toml` when it
     exists (an explicit path must exist). Raises ConfigError naming the origin and bad value.
     """
-    return load_config_with_sources(env, overrides, config_path)[0]
+    return load_config_with_sources(env, overrides, config_path, read_file=read_file)[0]

@@ -39,7 +39,7 @@ from wemixvisor.control.protocol import (
 from wemixvisor.control.security import ServerCurve
 from wemixvisor.home.ipc import EndpointError, prepare_socket_file
 
-__all__ = ["ControlServer", "Dispatch"]
+__all__ = ["ControlServer", "Dispatch", "check_bindable"]
 
 Dispatch = Callable[[Request], Any]
 """Carries out one request and returns its result; raises ControlError to refuse it."""
@@ -49,6 +49,34 @@ _POLL_MS = 500
 _MAX_ENVELOPE_FRAMES = 8
 _DRAIN_BATCH = 256
 _KEYS_RECHECK = 2.0  # seconds between looks at keys/authorized for added or removed clients
+
+
+def check_bindable(endpoint: str, what: str = "control") -> None:
+    """EndpointError now when the tcp `endpoint` cannot be bound (its port is taken).
+
+    The daemon asks before it starts anything: a port in use is a startup error the operator
+    reads at once, not a socket its supervisor retries binding in the background. ipc
+    endpoints are checked by the socket file's own preparation at bind time.
+    """
+    if not endpoint.startswith("tcp://"):
+        return
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        sock = context.socket(zmq.ROUTER)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            if endpoint.startswith("tcp://["):
+                sock.setsockopt(zmq.IPV6, 1)
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            raise EndpointError(
+                f"cannot bind {what} endpoint {endpoint}: {exc.strerror} (is another program "
+                "listening there? choose a free port or an ipc:// endpoint)"
+            ) from None
+        finally:
+            sock.close(linger=0)
+    finally:
+        context.term()
 
 
 class ControlServer:

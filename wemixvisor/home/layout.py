@@ -7,6 +7,7 @@ validated upgrade names, so no other module joins operator input onto a path (SP
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -15,6 +16,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
+
+from loguru import logger
 
 from wemixvisor.home.fsutil import atomic_write, fsync_dir, removed_on_failure
 
@@ -31,6 +34,8 @@ __all__ = [
     "add_upgrade",
     "check_binary",
     "init_home",
+    "install_binary",
+    "make_dir",
     "read_current",
     "switch_current",
     "validate_upgrade_name",
@@ -200,7 +205,7 @@ def _same_content(a: Path, b: Path) -> bool:
                 return True
 
 
-def _install_binary(source: Path, dest: Path) -> None:
+def install_binary(source: Path, dest: Path) -> None:
     """Copy `source` to `dest` (mode 0755) so that `dest` is the old file or the new one.
 
     Streamed through `atomic_write`, because node binaries are large. Node binaries are public
@@ -213,7 +218,7 @@ def _install_binary(source: Path, dest: Path) -> None:
         raise LayoutError(f"cannot install {source} as {dest}: {exc.strerror or exc}") from exc
 
 
-def _make_dir(path: Path, lines: list[str], *, mode: int = 0o755, private: bool = False) -> None:
+def make_dir(path: Path, lines: list[str], *, mode: int = 0o755, private: bool = False) -> None:
     """Create `path` if missing; a private directory is (re)set to 0700 even if it existed."""
     try:
         if not path.is_dir():
@@ -254,19 +259,19 @@ def init_home(home: Home, binary: Path, *, force: bool = False) -> list[str]:
             )
 
     lines: list[str] = []
-    _make_dir(home.root, lines)
+    make_dir(home.root, lines)
     # The control and event sockets live in visor_dir; 0700 is what keeps other users out.
-    _make_dir(home.visor_dir, lines, mode=0o700, private=True)
-    _make_dir(home.genesis_dir / "bin", lines)
-    _make_dir(home.upgrades_dir, lines)
-    _make_dir(home.state_dir, lines, mode=0o700, private=True)
-    _make_dir(home.logs_dir, lines)
+    make_dir(home.visor_dir, lines, mode=0o700, private=True)
+    make_dir(home.genesis_dir / "bin", lines)
+    make_dir(home.upgrades_dir, lines)
+    make_dir(home.state_dir, lines, mode=0o700, private=True)
+    make_dir(home.logs_dir, lines)
     # Node data dirs hold the node key; geth-family nodes create theirs 0700 too.
-    _make_dir(home.data_dir, lines, mode=0o700)
+    make_dir(home.data_dir, lines, mode=0o700)
 
     if replace:
         existed = os.path.lexists(dest)
-        _install_binary(binary, dest)
+        install_binary(binary, dest)
         lines.append(f"{'replaced' if existed else 'installed'} genesis binary {dest}")
     else:
         if not os.access(dest, os.X_OK):
@@ -310,7 +315,7 @@ def add_upgrade(home: Home, name: str, binary: Path, *, force: bool = False) -> 
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LayoutError(f"cannot create directory {dest.parent}: {exc.strerror}") from exc
-    _install_binary(binary, dest)
+    install_binary(binary, dest)
     return dest
 
 
@@ -326,6 +331,10 @@ def switch_current(home: Home, target: str) -> None:
         check_binary(home.target_dir(target) / "bin" / home.name)
     except LayoutError as exc:
         raise LayoutError(f"cannot point {link} at {target!r}: {exc}") from None
+    try:
+        previous: str | None = os.readlink(link)
+    except OSError:
+        previous = None
     tmp = home.visor_dir / f".current.{secrets.token_hex(8)}"
     try:
         with removed_on_failure(tmp):
@@ -334,6 +343,20 @@ def switch_current(home: Home, target: str) -> None:
         fsync_dir(home.visor_dir)
     except OSError as exc:
         raise LayoutError(f"cannot point {link} at {target}: {exc.strerror or exc}") from exc
+    if previous is not None and os.path.isabs(previous):
+        logger.info("{} was the absolute link {}; it is now relative: {}", link, previous, target)
+
+
+def _inside_visor_dir(home: Home, text: str) -> str | None:
+    """An absolute `current` (as cosmovisor writes it) as the path relative to the home's
+    `wemixvisor/` directory, or None when it points elsewhere. `..` is never followed."""
+    path = PurePosixPath(text)
+    if ".." in path.parts:
+        return None
+    for base in {home.visor_dir, Path(os.path.realpath(home.visor_dir))}:
+        with contextlib.suppress(ValueError):
+            return str(path.relative_to(base))
+    return None
 
 
 def read_current(home: Home) -> Current:
@@ -352,10 +375,13 @@ def read_current(home: Home) -> Current:
         text = os.readlink(link)
     except OSError as exc:
         raise LayoutError(f"cannot read {link}: {exc.strerror or exc}") from exc
-    if os.path.isabs(text):
-        raise LayoutError(f"{link} points at the absolute path {text}; {relink_hint}")
+    relative = _inside_visor_dir(home, text) if os.path.isabs(text) else text
+    if relative is None:
+        raise LayoutError(
+            f"{link} points at the absolute path {text}, outside {home.visor_dir}; {relink_hint}"
+        )
     # PurePosixPath drops "./" and trailing slashes, so only equivalent spellings are accepted.
-    target = "/".join(PurePosixPath(text).parts)
+    target = "/".join(PurePosixPath(relative).parts)
     try:
         upgrade_name = _parse_target(target)
     except LayoutError:

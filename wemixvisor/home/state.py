@@ -10,6 +10,8 @@ Other modules ask it instead of joining paths onto `state/` or taking locks them
 - `journal.json`: the upgrade in progress (its `Journal` type belongs to the upgrade saga).
 - `node.pid`: the running node, for adoption after a daemon restart.
 - `governance.json`: what governance applied.
+- `daemon.json`: the running daemon's pid, endpoints, version and home, written at its start and
+  removed at its stop: what the operator tool uses when config.toml is broken.
 """
 
 from __future__ import annotations
@@ -32,11 +34,14 @@ from wemixvisor.plans.queue import PlanError, QueueState, decode_state, encode_s
 
 __all__ = [
     "MAX_STATE_BYTES",
+    "DaemonRecord",
     "DaemonRunningError",
     "JournalError",
+    "clear_daemon_record",
     "clear_journal",
     "daemon_lock",
     "daemon_pid",
+    "daemon_record_file",
     "daemon_running",
     "events_dir",
     "governance_file",
@@ -46,10 +51,12 @@ __all__ = [
     "move_aside",
     "node_pid_file",
     "queue_file",
+    "read_daemon_record",
     "read_journal",
     "read_queue",
     "save_journal",
     "upgrade_in_progress",
+    "write_daemon_record",
     "write_queue",
 ]
 
@@ -89,6 +96,58 @@ def events_dir(home: Home) -> Path:
 def governance_file(home: Home) -> Path:
     """`state/governance.json`: what governance proposals were seen and applied."""
     return home.state_dir / "governance.json"
+
+
+def daemon_record_file(home: Home) -> Path:
+    """`state/daemon.json`: the running daemon's pid, endpoints and version."""
+    return home.state_dir / "daemon.json"
+
+
+_MAX_RECORD_BYTES = 64 * 1024
+
+
+class DaemonRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """What a daemon records about itself at start (`state/daemon.json`)."""
+
+    pid: int
+    control_endpoint: str
+    events_endpoint: str
+    version: str
+    home: str
+    started_at: float
+
+
+def write_daemon_record(home: Home, record: DaemonRecord) -> None:
+    """Record the running daemon (atomic, 0600): readers see the old record or the new one."""
+    atomic_write_bytes(daemon_record_file(home), msgspec.json.encode(record), mode=0o600)
+
+
+def read_daemon_record(home: Home) -> DaemonRecord | None:
+    """The last daemon's record; None when there is none. PlanError when it is unreadable."""
+    path = daemon_record_file(home)
+    try:
+        raw = read_capped(path, _MAX_RECORD_BYTES)
+    except FileNotFoundError:
+        return None
+    except PlanError as exc:
+        raise PlanError(f"daemon record {exc}") from None
+    except OSError as exc:
+        raise PlanError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return msgspec.json.decode(raw, type=DaemonRecord)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise PlanError(f"{path} is not a daemon record: {exc}") from None
+
+
+def clear_daemon_record(home: Home, pid: int) -> None:
+    """Remove the record of daemon `pid` when it stops (a successor's record is left alone)."""
+    try:
+        record = read_daemon_record(home)
+    except PlanError:
+        record = None
+    if record is None or record.pid == pid:
+        with contextlib.suppress(FileNotFoundError):
+            daemon_record_file(home).unlink()
 
 
 def move_aside(path: Path) -> Path:

@@ -206,9 +206,10 @@ def register(
     """Add `plan` to the queue (mutates `state`); raise PlanError when it is refused.
 
     Rules (SPEC §4): keyed by name; a plan that completed or is running is never run again
-    (UNCHANGED), nor a failed one unless re-scheduled through the control protocol; two pending
-    plans at one height conflict and the later is refused; a plan at or below the head is refused
-    from the control protocol unless `now`, and from files/governance runs at once, marked late.
+    (UNCHANGED; a completed plan shown with another height is refused), nor a failed one unless
+    re-scheduled through the control protocol; two pending plans at one height conflict and the
+    later is refused; a plan at or below the head is refused from the control protocol unless
+    `now`, and from files/governance runs at once, marked late.
     """
     existing = _find(state, plan.name)
     if existing is not None and existing.status is not PlanStatus.PENDING:
@@ -218,6 +219,12 @@ def register(
         if existing.status is PlanStatus.CANCELLED or rescheduled:
             state.plans.remove(existing)
             existing = None
+        elif existing.status is PlanStatus.COMPLETED and existing.plan.height != plan.height:
+            # Shown again with another height: the source is wrong, and is told so.
+            raise PlanError(
+                f"plan {plan.name!r} already completed at height {existing.plan.height}; "
+                "a completed plan never runs again (choose a new name)"
+            )
         else:
             return RegisterOutcome.UNCHANGED, existing
     for other in state.plans:

@@ -34,11 +34,20 @@ def custom_preupgrade_path(home: Home, config: Config) -> Path | None:
     return home.visor_dir / name if name else None
 
 
-def check_plan(home: Home, config: Config, plan: Plan, *, quick: bool = False) -> list[str]:
+def check_plan(
+    home: Home,
+    config: Config,
+    plan: Plan,
+    *,
+    quick: bool = False,
+    binary_due: bool = True,
+    space: bool = True,
+) -> list[str]:
     """Problems that would make the upgrade fail; an empty list means ready.
 
     Without `quick`, the new binary is also run (`version`, else `--version`) to prove it
-    executes on this machine.
+    executes on this machine. Without `binary_due` an absent binary is no problem (it is still
+    to be downloaded); without `space`, the backup's free space is not checked.
     """
     problems: list[str] = []
     try:
@@ -46,7 +55,8 @@ def check_plan(home: Home, config: Config, plan: Plan, *, quick: bool = False) -
     except LayoutError as exc:
         return [str(exc)]
     try:
-        check_binary(binary)
+        if binary_due or os.path.lexists(binary):
+            check_binary(binary)
     except LayoutError as exc:
         problems.append(f"new binary: {exc}")
     else:
@@ -60,7 +70,7 @@ def check_plan(home: Home, config: Config, plan: Plan, *, quick: bool = False) -
             check_binary(script)
         except LayoutError as exc:
             problems.append(f"custom pre-upgrade script: {exc}")
-    if not config.backup.skip:
+    if space and not config.backup.skip:
         try:
             shortage = upgrade_space_problem(home.data_dir, config.backup.dir, plan.name)
         except (BackupError, OSError) as exc:
@@ -68,6 +78,14 @@ def check_plan(home: Home, config: Config, plan: Plan, *, quick: bool = False) -
         if shortage is not None:
             problems.append(shortage)
     return problems
+
+
+def registration_problems(home: Home, config: Config, plan: Plan) -> list[str]:
+    """The first preflight, answered to whoever schedules the plan: stat calls only (the full
+    checks follow on the daemon's preflight thread). A binary still to be downloaded is not a
+    problem yet: its download reports how it went."""
+    downloading = config.upgrade.allow_download_binaries and plan_has_binaries(plan)
+    return check_plan(home, config, plan, quick=True, binary_due=not downloading, space=False)
 
 
 def fetch_missing_binary(

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import msgspec
 
+from wemixvisor.config import Config
 from wemixvisor.control.protocol import Request
 from wemixvisor.home.layout import Home
 from wemixvisor.messages.backup import BackupInfo
@@ -116,6 +117,10 @@ class PlanContext(Protocol):
     @property
     def home(self) -> Home:
         """The home whose plans these are."""
+
+    @property
+    def config(self) -> Config:
+        """The configuration its checks follow."""
 
     def plan_snapshot(self) -> PlanSnapshot:
         """The queue, the journal and the head now."""

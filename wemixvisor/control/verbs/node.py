@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
@@ -28,6 +29,7 @@ from wemixvisor.control.verbs.replies import (
     PlansSection,
     StatusReply,
 )
+from wemixvisor.home.layout import LayoutError, read_current
 from wemixvisor.messages.governance import ChainInfo, GetChainInfo
 from wemixvisor.messages.height import GetHeight, HeightStatus
 from wemixvisor.messages.node import (
@@ -41,7 +43,7 @@ from wemixvisor.messages.node import (
 from wemixvisor.messages.plans import ListPlans
 from wemixvisor.plans.queue import PlanStatus, QueueState, pending
 
-__all__ = ["LogsVerb", "RestartVerb", "StartVerb", "StatusVerb", "StopVerb"]
+__all__ = ["LogsVerb", "RestartVerb", "StartVerb", "StatusVerb", "StopVerb", "read_node_log"]
 
 _EXITS_SHOWN = 5
 _FAILED_STATES = (NodeState.FATAL, NodeState.BACKOFF, NodeState.EXITED)
@@ -96,8 +98,8 @@ class StatusVerb(Verb[ControlContext, Status, StatusReply]):
             except ControlError as exc:
                 problems.append(exc.message)
         return StatusReply(
-            node=msgspec.structs.replace(node, exits=node.exits[-_EXITS_SHOWN:]),
-            head=head,
+            node=_with_configured_binary(ctx, node),
+            head=_without_stale_error(head),
             plans=_plans_section(snapshot) if snapshot is not None else None,
             chain=chain,
             daemon=DaemonSection(
@@ -114,6 +116,26 @@ class StatusVerb(Verb[ControlContext, Status, StatusReply]):
 
     def render(self, reply: StatusReply) -> str:
         return render_status(reply)
+
+
+def _with_configured_binary(ctx: ControlContext, node: NodeStatus) -> NodeStatus:
+    """The node's status with its last exits; without a process (FATAL, STOPPED) the binary
+    is the one `current` points at, the one the next start runs."""
+    node = msgspec.structs.replace(node, exits=node.exits[-_EXITS_SHOWN:])
+    if node.binary is not None:
+        return node
+    try:
+        current = read_current(ctx.home)
+    except LayoutError:
+        return node  # the node's last_error says why it cannot start
+    return msgspec.structs.replace(node, binary=str(current.binary), target=current.target)
+
+
+def _without_stale_error(head: HeightStatus | None) -> HeightStatus | None:
+    """The RPC error of an outage that is over is not shown as the state of RPC."""
+    if head is None or not head.rpc_available or head.last_error is None:
+        return head
+    return msgspec.structs.replace(head, last_error=None)
 
 
 def _plans_section(snapshot: Any) -> PlansSection:
@@ -256,6 +278,16 @@ class RestartVerb(_NodeOperationVerb[Restart]):
         return _node_operation(ctx, "restart", RestartNode(reason="control"), check_for, timeout)
 
 
+def read_node_log(path: Path, lines: int) -> LogsReply:
+    """The last `lines` of the node log at `path` as the `logs` reply (the daemon's, and the
+    operator tool's own when no daemon answers); OSError when it exists but cannot be read."""
+    try:
+        tail, more = tail_lines(path, lines, MAX_TAIL_BYTES)
+    except FileNotFoundError:
+        return LogsReply(path=str(path), exists=False, lines=[], more=False)
+    return LogsReply(path=str(path), exists=True, lines=tail, more=more)
+
+
 class LogsVerb(Verb[ControlContext, Logs, LogsReply]):
     """`logs`: the last lines of logs/node.log."""
 
@@ -266,12 +298,9 @@ class LogsVerb(Verb[ControlContext, Logs, LogsReply]):
     def execute(self, ctx: ControlContext, request: Logs) -> LogsReply:
         path = ctx.home.node_log
         try:
-            lines, more = tail_lines(path, request.lines, MAX_TAIL_BYTES)
-        except FileNotFoundError:
-            return LogsReply(path=str(path), exists=False, lines=[], more=False)
+            return read_node_log(path, request.lines)
         except OSError as exc:
             raise ControlError(ErrorCode.INTERNAL, f"cannot read {path}: {exc.strerror}") from None
-        return LogsReply(path=str(path), exists=True, lines=lines, more=more)
 
     def render(self, reply: LogsReply) -> str:
         if not reply.exists:

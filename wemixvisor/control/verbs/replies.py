@@ -131,13 +131,15 @@ class LogsReply(msgspec.Struct, frozen=True):
 
 
 class ScheduleUpgradeReply(msgspec.Struct, frozen=True):
-    """`schedule_upgrade`: what registering did (`added`, `updated`, `unchanged`)."""
+    """`schedule_upgrade`: what registering did (`added`, `updated`, `unchanged`), and the
+    problems the first preflight found (left out when nothing was registered)."""
 
     name: str
     height: int
     outcome: str
     late: bool
     head: int | None
+    preflight: list[str] | UnsetType = UNSET
 
 
 class CancelUpgradeReply(msgspec.Struct, frozen=True):

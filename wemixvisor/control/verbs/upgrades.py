@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 import msgspec
+from msgspec import UNSET
 
 from wemixvisor.control.protocol import (
     CancelUpgrade,
@@ -39,6 +40,7 @@ from wemixvisor.plans.queue import (
     plan_from_object,
     validate_name,
 )
+from wemixvisor.upgrade.preflight import registration_problems
 
 __all__ = [
     "CancelUpgradeVerb",
@@ -79,12 +81,14 @@ class ScheduleUpgradeVerb(Verb[PlanContext, ScheduleUpgrade, ScheduleUpgradeRepl
                 raise ControlError(
                     ErrorCode.CONFLICT, f"plan {plan.name!r} is being carried out now"
                 )
+        registered = entry is not None and registration.outcome != "unchanged"
         return ScheduleUpgradeReply(
             name=plan.name,
             height=plan.height,
             outcome=registration.outcome,
             late=entry.late if entry is not None else False,
             head=registration.head,
+            preflight=registration_problems(ctx.home, ctx.config, plan) if registered else UNSET,
         )
 
     def render(self, reply: ScheduleUpgradeReply) -> str:
