@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,17 +17,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from devtools.anvil import free_port
-from tests.control_harness import (
-    anvil_args,
-    control_endpoint,
-    make_home,
-    short_root,
-    start_daemon,
-    wait_status,
-)
-from tests.daemon_harness import EventLog
-from wemixvisor.control import ControlClient
+from tests.metrics_harness import metrics_daemon, scrape_text
 
 REPO = Path(__file__).resolve().parent.parent
 PROMETHEUS = REPO / "configs" / "prometheus"
@@ -175,43 +164,17 @@ def test_the_dashboard_is_an_importable_grafana_model() -> None:
 def exported(anvil_bin_1_5_1: Path) -> Iterator[set[str]]:
     """Every metric name a real daemon exports once it has a pending plan, a backup and a
     measured block time; families without samples (no validator event yet) count by name."""
-    with short_root() as root:
-        home = make_home(root, anvil_bin_1_5_1)
-        port, metrics_port = free_port(), free_port()
-        daemon = start_daemon(
-            home,
-            anvil_args(port, home),
-            DAEMON_RPC_ADDRESS=f"http://127.0.0.1:{port}",
-            WEMIXVISOR_METRICS_ADDRESS=f"127.0.0.1:{metrics_port}",
-        )
-        events = EventLog(daemon.events_endpoint)
-        client = ControlClient(control_endpoint(home), 5.0)
-        try:
-            status = wait_status(
-                client,
-                lambda s: s["node"]["state"] == "RUNNING" and s["head"]["height"] is not None,
-            )
-            height = status["head"]["height"] + 1000
-            client.request({"type": "schedule_upgrade", "name": "v2", "height": height})
-            client.request({"type": "backup_create", "label": "monitoring"})
-            events.wait_for("backup.completed", timeout=60)
-            events.wait_for(
-                "height.observed", lambda p: p["height"] >= status["head"]["height"] + 2
-            )
-            names = scraped_names(metrics_port)
-            yield names
-        finally:
-            events.close()
-            client.close()
-            try:
-                assert daemon.terminate() == 0
-            finally:
-                daemon.kill()
+    with metrics_daemon(anvil_bin_1_5_1) as running:
+        client, events = running.client, running.events
+        head = client.request({"type": "status"})["head"]["height"]
+        client.request({"type": "schedule_upgrade", "name": "v2", "height": head + 1000})
+        client.request({"type": "backup_create", "label": "monitoring"})
+        events.wait_for("backup.completed", timeout=60)
+        events.wait_for("height.observed", lambda p: p["height"] >= head + 2)
+        yield exported_names(scrape_text(running.port))
 
 
-def scraped_names(port: int) -> set[str]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
+def exported_names(text: str) -> set[str]:
     names: set[str] = set()
     for family in text_string_to_metric_families(text):
         names.add(family.name)

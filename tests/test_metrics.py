@@ -7,73 +7,33 @@ import os
 import signal
 import socket
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
-from devtools.anvil import free_port
-from tests.control_harness import (
-    anvil_args,
-    control_endpoint,
-    make_home,
-    short_root,
-    sleeper_node,
-    start_daemon,
-    wait_status,
+from tests.control_harness import make_home, short_root, sleeper_node, start_daemon, wait_status
+from tests.metrics_harness import (
+    MetricsDaemon,
+    Samples,
+    metrics_daemon,
+    scrape,
+    scrape_until,
+    value,
 )
-from tests.daemon_harness import EventLog
 from wemixvisor.control import ControlClient
 from wemixvisor.events.metrics import plan_eta
 from wemixvisor.events.metrics_feed import EventMetrics, block_time
 from wemixvisor.events.subscriber import ReceivedEvent
 from wemixvisor.home.layout import Home, add_upgrade
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples[(name, tuple(sorted(labels.items())))]
-
 
 @pytest.fixture(scope="module")
 def daemon_with_metrics(anvil_bin_1_5_1: Path) -> Iterator[tuple[Path, int, ControlClient]]:
-    with short_root() as root:
-        home = make_home(root, anvil_bin_1_5_1)
-        port, metrics_port = free_port(), free_port()
-        daemon = start_daemon(
-            home,
-            anvil_args(port, home),
-            DAEMON_RPC_ADDRESS=f"http://127.0.0.1:{port}",
-            WEMIXVISOR_METRICS_ADDRESS=f"127.0.0.1:{metrics_port}",
-        )
-        client = ControlClient(control_endpoint(home), 5.0)
-        try:
-            wait_status(
-                client,
-                lambda s: s["node"]["state"] == "RUNNING" and s["head"]["height"] is not None,
-            )
-            yield home, metrics_port, client
-        finally:
-            client.close()
-            try:
-                assert daemon.terminate() == 0
-            finally:
-                daemon.kill()
+    with metrics_daemon(anvil_bin_1_5_1) as running:
+        yield running.home, running.port, running.client
 
 
 def test_scraped_values_match_status(daemon_with_metrics: tuple[Path, int, ControlClient]) -> None:
@@ -244,50 +204,18 @@ def test_plan_eta(height: int, head: int, pace: float, expected: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def daemon_with_plans(
-    anvil_bin_1_5_1: Path, anvil_bin_1_7_1: Path
-) -> Iterator[tuple[Path, int, ControlClient, EventLog]]:
-    with short_root() as root:
-        home = make_home(root, anvil_bin_1_5_1)
+def daemon_with_plans(anvil_bin_1_5_1: Path, anvil_bin_1_7_1: Path) -> Iterator[MetricsDaemon]:
+    def stage(home: Path) -> None:
         add_upgrade(
             Home(root=home, name="anvil", data_dir=home / "data"), "staged", anvil_bin_1_7_1
         )
-        port, metrics_port = free_port(), free_port()
-        daemon = start_daemon(
-            home,
-            anvil_args(port, home),
-            DAEMON_RPC_ADDRESS=f"http://127.0.0.1:{port}",
-            WEMIXVISOR_METRICS_ADDRESS=f"127.0.0.1:{metrics_port}",
-        )
-        events = EventLog(daemon.events_endpoint)
-        client = ControlClient(control_endpoint(home), 5.0)
-        try:
-            wait_status(
-                client,
-                lambda s: s["node"]["state"] == "RUNNING" and s["head"]["height"] is not None,
-            )
-            yield home, metrics_port, client, events
-        finally:
-            events.close()
-            client.close()
-            try:
-                assert daemon.terminate() == 0
-            finally:
-                daemon.kill()
 
-
-def scrape_until(port: int, ready: Callable[[Samples], bool], timeout: float = 30.0) -> Samples:
-    deadline = time.monotonic() + timeout
-    while True:
-        samples = scrape(port)
-        if ready(samples):
-            return samples
-        assert time.monotonic() < deadline, f"never ready; last scrape: {samples}"
-        time.sleep(0.1)
+    with metrics_daemon(anvil_bin_1_5_1, stage) as running:
+        yield running
 
 
 def test_pending_plans_show_readiness_and_time_to_their_height(
-    daemon_with_plans: tuple[Path, int, ControlClient, EventLog],
+    daemon_with_plans: MetricsDaemon,
 ) -> None:
     _, port, client, events = daemon_with_plans
     head = client.request({"type": "status"})["head"]["height"]
@@ -324,7 +252,7 @@ def test_pending_plans_show_readiness_and_time_to_their_height(
 
 
 def test_the_latest_complete_backup_shows_its_size_and_time(
-    daemon_with_plans: tuple[Path, int, ControlClient, EventLog],
+    daemon_with_plans: MetricsDaemon,
 ) -> None:
     _, port, client, events = daemon_with_plans
     assert ("wemixvisor_backup_bytes", ()) not in scrape(port), "no backup yet"

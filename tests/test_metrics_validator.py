@@ -5,18 +5,15 @@ after the upgrade shows as `wemixvisor_validator_signing 0` — what the alert r
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
-import pytest
 
 from devtools.anvil import rpc_call, wait_for_rpc
-from tests.daemon_harness import Daemon, EventLog, kill_node_processes
-from tests.test_metrics import scrape, scrape_until, value
+from tests.control_harness import short_root
+from tests.daemon_harness import Daemon, EventLog
+from tests.metrics_harness import scrape, scrape_until, value
 from tests.wbft_proxy import WbftDouble, address
 from wemixvisor.home.layout import Home, add_upgrade, init_home
 
@@ -26,19 +23,14 @@ DOWN = VALIDATORS[1]
 AHEAD = 24  # blocks of 0.25 s between the plan's arrival and its height: time to scrape
 
 
-@pytest.fixture
-def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="wv-", dir="/tmp"))
-    yield path
-    kill_node_processes(path)
-    if not os.environ.get("WEMIXVISOR_KEEP_TEST_DIRS"):
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def test_a_quorum_warning_and_a_silent_validator_show_in_the_metrics(
-    root: Path, anvil_bin: Callable[[str], Path], free_port: Callable[[], int]
+    anvil_bin: Callable[[str], Path], free_port: Callable[[], int]
 ) -> None:
-    home = root / "home"
+    with short_root() as root:
+        scenario(root / "home", anvil_bin, free_port)
+
+
+def scenario(home: Path, anvil_bin: Callable[[str], Path], free_port: Callable[[], int]) -> None:
     layout = Home(root=home, name="anvil", data_dir=home / "data")
     init_home(layout, anvil_bin("1.4.4"))
     add_upgrade(layout, "v1.5.1", anvil_bin("1.5.1"))
