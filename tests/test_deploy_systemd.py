@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -52,8 +53,8 @@ def last(unit: Unit, section: str, key: str) -> str | None:
 def environment(unit: Unit) -> dict[str, str]:
     env: dict[str, str] = {}
     for line in unit["Service"].get("Environment", []):
-        for assignment in line.split():
-            name, _, value = assignment.strip('"').partition("=")
+        for assignment in shlex.split(line):
+            name, _, value = assignment.partition("=")
             env[name] = value
     return env
 
@@ -76,13 +77,15 @@ def analyze(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def installed_copy(unit: Path, directory: Path) -> Path:
-    """The unit as installed on this machine: `verify` insists that ExecStart's program exists,
-    so its wemixvisor path becomes the one installed here; nothing else changes."""
+    """The unit as installed on this machine, beside every other unit of configs/ (one may name
+    another in After= or Requires=): `verify` insists that ExecStart's program exists, so the
+    wemixvisor path becomes the one installed here; nothing else changes."""
     program = Path(sys.executable).parent / "wemixvisor"
     assert program.exists(), f"{program}: the project is not installed in this environment"
-    copy = directory / unit.name
-    copy.write_text(_EXEC_WEMIXVISOR.sub(rf"\g<1>{program}", unit.read_text()))
-    return copy
+    for other in [*UNITS, unit]:  # `unit` last: it may stand in for one of configs/
+        text = _EXEC_WEMIXVISOR.sub(rf"\g<1>{program}", other.read_text())
+        (directory / other.name).write_text(text)
+    return directory / unit.name
 
 
 def seconds(timespan: str) -> float:
@@ -111,7 +114,9 @@ def test_verify_reports_a_broken_unit(tmp_path: Path) -> None:
     broken = tmp_path / "wemixvisor.service"
     text = (CONFIGS / "wemixvisor.service").read_text()
     broken.write_text(text.replace("KillMode=process", "KillMode=procss"))
-    result = analyze("verify", str(installed_copy(broken, tmp_path)))
+    installed = tmp_path / "installed"
+    installed.mkdir()
+    result = analyze("verify", str(installed_copy(broken, installed)))
     assert "kill mode" in result.stderr.lower(), result.stderr
 
 
