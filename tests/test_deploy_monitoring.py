@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -169,9 +170,18 @@ def exported(anvil_bin_1_5_1: Path) -> Iterator[set[str]]:
         head = client.request({"type": "status"})["head"]["height"]
         client.request({"type": "schedule_upgrade", "name": "v2", "height": head + 1000})
         client.request({"type": "backup_create", "label": "monitoring"})
-        events.wait_for("backup.completed", timeout=60)
-        events.wait_for("height.observed", lambda p: p["height"] >= head + 2)
-        yield exported_names(scrape_text(running.port))
+        events.wait_for("backup.completed", lambda p: p["label"] == "monitoring", timeout=60)
+        # What only shows once measured or listed: the block time, the plan's ETA, the backup.
+        later = {
+            "wemixvisor_block_time_seconds",
+            "wemixvisor_plan_eta_seconds",
+            "wemixvisor_backup_bytes",
+        }
+        deadline = time.monotonic() + 30
+        while not later <= (names := exported_names(scrape_text(running.port))):
+            assert time.monotonic() < deadline, f"never exported: {later - names}"
+            time.sleep(0.1)
+        yield names
 
 
 def exported_names(text: str) -> set[str]:

@@ -225,11 +225,12 @@ def test_pending_plans_show_readiness_and_time_to_their_height(
     events.wait_for("plan.preflight_failed", lambda p: p["name"] == "missing")
 
     def settled(samples: Samples) -> bool:
-        keys = {(name, labels) for name, labels in samples}
-        return ("wemixvisor_plan_ready", (("plan", "staged"),)) in keys and (
-            "wemixvisor_block_time_seconds",
-            (),
-        ) in keys
+        # "staged" reads 0 until its preflight (which runs the binary) has passed.
+        return (
+            samples.get(("wemixvisor_plan_ready", (("plan", "staged"),))) == 1
+            and samples.get(("wemixvisor_plan_preflight_failures_total", ()), 0) >= 1
+            and ("wemixvisor_block_time_seconds", ()) in samples
+        )
 
     samples = scrape_until(port, settled)
     assert value(samples, "wemixvisor_plans_pending") == 2
@@ -247,7 +248,7 @@ def test_pending_plans_show_readiness_and_time_to_their_height(
     assert not [k for k in samples if k[0] == "wemixvisor_validator_quorum_at_risk"]
 
     client.request({"type": "cancel_upgrade", "name": "missing"})
-    samples = scrape_until(port, lambda s: value(s, "wemixvisor_plans_pending") == 1)
+    samples = scrape_until(port, lambda s: s.get(("wemixvisor_plans_pending", ())) == 1)
     assert ("wemixvisor_plan_ready", (("plan", "missing"),)) not in samples
 
 
@@ -255,11 +256,17 @@ def test_the_latest_complete_backup_shows_its_size_and_time(
     daemon_with_plans: MetricsDaemon,
 ) -> None:
     _, port, client, events = daemon_with_plans
-    assert ("wemixvisor_backup_bytes", ()) not in scrape(port), "no backup yet"
-    assert value(scrape(port), "wemixvisor_backups_complete") == 0
+    listed = scrape_until(port, lambda s: ("wemixvisor_backups_complete", ()) in s)
+    assert value(listed, "wemixvisor_backups_complete") == 0
+    assert ("wemixvisor_backup_bytes", ()) not in listed, "no backup yet"
     client.request({"type": "backup_create", "label": "metrics"})
     done = events.wait_for("backup.completed", lambda p: p["label"] == "metrics", timeout=60)
-    samples = scrape_until(port, lambda s: value(s, "wemixvisor_backups_complete") == 1)
+    # The listing and the exporter's own event feed each catch up in their own time.
+    counted = ("wemixvisor_backups_total", (("result", "completed"),))
+    samples = scrape_until(
+        port,
+        lambda s: s.get(("wemixvisor_backups_complete", ())) == 1 and s.get(counted) == 1,
+    )
     assert value(samples, "wemixvisor_backup_bytes") == done["total_bytes"]
     assert value(samples, "wemixvisor_backup_last_timestamp_seconds") > 0
     assert value(samples, "wemixvisor_backups_total", result="completed") == 1

@@ -64,7 +64,8 @@ def scenario(home: Path, anvil_bin: Callable[[str], Path], free_port: Callable[[
             msgspec.json.encode({"name": "v1.5.1", "height": height})
         )
         events.wait_for("validator.quorum_at_risk")
-        samples = scrape(metrics_port)
+        warned = ("wemixvisor_validator_quorum_at_risk", (("plan", "v1.5.1"),))
+        samples = scrape_until(metrics_port, lambda s: warned in s)  # the exporter's feed
         assert value(samples, "wemixvisor_validator_quorum_at_risk", plan="v1.5.1") == 1
         assert value(samples, "wemixvisor_plan_height", plan="v1.5.1") == height
 
