@@ -178,6 +178,7 @@ def test_a_signing_event_without_a_usable_address_is_ignored(payload: dict[str, 
         ([(1, 0.0), (2, 1.0), (3, 2.0), (4, 62.0), (5, 63.0), (6, 64.0)], 1.0),
         ([(5, 10.0), (4, 11.0), (6, 12.0)], 0.5),  # a step back is not a step
         ([(1, 5.0), (2, 4.0), (3, 6.0)], 2.0),  # nor is a clock going back
+        ([(1, 5.0), (2, 5.0), (3, 5.0)], None),  # a burst seen at one instant
     ],
 )
 def test_block_time_is_elapsed_time_over_blocks_without_stalls(

@@ -13,7 +13,7 @@ import statistics
 import threading
 from collections.abc import Sequence
 from itertools import pairwise
-from typing import Any, TypeGuard
+from typing import Any, NamedTuple, TypeGuard
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -35,7 +35,7 @@ _STALL_FACTOR = 4.0
 
 def block_time(heads: Sequence[tuple[int, float]]) -> float | None:
     """The chain's block time from (height, unix time seen) of successive new heads, oldest
-    first; None until two heads at different heights were seen.
+    first; None until two heads at different heights were seen at different times.
 
     Elapsed time over blocks advanced, leaving out steps slower than `_STALL_FACTOR` times the
     median step (a stalled node, an upgrade's downtime): polling quantises each step, the sum
@@ -46,18 +46,16 @@ def block_time(heads: Sequence[tuple[int, float]]) -> float | None:
         return None
     typical = statistics.median(seconds / blocks for seconds, blocks in steps)
     kept = [(s, b) for s, b in steps if s / b <= typical * _STALL_FACTOR]
-    return sum(s for s, _ in kept) / sum(b for _, b in kept)
+    pace = sum(s for s, _ in kept) / sum(b for _, b in kept)
+    return pace if pace > 0 else None  # heads all seen at one instant: no pace yet
 
 
-class QuorumRisk:
+class QuorumRisk(NamedTuple):
     """A `validator.quorum_at_risk` warning for one plan: its height and the figures."""
 
-    __slots__ = ("active_without_me", "height", "quorum")
-
-    def __init__(self, height: int, quorum: int, active_without_me: int) -> None:
-        self.height = height
-        self.quorum = quorum
-        self.active_without_me = active_without_me
+    height: int
+    quorum: int
+    active_without_me: int
 
 
 class EventMetrics:
