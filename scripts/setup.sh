@@ -28,6 +28,20 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   fi
 fi
 
+# systemd-analyze and promtool check the systemd units and the Prometheus rules in configs/.
+deploy_debs=()
+command -v systemd-analyze >/dev/null 2>&1 || deploy_debs+=(systemd)
+command -v promtool >/dev/null 2>&1 || deploy_debs+=(prometheus)
+if [ ${#deploy_debs[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing ${deploy_debs[*]} (systemd-analyze, promtool)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends "${deploy_debs[@]}" >/dev/null
+  else
+    echo "setup: ${deploy_debs[*]} missing; the tests that need them will be skipped" >&2
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi

@@ -54,6 +54,8 @@ class QueueSnapshot(msgspec.Struct, frozen=True):
     queue: QueueState
     journal: Journal | None
     head: int | None
+    # The latest preflight verdict of each pending plan that has one (True: nothing wrong).
+    preflight_ok: dict[str, bool] = msgspec.field(default_factory=dict)
 
 
 class _SagaFinished(msgspec.Struct, frozen=True):
@@ -151,6 +153,7 @@ class OrchestratorActor(SupervisedActor):
                     queue=msgspec.convert(msgspec.to_builtins(self._queue), QueueState),
                     journal=self._saga.journal if self._saga is not None else None,
                     head=self._head,
+                    preflight_ok=dict(self._preflight_ok),
                 )
             case GetHeadLatency():
                 return list(self._latency)

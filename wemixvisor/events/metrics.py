@@ -3,12 +3,14 @@
 Two feeds, one registry of the exporter's own (never the process-global one):
 
 - at scrape time, the actors are asked (briefly, concurrently) for what they know now: node state,
-  pid uptime, restarts, CPU and RSS; the head height and RPC availability; pending plans; the
-  events publisher's published and dropped counters; actor restarts. A scrape therefore shows
-  what `wemixvisor status` shows at that moment.
+  pid uptime, restarts, CPU and RSS; the head height and RPC availability; each pending plan's
+  height, preflight verdict and time to its height; the latest complete backup; the events
+  publisher's published and dropped counters; actor restarts. A scrape therefore shows what
+  `wemixvisor status` shows at that moment.
 - a subscriber to the daemon's own events socket counts what happens between scrapes: upgrades
-  by result with their duration and downtime, backups with their duration and size, RPC errors,
-  node exits.
+  by result with their duration and downtime, overshoots, backups with their duration, preflight
+  failures, RPC errors, node exits, validator signing and quorum warnings, and the pace of new
+  heads (the measured block time).
 """
 
 from __future__ import annotations
@@ -21,28 +23,23 @@ from typing import Any
 import msgspec
 import pykka
 from loguru import logger
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from wemixvisor import __version__
 from wemixvisor.bus import Bus
+from wemixvisor.events.metrics_feed import EventMetrics
 from wemixvisor.events.subscriber import ReceivedEvent
+from wemixvisor.messages.backup import BackupInfo, ListBackups
 from wemixvisor.messages.events import Event
 from wemixvisor.messages.height import GetHeight, HeightStatus
 from wemixvisor.messages.node import GetNodeStatus, NodeState, NodeStatus
 from wemixvisor.messages.plans import ListPlans
-from wemixvisor.plans.queue import PlanStatus
+from wemixvisor.plans.queue import PlanStatus, QueuedPlan
 
-__all__ = ["MetricsExporter", "split_address"]
+__all__ = ["MetricsExporter", "plan_eta", "split_address"]
 
 _SCRAPE_ASK_TIMEOUT = 1.0
-_UPGRADE_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
-_DOWNTIME_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-_BACKUP_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0)
-# Field names a backup event may carry its figures under.
-_DURATION_FIELDS = ("seconds", "duration_seconds", "duration")
-_BYTES_FIELDS = ("bytes", "total_bytes", "bytes_copied", "size_bytes", "size")
-_OPERATION_FIELDS = ("operation", "id", "backup_id", "backup")
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -57,9 +54,12 @@ def split_address(address: str) -> tuple[str, int]:
 class _StatusCollector:
     """Asks the actors at scrape time; an actor that does not answer leaves its metrics out."""
 
-    def __init__(self, bus: Bus, actor_restarts: Callable[[], dict[str, int]]) -> None:
+    def __init__(
+        self, bus: Bus, actor_restarts: Callable[[], dict[str, int]], feed: EventMetrics
+    ) -> None:
         self._bus = bus
         self._actor_restarts = actor_restarts
+        self._feed = feed
         self._events_proxy: tuple[Any, Any] | None = None
 
     def describe(self) -> Iterable[Metric]:
@@ -71,6 +71,7 @@ class _StatusCollector:
         node_f = self._ask("node", GetNodeStatus())
         head_f = self._ask("height", GetHeight())
         plans_f = self._ask("orchestrator", ListPlans())
+        backups_f = self._ask("backup", ListBackups())
         stats_f = self._events_stats()
         info = GaugeMetricFamily("wemixvisor_info", "wemixvisor's version", labels=["version"])
         info.add_metric([__version__], 1.0)
@@ -88,12 +89,19 @@ class _StatusCollector:
             )
             if head.height is not None:
                 yield _gauge("wemixvisor_head_height", "the chain head seen on RPC", head.height)
+        pace = self._feed.block_time()
         snapshot = _get(plans_f, deadline)
         if snapshot is not None:
-            waiting = sum(1 for e in snapshot.queue.plans if e.status is PlanStatus.PENDING)
+            pending = [e for e in snapshot.queue.plans if e.status is PlanStatus.PENDING]
             yield _gauge(
-                "wemixvisor_plans_pending", "upgrade plans waiting for their height", waiting
+                "wemixvisor_plans_pending", "upgrade plans waiting for their height", len(pending)
             )
+            yield from self._plan_metrics(pending, snapshot.preflight_ok, head, pace)
+        if pace is not None:
+            yield _gauge("wemixvisor_block_time_seconds", "the chain's block time, measured", pace)
+        backups: list[BackupInfo] | None = _get(backups_f, deadline)
+        if backups is not None:
+            yield from _backup_metrics(backups)
         stats = _get(stats_f, deadline)
         if stats is not None:
             published, dropped = stats
@@ -107,6 +115,44 @@ class _StatusCollector:
         for role, count in sorted(self._actor_restarts().items()):
             restarts.add_metric([role], float(count))
         yield restarts
+
+    def _plan_metrics(
+        self,
+        pending: list[QueuedPlan],
+        preflight_ok: dict[str, bool],
+        head: HeightStatus | None,
+        pace: float | None,
+    ) -> Iterator[Metric]:
+        labels = ["plan"]
+        height = GaugeMetricFamily(
+            "wemixvisor_plan_height", "a pending plan's height", labels=labels
+        )
+        ready = GaugeMetricFamily(
+            "wemixvisor_plan_ready",
+            "1 when a pending plan's latest preflight passed; 0 failed or not checked yet",
+            labels=labels,
+        )
+        eta = GaugeMetricFamily(
+            "wemixvisor_plan_eta_seconds",
+            "seconds until a pending plan's height at the measured block time",
+            labels=labels,
+        )
+        risk = GaugeMetricFamily(
+            "wemixvisor_validator_quorum_at_risk",
+            "1 when this validator's downtime at the plan's height would break the quorum",
+            labels=labels,
+        )
+        now = head.height if head is not None else None
+        risks = self._feed.quorum_risks({entry.plan.name for entry in pending})
+        for entry in pending:
+            name, target = entry.plan.name, entry.plan.height
+            height.add_metric([name], float(target))
+            ready.add_metric([name], 1.0 if preflight_ok.get(name) else 0.0)
+            if pace is not None and now is not None:
+                eta.add_metric([name], plan_eta(target, now, pace))
+            if (warning := risks.get(name)) is not None and warning.height == target:
+                risk.add_metric([name], 1.0)
+        yield from (height, ready, eta, risk)
 
     def _node_metrics(self, node: NodeStatus) -> Iterator[Metric]:
         yield _gauge(
@@ -175,120 +221,24 @@ def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily
     return CounterMetricFamily(name, documentation, value=float(value))
 
 
-class _EventMetrics:
-    """Counters and histograms fed by the daemon's events."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.upgrades = Counter(
-            "wemixvisor_upgrades", "upgrades by result", ["result"], registry=registry
-        )
-        self.upgrade_duration = Histogram(
-            "wemixvisor_upgrade_duration_seconds",
-            "upgrade.started to its end",
-            buckets=_UPGRADE_BUCKETS,
-            registry=registry,
-        )
-        self.upgrade_downtime = Histogram(
-            "wemixvisor_upgrade_downtime_seconds",
-            "node down during a completed upgrade",
-            buckets=_DOWNTIME_BUCKETS,
-            registry=registry,
-        )
-        self.backups = Counter(
-            "wemixvisor_backups", "backups by result", ["result"], registry=registry
-        )
-        self.backup_duration = Histogram(
-            "wemixvisor_backup_duration_seconds",
-            "backup.started to backup.completed",
-            buckets=_BACKUP_BUCKETS,
-            registry=registry,
-        )
-        self.backup_bytes = Gauge(
-            "wemixvisor_backup_bytes", "size of the latest complete backup", registry=registry
-        )
-        self.rpc_errors = Counter(
-            "wemixvisor_rpc_errors", "times the node's RPC became unavailable", registry=registry
-        )
-        self.node_exits = Counter(
-            "wemixvisor_node_exits", "node process exits", ["expected"], registry=registry
-        )
-        self.missed = Counter(
-            "wemixvisor_metrics_events_missed",
-            "events the metrics subscriber lost (gaps in seq)",
-            registry=registry,
-        )
-        for result in ("completed", "failed", "rolled_back"):
-            self.upgrades.labels(result=result)
-        for result in ("completed", "failed"):
-            self.backups.labels(result=result)
-        for expected in ("true", "false"):
-            self.node_exits.labels(expected=expected)
-        self._upgrade_started: dict[str, float] = {}
-        self._backup_started: dict[str, float] = {}
-
-    def observe(self, event: ReceivedEvent) -> None:
-        """Account for one event."""
-        payload = event.payload
-        if event.gap:
-            self.missed.inc(event.gap)
-        match event.topic:
-            case "upgrade.started":
-                self._upgrade_started[str(payload.get("name"))] = event.ts
-            case "upgrade.completed" | "upgrade.failed":
-                result = event.topic.removeprefix("upgrade.")
-                self.upgrades.labels(result=result).inc()
-                began = self._upgrade_started.pop(str(payload.get("name")), None)
-                if began is not None:
-                    self.upgrade_duration.observe(max(event.ts - began, 0.0))
-                downtime = _number(payload.get("downtime_seconds"))
-                if result == "completed" and downtime is not None:
-                    self.upgrade_downtime.observe(downtime)
-            case "upgrade.rolled_back":
-                self.upgrades.labels(result="rolled_back").inc()
-            case "backup.started":
-                self._backup_started[_operation_of(payload)] = event.ts
-            case "backup.completed" | "backup.failed":
-                result = event.topic.removeprefix("backup.")
-                self.backups.labels(result=result).inc()
-                began = self._backup_started.pop(_operation_of(payload), None)
-                seconds = _first_number(payload, _DURATION_FIELDS)
-                if seconds is None and began is not None:
-                    seconds = max(event.ts - began, 0.0)
-                if result == "completed":
-                    if seconds is not None:
-                        self.backup_duration.observe(seconds)
-                    size = _first_number(payload, _BYTES_FIELDS)
-                    if size is not None:
-                        self.backup_bytes.set(size)
-            case "rpc.unavailable":
-                self.rpc_errors.inc()
-            case "node.exited":
-                expected = "true" if payload.get("expected") else "false"
-                self.node_exits.labels(expected=expected).inc()
-            case _:
-                pass
+def plan_eta(height: int, head: int, block_time: float) -> float:
+    """Seconds until `height` from `head` at `block_time` a block; 0 once reached."""
+    return max(height - head, 0) * block_time
 
 
-def _number(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return None
-
-
-def _first_number(payload: dict[str, Any], fields: tuple[str, ...]) -> float | None:
-    for name in fields:
-        value = _number(payload.get(name))
-        if value is not None:
-            return value
-    return None
-
-
-def _operation_of(payload: dict[str, Any]) -> str:
-    for name in _OPERATION_FIELDS:
-        value = payload.get(name)
-        if isinstance(value, str) and value:
-            return value
-    return ""
+def _backup_metrics(backups: list[BackupInfo]) -> Iterator[Metric]:
+    complete = [b for b in backups if b.complete]
+    yield _gauge("wemixvisor_backups_complete", "complete backups on disk", len(complete))
+    if complete:
+        latest = max(complete, key=lambda b: b.created_at)
+        yield _gauge(
+            "wemixvisor_backup_last_timestamp_seconds",
+            "when the latest complete backup was made (unix time)",
+            latest.created_at,
+        )
+        yield _gauge(
+            "wemixvisor_backup_bytes", "size of the latest complete backup", latest.total_bytes
+        )
 
 
 class MetricsExporter:
@@ -304,8 +254,8 @@ class MetricsExporter:
     ) -> None:
         self.address = address
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_StatusCollector(bus, actor_restarts))
-        self._events = _EventMetrics(self.registry)
+        self._events = EventMetrics(self.registry)
+        self.registry.register(_StatusCollector(bus, actor_restarts, self._events))
         self._server: Any = None
         self._http_thread: threading.Thread | None = None
         self.port: int | None = None
