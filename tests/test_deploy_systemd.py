@@ -145,7 +145,11 @@ def test_the_unit_runs_hardened_as_a_dedicated_user(unit: Path) -> None:
     home = environment(parsed).get("DAEMON_HOME")
     if home is not None:
         writable = " ".join(parsed[service].get("ReadWritePaths", [])).split()
-        assert home in writable, "the home must stay writable under ProtectSystem=strict"
+        # The daemon writes all over its home; the console only its token under wemixvisor/.
+        assert any(w == home or w.startswith(home + "/") for w in writable), (
+            "the home (or the part of it the unit writes) must stay writable under "
+            "ProtectSystem=strict"
+        )
 
 
 def daemon_units() -> list[Path]:
