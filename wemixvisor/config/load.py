@@ -300,6 +300,11 @@ def _resolve_home(env: Mapping[str, str], overrides: Mapping[str, str]) -> tuple
     return home, source
 
 
+def config_file(env: Mapping[str, str], overrides: Mapping[str, str] | None = None) -> Path:
+    """`$DAEMON_HOME/wemixvisor/config.toml`, found without reading it (to edit a broken one)."""
+    return _resolve_home(env, overrides or {})[0] / "wemixvisor" / "config.toml"
+
+
 def _check_consistency(values: Mapping[str, object], sources: Mapping[str, str]) -> None:
     def described(key: str) -> str:
         value = values[key]
