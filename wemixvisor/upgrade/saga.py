@@ -172,6 +172,7 @@ class UpgradeSaga:
                 return SagaResult(self.plan.name, Outcome.FAILED, f"preflight: {reason}")
             if self.config.node.validator_mode:
                 self._record_validator()
+            steps.record_args(self.ctx)
             self.bus.publish(
                 ev.UpgradeStarted(
                     name=self.plan.name,
@@ -249,7 +250,7 @@ class UpgradeSaga:
             case Step.CUSTOM_PREUPGRADE:
                 steps.run_custom_preupgrade(self.ctx)
             case Step.SWITCH:
-                switch_current(self.home, self.journal.to_target)
+                steps.switch(self.ctx)
             case Step.APP_PREUPGRADE:
                 steps.run_app_preupgrade(self.ctx)
             case Step.STARTING:

@@ -3,6 +3,7 @@ governance proposals."""
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -83,6 +84,12 @@ def _chain_line(chain: ChainInfo) -> str:
     return text
 
 
+def _shown_args(args: Sequence[str]) -> str:
+    """The node's arguments as a shell would take them, cut short on one line."""
+    text = shlex.join(args)
+    return text if len(text) <= 400 else text[:399] + "…"
+
+
 def render_status(reply: StatusReply) -> str:
     """`wemixvisor status` as text."""
     node = reply.node
@@ -94,6 +101,8 @@ def render_status(reply: StatusReply) -> str:
         f"({node.version or 'version unknown'})",
         f"cpu/rss   {node.cpu_percent:.1f} %  {size(node.rss_bytes)}",
     ]
+    if node.args:
+        lines.insert(2, f"args      {_shown_args(node.args)}")
     if node.last_error:
         lines.append(f"error     {node.last_error}")
     head = reply.head
