@@ -13,6 +13,7 @@ from wemixvisor.commands import (
     add_upgrade,
     alert,
     backup,
+    completion,
     config,
     events,
     governance,
@@ -51,6 +52,7 @@ COMMANDS: tuple[Command, ...] = (
     alert,
     keys,
     governance,
+    completion,
 )
 """Every verb, in the order `--help` lists them."""
 

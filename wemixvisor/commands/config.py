@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -26,8 +27,11 @@ from wemixvisor.config import (
     load_config_with_sources,
     setting_value,
 )
-from wemixvisor.config.edit import TEMPLATES, ConfigEdit, init_config, set_key, unset_key
 from wemixvisor.config.load import config_file
+from wemixvisor.config.templates import TEMPLATES
+
+if TYPE_CHECKING:
+    from wemixvisor.config.edit import ConfigEdit
 
 # Comments with the source start at this column when the `key = value` part is short enough.
 _SOURCE_COLUMN = 44
@@ -184,6 +188,8 @@ def _report(edit: ConfigEdit, ctx: CliContext, done: str) -> None:
 
 def run_set(args: argparse.Namespace, ctx: CliContext) -> int:
     """Set one key in config.toml: 0 done, 2 invalid (file untouched)."""
+    from wemixvisor.config.edit import set_key  # noqa: PLC0415  (tomlkit: only when editing)
+
     path = config_file(ctx.env, ctx.overrides)
     try:
         edit = set_key(path, args.key, args.value, ctx.env)
@@ -195,6 +201,8 @@ def run_set(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def run_unset(args: argparse.Namespace, ctx: CliContext) -> int:
     """Remove one key from config.toml: 0 done (or not there), 2 invalid."""
+    from wemixvisor.config.edit import unset_key  # noqa: PLC0415
+
     path = config_file(ctx.env, ctx.overrides)
     try:
         edit = unset_key(path, args.key, ctx.env)
@@ -206,6 +214,8 @@ def run_unset(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def run_init(args: argparse.Namespace, ctx: CliContext) -> int:
     """Write config.toml from a template; 1 when one exists and --force is not given."""
+    from wemixvisor.config.edit import init_config  # noqa: PLC0415
+
     path = config_file(ctx.env, ctx.overrides)
     try:
         template = init_config(path, args.template, ctx.env, force=args.force)

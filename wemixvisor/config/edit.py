@@ -13,12 +13,10 @@ from __future__ import annotations
 import difflib
 import os
 import stat
-import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
 
 import tomlkit
 import tomlkit.exceptions
@@ -27,20 +25,11 @@ from tomlkit.items import Item, Table
 from wemixvisor.config.load import MAX_CONFIG_BYTES, load_config
 from wemixvisor.config.schema import SETTING_BY_KEY, Config
 from wemixvisor.config.settings import Setting
+from wemixvisor.config.templates import template_path
 from wemixvisor.config.values import ConfigError, Invalid, read_bool, read_int, show_value
 from wemixvisor.home.fsutil import fsync_dir, removed_on_failure
 
-__all__ = ["TEMPLATES", "ConfigEdit", "init_config", "set_key", "template_path", "unset_key"]
-
-TEMPLATES: Final[Mapping[str, str]] = {
-    "mainnet": "mainnet.toml",
-    "testnet": "testnet.toml",
-    "local": "local-anvil.toml",
-}
-"""`config init --template NAME`: the commented templates of `configs/`."""
-
-_REPO_CONFIGS: Final = Path(__file__).resolve().parents[2] / "configs"
-_INSTALLED_CONFIGS: Final = Path(sys.prefix) / "share" / "wemixvisor" / "configs"
+__all__ = ["ConfigEdit", "init_config", "set_key", "unset_key", "write_checked"]
 
 
 @dataclass(frozen=True)
@@ -181,17 +170,6 @@ def unset_key(path: Path, key: str, env: Mapping[str, str]) -> ConfigEdit:
     del table[setting.name]
     write_checked(path, tomlkit.dumps(document), env)
     return ConfigEdit(path, setting, changed=True)
-
-
-def template_path(name: str) -> Path:
-    """The template file of `config init --template NAME`."""
-    file_name = TEMPLATES.get(name)
-    if file_name is None:
-        raise ConfigError(f"unknown template {name!r}: one of {', '.join(TEMPLATES)}")
-    for directory in (_REPO_CONFIGS, _INSTALLED_CONFIGS):
-        if (directory / file_name).is_file():
-            return directory / file_name
-    raise ConfigError(f"template {file_name} not found in {_REPO_CONFIGS} or {_INSTALLED_CONFIGS}")
 
 
 def init_config(path: Path, name: str, env: Mapping[str, str], *, force: bool) -> Path:

@@ -22,6 +22,7 @@ from wemixvisor.messages.governance import ChainInfo, Proposal
 
 __all__ = [
     "NOT_YET_SEEN",
+    "TableText",
     "duration",
     "render_backups",
     "render_plans",
@@ -146,6 +147,21 @@ def render_status(reply: StatusReply) -> str:
     return "\n".join(lines)
 
 
+class TableText(str):
+    """A table as plain text, which it is as a `str`, keeping its header and rows for a
+    terminal that draws a real table (`commands.terminal`)."""
+
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+    def __new__(cls, text: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> TableText:
+        """`text`, with the `header` and `rows` it shows."""
+        table = super().__new__(cls, text)
+        table.header = tuple(header)
+        table.rows = tuple(tuple(row) for row in rows)
+        return table
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, free_last: bool) -> str:
     """Columns padded to their widest cell; the last one unpadded when `free_last`."""
     padded = len(header) - 1 if free_last else len(header)
@@ -154,7 +170,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, free_last: b
     for cells in [header, *rows]:
         parts = [cell.ljust(width) for cell, width in zip(cells[:padded], widths, strict=True)]
         lines.append("  ".join([*parts, *cells[padded:]]).rstrip())
-    return "\n".join(lines)
+    return TableText("\n".join(lines), header, rows)
 
 
 def render_plans(rows: Sequence[PlanRow]) -> str:
