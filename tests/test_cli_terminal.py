@@ -228,6 +228,9 @@ def test_bash_completes_verbs_actions_and_options(home_env: dict[str, str]) -> N
     assert complete("wemixvisor config s") == ["set", "show"]
     assert "--follow" in complete("wemixvisor upgrade schedule --f")
     assert complete("wemixvisor completion ") == ["bash", "zsh"]
+    assert complete("wemixvisor config set node.max_r") == ["node.max_restarts"]
+    assert "rpc.poll_interval" in complete("wemixvisor config unset rpc.")
+    assert "home" not in complete("wemixvisor config set ")
 
 
 @pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
@@ -253,6 +256,7 @@ def test_zsh_loads_the_completion_function(home_env: dict[str, str], tmp_path: P
     lines = result.stdout.decode().split()
     assert lines[0] == "_wemixvisor"
     assert "_shtab_wemixvisor_config" in lines
+    assert b"node.max_restarts" in script.stdout
 
 
 def test_a_download_followed_on_a_terminal_shows_its_bar_until_installed(
@@ -273,6 +277,15 @@ def test_a_download_followed_on_a_terminal_shows_its_bar_until_installed(
         assert chain.layout.upgrade_bin("v1.7.1").is_file()
         completed = events.wait_for("download.completed", timeout=30)
         assert completed["bytes"] == tarball.stat().st_size
+
+        code, shown = in_terminal(["upgrade", "list"], env)
+        assert code == 0, shown
+        assert re.search(r"\x1b\[1mNAME", shown)  # a table with a bold header
+        assert "\x1b[33mpending\x1b[0m" in shown
+        code, shown = in_terminal(["status"], env)
+        assert code == 0, shown
+        assert "\x1b[1;36mnode" in shown  # the labels in bold cyan, aligned as fields
+        assert "\x1b[32mRUNNING\x1b[0m" in shown
     finally:
         events.close()
     assert daemon.terminate() == 0

@@ -9,10 +9,24 @@ zsh, into a directory of `$fpath` as `_wemixvisor`.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from wemixvisor.commands.common import CliContext
+from wemixvisor.config import SETTINGS
 
 SHELLS = ("bash", "zsh")
+
+
+def complete_config_keys(argument: argparse.Action) -> None:
+    """Let `argument` (a KEY of `config set | unset`) complete to the config.toml keys."""
+    keys = " ".join(setting.key for setting in SETTINGS if setting.in_file)
+    completion: dict[str, Any] = {
+        "bash": "_wemixvisor_config_keys",
+        "zsh": f"({keys})",
+        "preamble": {"bash": f'_wemixvisor_config_keys() {{\n  compgen -W "{keys}" -- "$1"\n}}\n'},
+    }
+    # shtab reads this attribute of an argparse action.
+    argument.complete = completion  # type: ignore[attr-defined]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from wemixvisor.commands.common import EXIT_FAILURE, EXIT_USAGE, CliContext, CommandError
+from wemixvisor.commands.completion import complete_config_keys
 from wemixvisor.config import (
     SECTIONS,
     SETTINGS,
@@ -87,7 +89,9 @@ def _register_edits(actions: argparse._SubParsersAction[argparse.ArgumentParser]
         help="set one key in config.toml",
         description=f"Set KEY (section.key, as `config show` lists them) to VALUE. {checked}",
     )
-    setting.add_argument("key", metavar="KEY", help="section.key, e.g. node.max_restarts")
+    complete_config_keys(
+        setting.add_argument("key", metavar="KEY", help="section.key, e.g. node.max_restarts")
+    )
     setting.add_argument(
         "value",
         metavar="VALUE",
@@ -99,7 +103,9 @@ def _register_edits(actions: argparse._SubParsersAction[argparse.ArgumentParser]
         help="remove one key from config.toml (back to the environment or the default)",
         description=f"Remove KEY from config.toml. {checked}",
     )
-    unsetting.add_argument("key", metavar="KEY", help="section.key, e.g. node.max_restarts")
+    complete_config_keys(
+        unsetting.add_argument("key", metavar="KEY", help="section.key, e.g. node.max_restarts")
+    )
     unsetting.set_defaults(handler=run_unset)
     init = actions.add_parser(
         "init",
@@ -186,30 +192,28 @@ def _report(edit: ConfigEdit, ctx: CliContext, done: str) -> None:
         )
 
 
+def _edit(ctx: CliContext, done: str, change: Callable[[Path], ConfigEdit]) -> int:
+    """Carry out one edit of config.toml and say what it did: 0, or 2 when refused."""
+    try:
+        edit = change(config_file(ctx.env, ctx.overrides))
+    except ConfigError as exc:
+        raise _edit_failed(exc) from None
+    _report(edit, ctx, f"{edit.setting.key} {done}")
+    return 0
+
+
 def run_set(args: argparse.Namespace, ctx: CliContext) -> int:
     """Set one key in config.toml: 0 done, 2 invalid (file untouched)."""
     from wemixvisor.config.edit import set_key  # noqa: PLC0415  (tomlkit: only when editing)
 
-    path = config_file(ctx.env, ctx.overrides)
-    try:
-        edit = set_key(path, args.key, args.value, ctx.env)
-    except ConfigError as exc:
-        raise _edit_failed(exc) from None
-    _report(edit, ctx, f"{edit.setting.key} set")
-    return 0
+    return _edit(ctx, "set", lambda path: set_key(path, args.key, args.value, ctx.env))
 
 
 def run_unset(args: argparse.Namespace, ctx: CliContext) -> int:
     """Remove one key from config.toml: 0 done (or not there), 2 invalid."""
     from wemixvisor.config.edit import unset_key  # noqa: PLC0415
 
-    path = config_file(ctx.env, ctx.overrides)
-    try:
-        edit = unset_key(path, args.key, ctx.env)
-    except ConfigError as exc:
-        raise _edit_failed(exc) from None
-    _report(edit, ctx, f"{edit.setting.key} unset")
-    return 0
+    return _edit(ctx, "unset", lambda path: unset_key(path, args.key, ctx.env))
 
 
 def run_init(args: argparse.Namespace, ctx: CliContext) -> int:

@@ -34,6 +34,7 @@ from wemixvisor.commands.common import (
     CommandError,
     ask_daemon,
     daemon_runs,
+    print_text,
     run_offline,
     warn_fall_back,
 )
@@ -323,7 +324,7 @@ def run_list(args: argparse.Namespace, ctx: CliContext) -> int:
     if args.json:
         print(msgspec.json.encode(reply).decode())
     else:
-        print(LIST_UPGRADES.render(reply))
+        print_text(LIST_UPGRADES.render(reply))
         _warn(reply.problems)
     return 0
 

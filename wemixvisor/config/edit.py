@@ -22,7 +22,7 @@ import tomlkit
 import tomlkit.exceptions
 from tomlkit.items import Item, Table
 
-from wemixvisor.config.load import MAX_CONFIG_BYTES, load_config
+from wemixvisor.config.load import load_config, read_config_text
 from wemixvisor.config.schema import SETTING_BY_KEY, Config
 from wemixvisor.config.settings import Setting
 from wemixvisor.config.templates import template_path
@@ -81,22 +81,9 @@ def toml_value(setting: Setting, text: str) -> object:
 
 def _read_document(path: Path) -> tomlkit.TOMLDocument:
     """The file as an editable document; an absent file is an empty one."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return tomlkit.document()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ConfigError(f"{path} is not a regular file")
-    if info.st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
-    try:
-        text = path.read_bytes()[: MAX_CONFIG_BYTES + 1].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text (bad byte at offset {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    text = read_config_text(path)
     try:
         return tomlkit.parse(text)
     except (tomlkit.exceptions.TOMLKitError, RecursionError) as exc:
