@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from tests.daemon_harness import EventLog
@@ -183,6 +184,27 @@ def test_a_broken_file_is_refused_and_a_bad_key_can_be_unset(env: dict[str, str]
     path.unlink()
     path.mkdir()
     assert "is not a regular file" in wemixvisor(env, "config", "set", "node.max_restarts", "6")[2]
+
+
+def test_edits_made_at_the_same_time_all_land(env: dict[str, str]) -> None:
+    keys = ["node.max_restarts", "backup.keep", "rpc.timeout", "node.startsecs"]
+    keys += ["node.backoff_max", "rpc.poll_interval", "log.level", "node.shutdown_grace"]
+    values = ["7", "4", "3s", "3s", "2m", "400ms", "debug", "20s"]
+    editors = [
+        subprocess.Popen(
+            [sys.executable, "-m", "wemixvisor.cli", "config", "set", key, value],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for key, value in zip(keys, values, strict=True)
+    ]
+    for editor in editors:
+        _, err = editor.communicate(timeout=120)
+        assert editor.returncode == 0, err
+    shown = msgspec.json.decode(wemixvisor(env, "config", "show", "--json")[1])
+    assert {key for key, source in shown["sources"].items() if source == "file"} == set(keys)
+    assert leftovers(env) == []
 
 
 def test_a_symlinked_file_keeps_its_link_and_its_mode(env: dict[str, str], tmp_path: Path) -> None:

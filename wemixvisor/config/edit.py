@@ -10,11 +10,13 @@ when it changes (SPEC §3), never sees a half-written or invalid edit. Keys are 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import fcntl
 import os
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,36 +135,53 @@ def write_checked(path: Path, text: str, env: Mapping[str, str]) -> Config:
     return config
 
 
+@contextlib.contextmanager
+def _edit_lock(path: Path) -> Iterator[None]:
+    """One edit of config.toml at a time: an flock on its directory (no lock file to leave
+    behind), so two operators' edits never lose one another's key."""
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def set_key(path: Path, key: str, text: str, env: Mapping[str, str]) -> ConfigEdit:
     """Set `key` to `text` in the config.toml at `path` (created when absent)."""
     setting = file_setting(key)
     value = toml_value(setting, text)
-    document = _read_document(path)
-    table = _table(document, path, setting.section, create=True)
-    assert table is not None
-    before = table.get(setting.name)
-    changed = not isinstance(before, Item) or before.unwrap() != value
-    table[setting.name] = value
-    write_checked(path, tomlkit.dumps(document), env)
+    with _edit_lock(path):
+        document = _read_document(path)
+        table = _table(document, path, setting.section, create=True)
+        assert table is not None
+        before = table.get(setting.name)
+        changed = not isinstance(before, Item) or before.unwrap() != value
+        table[setting.name] = value
+        write_checked(path, tomlkit.dumps(document), env)
     return ConfigEdit(path, setting, changed)
 
 
 def unset_key(path: Path, key: str, env: Mapping[str, str]) -> ConfigEdit:
     """Remove `key` from the config.toml at `path`: back to the environment or the default."""
     setting = file_setting(key)
-    document = _read_document(path)
-    table = _table(document, path, setting.section, create=False)
-    if table is None or setting.name not in table:
-        return ConfigEdit(path, setting, changed=False)
-    del table[setting.name]
-    write_checked(path, tomlkit.dumps(document), env)
+    with _edit_lock(path):
+        document = _read_document(path)
+        table = _table(document, path, setting.section, create=False)
+        if table is None or setting.name not in table:
+            return ConfigEdit(path, setting, changed=False)
+        del table[setting.name]
+        write_checked(path, tomlkit.dumps(document), env)
     return ConfigEdit(path, setting, changed=True)
 
 
 def init_config(path: Path, name: str, env: Mapping[str, str], *, force: bool) -> Path:
     """Write the commented template `name` as the config.toml at `path`; the template used."""
     template = template_path(name)
-    if (path.exists() or path.is_symlink()) and not force:
-        raise FileExistsError(path)
-    write_checked(path, template.read_text(encoding="utf-8"), env)
+    with _edit_lock(path):
+        if (path.exists() or path.is_symlink()) and not force:
+            raise FileExistsError(path)
+        write_checked(path, template.read_text(encoding="utf-8"), env)
     return template

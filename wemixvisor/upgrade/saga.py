@@ -172,7 +172,7 @@ class UpgradeSaga:
                 return SagaResult(self.plan.name, Outcome.FAILED, f"preflight: {reason}")
             if self.config.node.validator_mode:
                 self._record_validator()
-            steps.record_args(self.ctx)
+            steps.prepare_args(self.ctx)
             self.bus.publish(
                 ev.UpgradeStarted(
                     name=self.plan.name,
@@ -250,7 +250,7 @@ class UpgradeSaga:
             case Step.CUSTOM_PREUPGRADE:
                 steps.run_custom_preupgrade(self.ctx)
             case Step.SWITCH:
-                steps.switch(self.ctx)
+                switch_current(self.home, self.journal.to_target)
             case Step.APP_PREUPGRADE:
                 steps.run_app_preupgrade(self.ctx)
             case Step.STARTING:

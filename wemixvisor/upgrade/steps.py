@@ -23,7 +23,7 @@ from wemixvisor.bus import Bus
 from wemixvisor.chain.rpc import RpcClient, RpcError
 from wemixvisor.config import Config
 from wemixvisor.home.fsutil import atomic_write_bytes
-from wemixvisor.home.layout import Home, LayoutError, switch_current
+from wemixvisor.home.layout import Home, LayoutError
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.backup import FinishBackup, RestoreBackup
 from wemixvisor.messages.node import NodeState, NodeStatus
@@ -186,17 +186,11 @@ def run_app_preupgrade(ctx: StepContext) -> None:
         raise StepFailed(Step.APP_PREUPGRADE, outcome.reason)
 
 
-def switch(ctx: StepContext) -> None:
-    """`switch`: point `current` at the new binary. A plan with `info.node_args` first leaves
-    its copy beside the binary: the new binary's arguments are read from it when it starts."""
-    if ctx.plan.info is not None and "node_args" in ctx.plan.info:
-        copy_plan(ctx)
-    switch_current(ctx.home, ctx.journal.to_target)
-
-
-def record_args(ctx: StepContext) -> None:
-    """Journal the node's arguments before the upgrade and those the plan declares (the quick
-    preflight right before has checked the declaration; a record it cannot make stays None)."""
+def prepare_args(ctx: StepContext) -> None:
+    """Before the stop: journal the node's arguments and those the plan declares (the quick
+    preflight right before has checked the declaration; a record it cannot make stays None).
+    A plan with `info.node_args` leaves its copy beside the new binary now: the binary's
+    arguments are read from there when it starts, and written now it adds no downtime."""
     try:
         ctx.journal.from_args = list(ctx.node.status().args)
     except NodeUnavailable:
@@ -206,6 +200,8 @@ def record_args(ctx: StepContext) -> None:
         ctx.journal.to_args = upgrade_node_args(directory, ctx.plan.info)
     except (LayoutError, NodeArgsError) as exc:
         logger.warning("upgrade {}: node arguments unknown: {}", ctx.plan.name, exc)
+    if ctx.plan.info is not None and "node_args" in ctx.plan.info:
+        copy_plan(ctx)
 
 
 def copy_plan(ctx: StepContext) -> None:
