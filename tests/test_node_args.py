@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -42,8 +43,8 @@ def node_cmdline(chain: Chain) -> list[str]:
     return list(nodes[0].cmdline()[1:])
 
 
-def status_args(chain: Chain) -> list[str]:
-    """`wemixvisor status --json`: the arguments the daemon says the node runs with."""
+def status_node(chain: Chain) -> dict[str, Any]:
+    """`wemixvisor status --json`: what the daemon says about the node."""
     result = subprocess.run(
         [sys.executable, "-m", "wemixvisor.cli", "status", "--json"],
         env={**os.environ, **chain.daemons[-1].env},
@@ -52,7 +53,13 @@ def status_args(chain: Chain) -> list[str]:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    args: list[str] = msgspec.json.decode(result.stdout)["node"]["args"]
+    node: dict[str, Any] = msgspec.json.decode(result.stdout)["node"]
+    return node
+
+
+def status_args(chain: Chain) -> list[str]:
+    """The arguments the daemon says the node runs with."""
+    args: list[str] = status_node(chain)["args"]
     return args
 
 
@@ -110,7 +117,19 @@ def test_a_plan_gives_the_new_binary_its_arguments_and_they_survive_a_daemon_res
         assert status_args(chain) == new_args
     finally:
         events.close()
-    assert again.terminate() == 0
+    # A daemon killed outright leaves its node running; the next one adopts it and reports the
+    # arguments the process really has.
+    again.kill()
+    adopting = chain.daemon()
+    events = EventLog(adopting.events_endpoint)
+    try:
+        events.wait_for("supervisor.heartbeat", lambda p: p["node_state"] == "RUNNING")
+        node = status_node(chain)
+        assert node["adopted"] is True
+        assert node["args"] == new_args
+    finally:
+        events.close()
+    assert adopting.terminate() == 0
 
 
 def test_a_new_binary_failing_with_its_file_arguments_rolls_back_to_the_old_ones(
