@@ -138,8 +138,8 @@ class NodeActor(SupervisedActor):
         self._config = config
         self._home = home
         self._bus = bus
-        # `[node] args` and the `run` arguments: what a binary without arguments of its own
-        # (`node.args`) runs with.
+        # `[node] args` and the `run` arguments: what a binary runs with when its upgrade
+        # directory declares none (`wemixvisor.node.args`, resolved at every spawn).
         self._configured_args = node_args
         self._running_args: list[str] = []
         self._autostart = autostart and held_by is None
