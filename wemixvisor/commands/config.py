@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add the `config` verb with its `show` and `validate` actions."""
     parser = subparsers.add_parser(
         "config",
-        help="show or validate the configuration",
+        help="show, validate or edit the configuration",
         description=(
             "Configuration comes from --set flags, then the environment, then "
             "$DAEMON_HOME/wemixvisor/config.toml, then the defaults."
