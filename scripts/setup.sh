@@ -14,6 +14,11 @@ if ! command -v npm >/dev/null 2>&1; then
     exit 1
   fi
 fi
+# zsh: the tests load `wemixvisor completion zsh` into a real zsh (optional: skipped without).
+if ! command -v zsh >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing zsh (completion tests)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zsh >/dev/null
+fi
 
 # The browser tests drive Debian's chromium through its chromedriver (no browser download).
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then

@@ -13,6 +13,7 @@ from wemixvisor.commands import (
     add_upgrade,
     alert,
     backup,
+    completion,
     config,
     events,
     governance,
@@ -53,6 +54,7 @@ COMMANDS: tuple[Command, ...] = (
     keys,
     governance,
     web,
+    completion,
 )
 """Every verb, in the order `--help` lists them."""
 

@@ -51,6 +51,7 @@ from wemixvisor.messages.node import (
     WatchNode,
 )
 from wemixvisor.node import process as proc_os
+from wemixvisor.node.args import NodeArgsError, args_for_target
 from wemixvisor.node.lease import LeaseBook
 from wemixvisor.node.lifecycle import Action, Lifecycle, Trigger, transition
 from wemixvisor.node.logfile import ROTATE_INTERVAL, log_rotation
@@ -137,7 +138,10 @@ class NodeActor(SupervisedActor):
         self._config = config
         self._home = home
         self._bus = bus
-        self._node_args = node_args
+        # `[node] args` and the `run` arguments: what a binary runs with when its upgrade
+        # directory declares none (`wemixvisor.node.args`, resolved at every spawn).
+        self._configured_args = node_args
+        self._running_args: list[str] = []
         self._autostart = autostart and held_by is None
         self._policy = RestartPolicy.of(config)
         self._lifecycle = Lifecycle()
@@ -278,7 +282,8 @@ class NodeActor(SupervisedActor):
     def _spawn(self) -> None:
         try:
             current = read_current(self._home)
-        except LayoutError as exc:
+            args = args_for_target(self._home, current.target, self._configured_args)
+        except (LayoutError, NodeArgsError) as exc:
             # Not transient: retrying cannot fix a broken `current`; the operator must.
             self._last_error = str(exc)
             logger.error("cannot start the node: {}", exc)
@@ -292,7 +297,7 @@ class NodeActor(SupervisedActor):
             ev.NodeStarting(
                 binary=binary,
                 target=current.target,
-                args=list(self._node_args),
+                args=list(args),
                 attempt=len(self._history.restarts) + 1,
             )
         )
@@ -300,7 +305,7 @@ class NodeActor(SupervisedActor):
         try:
             process = proc_os.spawn_node(
                 current.binary,
-                self._node_args,
+                args,
                 target=current.target,
                 log_path=self._home.node_log,
                 cwd=self._home.root,
@@ -312,9 +317,10 @@ class NodeActor(SupervisedActor):
             self._fire(Trigger.SPAWN_FAILED)
             return
         self._process = process
+        self._running_args = args
         self._killed = False
         self._running_since = None
-        logger.info("node started: pid {} {} {}", process.pid, binary, self._node_args)
+        logger.info("node started: pid {} {} {}", process.pid, binary, args)
         proc_os.write_pidfile(node_pid_file(self._home), process)
         self._watch_exit(process, generation, f"node-wait-{process.pid}")
         self._cancel_probe()
@@ -345,6 +351,7 @@ class NodeActor(SupervisedActor):
             popen=None,
         )
         self._process = process
+        self._running_args = proc_os.command_args(record.pid)
         uptime = max(time.time() - record.started_at, 0.0)
         self._running_since = time.monotonic() - uptime
         self._fire(Trigger.ADOPTED)
@@ -535,4 +542,5 @@ class NodeActor(SupervisedActor):
             rss_bytes=rss,
             last_error=self._last_error,
             lease=f"{lease.holder}: {lease.reason}" if lease is not None else None,
+            args=list(self._running_args) if process is not None else [],
         )

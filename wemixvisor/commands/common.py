@@ -45,6 +45,7 @@ __all__ = [
     "daemon_runs",
     "open_client",
     "print_reply",
+    "print_text",
     "request",
     "run_offline",
     "seconds",
@@ -258,9 +259,20 @@ def warn_fall_back(exc: ControlUnreachable, home: Home) -> None:
     )
 
 
+def print_text(text: str) -> None:
+    """Print what a verb rendered: on a terminal with tables and colour, else as it is."""
+    if sys.stdout.isatty():
+        # Imported here: rich only loads when a person reads the output.
+        from wemixvisor.commands.terminal import show  # noqa: PLC0415
+
+        show(text)
+    else:
+        print(text)
+
+
 def print_reply(verb: Verb[Any, Any, Rep], reply: Rep, *, as_json: bool) -> None:
     """The reply as one JSON object, or as the verb renders it for people."""
     if as_json:
         print(msgspec.json.encode(reply).decode())
     else:
-        print(verb.render(reply))
+        print_text(verb.render(reply))

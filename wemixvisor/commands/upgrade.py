@@ -16,12 +16,15 @@ and the plan files.
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import re
 import sys
 from typing import Any
 
 import msgspec
 
+from wemixvisor.commands.backup_follow import follow_download, subscribe
 from wemixvisor.commands.common import (
     EXIT_FAILURE,
     EXIT_UNREACHABLE,
@@ -30,6 +33,7 @@ from wemixvisor.commands.common import (
     CommandError,
     ask_daemon,
     daemon_runs,
+    print_text,
     run_offline,
     warn_fall_back,
 )
@@ -110,6 +114,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     schedule.add_argument("--info", metavar="JSON", help="the plan's info, a JSON object")
     schedule.add_argument(
         "--now", action="store_true", help="accept a height that has passed: upgrade at once"
+    )
+    schedule.add_argument(
+        "--follow",
+        action="store_true",
+        help="show the running daemon's download of the binary until it is installed",
     )
     schedule.set_defaults(handler=run_schedule)
 
@@ -281,8 +290,22 @@ def run_schedule(args: argparse.Namespace, ctx: CliContext) -> int:
     must_have_checksum = ctx.config.upgrade.download_must_have_checksum
     info = build_info(args.info, args.binary, args.checksum, must_have_checksum)
     plan = plan_from_arguments(args.name, args.height, info)
-    schedule(ctx, schedule_request(plan, now=args.now))
-    return 0
+    request = schedule_request(plan, now=args.now)
+    home = Home.from_config(ctx.config)
+    if not args.follow or not daemon_runs(home):
+        schedule(ctx, request)
+        return 0
+    binary = home.upgrade_bin(plan.name)
+    subscriber = subscribe(ctx, ["download.", "plan.preflight_failed"])
+    try:
+        schedule(ctx, request)
+        if os.path.lexists(binary):
+            print(f"{binary} is installed: nothing to download")
+            return 0
+        alive = functools.partial(daemon_runs, home)
+        return follow_download(subscriber, plan.name, binary, daemon_alive=alive)
+    finally:
+        subscriber.close()
 
 
 def _listing(ctx: CliContext) -> tuple[ListUpgradesReply, str | None]:
@@ -310,7 +333,7 @@ def run_list(args: argparse.Namespace, ctx: CliContext) -> int:
     if args.json:
         print(msgspec.json.encode(reply).decode())
     else:
-        print(LIST_UPGRADES.render(reply))
+        print_text(LIST_UPGRADES.render(reply))
         _warn(reply.problems)
     return 0
 

@@ -203,8 +203,9 @@ def _did_you_mean(word: str, candidates: list[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    """The decoded TOML document at `path`; ConfigError naming the file for anything unreadable."""
+def read_config_text(path: Path) -> str:
+    """The text of the config file at `path`: a regular file of at most MAX_CONFIG_BYTES of
+    UTF-8; ConfigError naming the file for anything else."""
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -229,6 +230,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"config file {path} is not UTF-8 text (bad byte at offset {exc.start})"
         ) from None
+    return text
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The decoded TOML document at `path`; ConfigError naming the file for anything unreadable."""
+    text = read_config_text(path)
     try:
         document: dict[str, Any] = msgspec.toml.decode(text)
     except (msgspec.DecodeError, ValueError) as exc:
@@ -298,6 +305,11 @@ def _resolve_home(env: Mapping[str, str], overrides: Mapping[str, str]) -> tuple
         raise ConfigError(f"{origin}={show_value(text)}: {exc.reason}") from None
     assert isinstance(home, Path)
     return home, source
+
+
+def config_file(env: Mapping[str, str], overrides: Mapping[str, str] | None = None) -> Path:
+    """`$DAEMON_HOME/wemixvisor/config.toml`, found without reading it (to edit a broken one)."""
+    return _resolve_home(env, overrides or {})[0] / "wemixvisor" / "config.toml"
 
 
 def _check_consistency(values: Mapping[str, object], sources: Mapping[str, str]) -> None:

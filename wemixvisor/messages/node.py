@@ -131,3 +131,4 @@ class NodeStatus(msgspec.Struct, frozen=True):
     rss_bytes: int
     last_error: str | None
     lease: str | None = None  # who holds the node for maintenance, and why
+    args: list[str] = msgspec.field(default_factory=list)  # what the node process runs with

@@ -258,6 +258,14 @@ def remove_pidfile(path: Path) -> None:
         path.unlink()
 
 
+def command_args(pid: int) -> list[str]:
+    """The arguments (without the program) process `pid` runs with; empty when unreadable."""
+    try:
+        return psutil.Process(pid).cmdline()[1:]
+    except psutil.Error:
+        return []
+
+
 def find_adoptable(record: PidRecord) -> psutil.Process | None:
     """The still-running process the record describes, or None.
 

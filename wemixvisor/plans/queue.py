@@ -16,6 +16,10 @@ MAX_PLAN_BYTES = 1024 * 1024
 MAX_HEIGHT = 2**63 - 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _URL_PREFIXES = ("http://", "https://", "file://")
+MAX_NODE_ARGS = 1000
+"""More node arguments than this (in a plan or a node-args file) is refused."""
+MAX_NODE_ARGS_BYTES = 1024 * 1024
+"""A node-args file (or a plan's node_args, all arguments together) larger than this is refused."""
 
 
 class PlanError(ValueError):
@@ -102,7 +106,41 @@ def _validate_info(info: object) -> tuple[dict[str, Any] | None, str | None]:
     raise PlanError(f"info must be an object, a JSON string or an URL, got {type(info).__name__}")
 
 
+def validate_node_args(value: object, where: str = "info.node_args") -> list[str]:
+    """The node's arguments from a plan (`info.node_args`) or a node-args file: a list of at
+    most MAX_NODE_ARGS strings without NUL bytes, MAX_NODE_ARGS_BYTES in all."""
+    if not isinstance(value, list):
+        raise PlanError(f"{where} must be a list of strings, got {type(value).__name__}")
+    if len(value) > MAX_NODE_ARGS:
+        raise PlanError(f"{where} has {len(value)} arguments, over the limit of {MAX_NODE_ARGS}")
+    total = 0
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise PlanError(f"{where}[{index}] must be a string, got {type(item).__name__}")
+        if "\0" in item:
+            raise PlanError(f"{where}[{index}] contains a NUL byte")
+        total += len(item.encode(errors="surrogatepass")) + 1
+    if total > MAX_NODE_ARGS_BYTES:
+        raise PlanError(f"{where} is {total} bytes, over the {MAX_NODE_ARGS_BYTES}-byte limit")
+    return list(value)
+
+
+def parse_node_args_file(raw: bytes, where: str = "node-args") -> list[str]:
+    """`upgrades/<name>/node-args`: one argument per line; blank lines and lines starting with
+    `#` are skipped, surrounding whitespace is dropped."""
+    if len(raw) > MAX_NODE_ARGS_BYTES:
+        raise PlanError(f"{where} is over the {MAX_NODE_ARGS_BYTES}-byte limit")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"{where} is not UTF-8 text (bad byte at offset {exc.start})") from None
+    lines = (line.strip() for line in text.splitlines())
+    return validate_node_args([line for line in lines if line and not line.startswith("#")], where)
+
+
 def _check_info_object(info: dict[str, Any]) -> dict[str, Any]:
+    if "node_args" in info:
+        validate_node_args(info["node_args"])
     binaries = info.get("binaries")
     if binaries is None:
         return info

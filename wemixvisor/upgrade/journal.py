@@ -53,6 +53,10 @@ class Journal(msgspec.Struct, kw_only=True):
     # (None when unknown: not validator mode, not a WBFT chain, or the node did not answer).
     validator: bool | None = None
     validator_address: str | None = None
+    # The node's arguments before the upgrade, and those the plan gives the new binary (None:
+    # it declares none, the configured ones apply). A rollback's `current` brings the old back.
+    from_args: list[str] | None = None
+    to_args: list[str] | None = None
 
     @property
     def name(self) -> str:

@@ -20,6 +20,7 @@ from wemixvisor.chain.wbft import WbftClient, assess_quorum
 from wemixvisor.config import Config
 from wemixvisor.home.layout import Home, LayoutError, check_binary
 from wemixvisor.messages.events import Event, ValidatorQuorumAtRisk
+from wemixvisor.node.args import NodeArgsError, upgrade_node_args
 from wemixvisor.node.process import detect_version
 from wemixvisor.plans.queue import Plan
 from wemixvisor.upgrade.download import DownloadError, download_binary, plan_has_binaries
@@ -64,6 +65,10 @@ def check_plan(
             problems.append(
                 f"new binary {binary} reports no version (`version` or `--version` failed)"
             )
+    try:
+        upgrade_node_args(home.upgrade_dir(plan.name), plan.info)
+    except NodeArgsError as exc:
+        problems.append(f"node arguments: {exc}")
     script = custom_preupgrade_path(home, config)
     if script is not None:
         try:

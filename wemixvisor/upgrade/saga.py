@@ -172,6 +172,7 @@ class UpgradeSaga:
                 return SagaResult(self.plan.name, Outcome.FAILED, f"preflight: {reason}")
             if self.config.node.validator_mode:
                 self._record_validator()
+            steps.prepare_args(self.ctx)
             self.bus.publish(
                 ev.UpgradeStarted(
                     name=self.plan.name,

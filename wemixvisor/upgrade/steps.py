@@ -23,11 +23,12 @@ from wemixvisor.bus import Bus
 from wemixvisor.chain.rpc import RpcClient, RpcError
 from wemixvisor.config import Config
 from wemixvisor.home.fsutil import atomic_write_bytes
-from wemixvisor.home.layout import Home
+from wemixvisor.home.layout import Home, LayoutError
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.backup import FinishBackup, RestoreBackup
 from wemixvisor.messages.node import NodeState, NodeStatus
-from wemixvisor.node.client import NodeClient
+from wemixvisor.node.args import NodeArgsError, upgrade_node_args
+from wemixvisor.node.client import NodeClient, NodeUnavailable
 from wemixvisor.plans.queue import Plan, plan_to_object
 from wemixvisor.upgrade import hooks
 from wemixvisor.upgrade.journal import Journal, Step, save_journal
@@ -183,6 +184,24 @@ def run_app_preupgrade(ctx: StepContext) -> None:
         logger.info("app pre-upgrade: {}\n{}", attempt.describe(), attempt.output)
     if not outcome.ok:
         raise StepFailed(Step.APP_PREUPGRADE, outcome.reason)
+
+
+def prepare_args(ctx: StepContext) -> None:
+    """Before the stop: journal the node's arguments and those the plan declares (the quick
+    preflight right before has checked the declaration; a record it cannot make stays None).
+    A plan with `info.node_args` leaves its copy beside the new binary now: the binary's
+    arguments are read from there when it starts, and written now it adds no downtime."""
+    try:
+        ctx.journal.from_args = list(ctx.node.status().args)
+    except NodeUnavailable:
+        ctx.journal.from_args = None
+    try:
+        directory = ctx.home.target_dir(ctx.journal.to_target)
+        ctx.journal.to_args = upgrade_node_args(directory, ctx.plan.info)
+    except (LayoutError, NodeArgsError) as exc:
+        logger.warning("upgrade {}: node arguments unknown: {}", ctx.plan.name, exc)
+    if ctx.plan.info is not None and "node_args" in ctx.plan.info:
+        copy_plan(ctx)
 
 
 def copy_plan(ctx: StepContext) -> None:

@@ -3,6 +3,7 @@ governance proposals."""
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -21,6 +22,7 @@ from wemixvisor.messages.governance import ChainInfo, Proposal
 
 __all__ = [
     "NOT_YET_SEEN",
+    "TableText",
     "duration",
     "render_backups",
     "render_plans",
@@ -83,6 +85,12 @@ def _chain_line(chain: ChainInfo) -> str:
     return text
 
 
+def _shown_args(args: Sequence[str]) -> str:
+    """The node's arguments as a shell would take them, cut short on one line."""
+    text = shlex.join(args)
+    return text if len(text) <= 400 else text[:399] + "…"
+
+
 def render_status(reply: StatusReply) -> str:
     """`wemixvisor status` as text."""
     node = reply.node
@@ -94,6 +102,8 @@ def render_status(reply: StatusReply) -> str:
         f"({node.version or 'version unknown'})",
         f"cpu/rss   {node.cpu_percent:.1f} %  {size(node.rss_bytes)}",
     ]
+    if node.args:
+        lines.insert(2, f"args      {_shown_args(node.args)}")
     if node.last_error:
         lines.append(f"error     {node.last_error}")
     head = reply.head
@@ -137,6 +147,21 @@ def render_status(reply: StatusReply) -> str:
     return "\n".join(lines)
 
 
+class TableText(str):
+    """A table as plain text, which it is as a `str`, keeping its header and rows for a
+    terminal that draws a real table (`commands.terminal`)."""
+
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+    def __new__(cls, text: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> TableText:
+        """`text`, with the `header` and `rows` it shows."""
+        table = super().__new__(cls, text)
+        table.header = tuple(header)
+        table.rows = tuple(tuple(row) for row in rows)
+        return table
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, free_last: bool) -> str:
     """Columns padded to their widest cell; the last one unpadded when `free_last`."""
     padded = len(header) - 1 if free_last else len(header)
@@ -145,7 +170,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, free_last: b
     for cells in [header, *rows]:
         parts = [cell.ljust(width) for cell, width in zip(cells[:padded], widths, strict=True)]
         lines.append("  ".join([*parts, *cells[padded:]]).rstrip())
-    return "\n".join(lines)
+    return TableText("\n".join(lines), header, rows)
 
 
 def render_plans(rows: Sequence[PlanRow]) -> str:
