@@ -8,6 +8,7 @@ Other modules ask it instead of joining paths onto `state/` or taking locks them
   daemon's state offline); it holds the pid of the last daemon.
 - `plans.json`: the persistent plan queue.
 - `journal.json`: the upgrade in progress (its `Journal` type belongs to the upgrade saga).
+- `rollback.json`: an operator's rollback in progress (its type belongs to `upgrade.rollback`).
 - `node.pid`: the running node, for adoption after a daemon restart.
 - `governance.json`: what governance applied.
 """
@@ -47,6 +48,7 @@ __all__ = [
     "queue_file",
     "read_journal",
     "read_queue",
+    "rollback_file",
     "save_journal",
     "upgrade_in_progress",
     "write_queue",
@@ -73,6 +75,11 @@ def queue_file(home: Home) -> Path:
 def journal_file(home: Home) -> Path:
     """`state/journal.json`: the upgrade in progress, if any."""
     return home.state_dir / "journal.json"
+
+
+def rollback_file(home: Home) -> Path:
+    """`state/rollback.json`: the operator's rollback of a completed upgrade in progress."""
+    return home.state_dir / "rollback.json"
 
 
 def node_pid_file(home: Home) -> Path:

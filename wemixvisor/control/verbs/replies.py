@@ -37,6 +37,8 @@ __all__ = [
     "PendingPlan",
     "PlanRow",
     "PlansSection",
+    "RehearseUpgradeReply",
+    "RollbackUpgradeReply",
     "ScheduleUpgradeReply",
     "StatusReply",
     "UpgradeStatus",
@@ -181,6 +183,21 @@ class UpgradeStatus(msgspec.Struct, frozen=True):
     journal: dict[str, Any] | None
     journal_error: str | None
     problems: list[str]
+
+
+class RehearseUpgradeReply(msgspec.Struct, frozen=True):
+    """`rehearse_upgrade`: the operation that rehearses plan `name`."""
+
+    operation: str
+    name: str
+
+
+class RollbackUpgradeReply(msgspec.Struct, frozen=True):
+    """`rollback_upgrade`: the operation that rolls upgrade `name` back."""
+
+    operation: str
+    name: str
+    restore: bool
 
 
 class BackupCreateReply(msgspec.Struct, frozen=True):

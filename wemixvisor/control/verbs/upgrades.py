@@ -57,6 +57,8 @@ class ScheduleUpgradeVerb(Verb[PlanContext, ScheduleUpgrade, ScheduleUpgradeRepl
         plan_object: dict[str, Any] = {"name": request.name, "height": request.height}
         if request.info is not None:
             plan_object["info"] = request.info
+        if request.rehearse:
+            plan_object["rehearse"] = True
         try:
             plan = plan_from_object(plan_object, "control")
         except PlanError as exc:
