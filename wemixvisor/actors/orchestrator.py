@@ -635,6 +635,7 @@ class OrchestratorActor(SupervisedActor):
             self._finish_entry(entry, PlanStatus.ROLLED_BACK, result.detail)
         # The queue says what happened before the journal goes: a kill in between resumes it.
         state.clear_journal(state.rollback_file(self._home))
+        self._bus.publish(result.event)
         for waiter in self._rollback_waiters:
             waiter.set(result)
         self._rollback_waiters.clear()

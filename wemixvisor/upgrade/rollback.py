@@ -70,7 +70,6 @@ class RollbackJournal(msgspec.Struct, kw_only=True):
     started_at: float
     restored: bool = False
     resumed: int = 0
-    failure: str | None = None
 
     @property
     def holder(self) -> str:
@@ -80,12 +79,14 @@ class RollbackJournal(msgspec.Struct, kw_only=True):
 
 @dataclass(frozen=True)
 class RollbackResult:
-    """What the orchestrator records: whether `current` points back (`switched`)."""
+    """What the orchestrator records: whether `current` points back (`switched`), and the
+    event it publishes once the queue says so (`upgrade.rollback_completed|failed`)."""
 
     name: str
     ok: bool
     switched: bool
     detail: str
+    event: ev.Event
 
 
 def load_rollback(path: Path) -> RollbackJournal | None:
@@ -289,20 +290,18 @@ class Rollback:
     def _completed(self) -> RollbackResult:
         journal = self.journal
         restored = journal.backup if journal.restored else None
-        self.bus.publish(
-            ev.UpgradeRollbackCompleted(
-                name=journal.name,
-                height=journal.height,
-                target=journal.target,
-                restored_backup=restored,
-                seconds=time.monotonic() - self._began,
-            )
+        event = ev.UpgradeRollbackCompleted(
+            name=journal.name,
+            height=journal.height,
+            target=journal.target,
+            restored_backup=restored,
+            seconds=time.monotonic() - self._began,
         )
         detail = f"rolled back to {journal.target}"
         if restored is not None:
             detail += f", backup {restored} restored"
         logger.warning("upgrade {} {}", journal.name, detail)
-        return RollbackResult(journal.name, ok=True, switched=True, detail=detail)
+        return RollbackResult(journal.name, ok=True, switched=True, detail=detail, event=event)
 
     def _failed(self, step: RollbackStep, reason: str) -> RollbackResult:
         """Report the failure. Before the old binary was started, undo: `current` back at the
@@ -320,13 +319,13 @@ class Rollback:
                 logger.exception("undoing the rollback of {} failed", journal.name)
                 reason = f"{reason}; undoing it failed too: {exc!r}"
                 target = None
-        self.bus.publish(
-            ev.UpgradeRollbackFailed(
-                name=journal.name, step=step.value, reason=reason, target=target
-            )
+        event = ev.UpgradeRollbackFailed(
+            name=journal.name, step=step.value, reason=reason, target=target
         )
-        journal.failure = reason
-        journal.step = RollbackStep.COMPLETED if switched else journal.step
         return RollbackResult(
-            journal.name, ok=False, switched=switched, detail=f"rollback failed at {step}: {reason}"
+            journal.name,
+            ok=False,
+            switched=switched,
+            detail=f"rollback failed at {step}: {reason}",
+            event=event,
         )
