@@ -17,6 +17,7 @@ import msgspec
 from loguru import logger
 
 from wemixvisor.actors.base import FailureSink, SupervisedActor
+from wemixvisor.actors.operator_duties import OperatorDuties, RehearsalDone, RollbackFinished
 from wemixvisor.bus import Bus
 from wemixvisor.chain.wbft import start_signing_check
 from wemixvisor.config import Config, apply_reloadable
@@ -30,7 +31,6 @@ from wemixvisor.messages.node import StartNode
 from wemixvisor.messages.plans import (
     CancelPlan,
     ListPlans,
-    Refusal,
     RegisterPlans,
     RehearsePlan,
     ResendPlans,
@@ -44,27 +44,16 @@ from wemixvisor.plans.queue import (
     QueueState,
     RegisterOutcome,
 )
-from wemixvisor.upgrade import rehearsal
 from wemixvisor.upgrade.journal import Journal, JournalError, Step, load_journal
 from wemixvisor.upgrade.preflight import (
     check_plan,
     fetch_missing_binary,
     warn_if_quorum_at_risk,
 )
-from wemixvisor.upgrade.rollback import (
-    Rollback,
-    RollbackJournal,
-    RollbackResult,
-    load_rollback,
-    new_journal,
-    refuse_rollback,
-)
 from wemixvisor.upgrade.saga import Outcome, SagaResult, UpgradeSaga
 
 PREFLIGHT_RECHECK = 60.0  # seconds between re-checks of a plan whose preflight failed
 PREFLIGHT_AHEAD_BLOCKS = 10  # re-check this many blocks before H
-REHEARSAL_STOP_WAIT = 15.0  # seconds a stopping orchestrator waits for its rehearsal's cleanup
-REHEARSAL_OPERATION_TIMEOUT = 24 * 3600.0  # a rehearsal may wait for its pre-staged copy
 _LATENCY_SAMPLES = 10_000
 
 
@@ -105,16 +94,7 @@ class _PreflightDue(msgspec.Struct, frozen=True):
     name: str
 
 
-class _RehearsalDone(msgspec.Struct, frozen=True):
-    name: str
-    outcome: Any  # rehearsal.RehearsalOutcome
-
-
-class _RollbackFinished(msgspec.Struct, frozen=True):
-    result: Any  # RollbackResult
-
-
-class OrchestratorActor(SupervisedActor):
+class OrchestratorActor(OperatorDuties, SupervisedActor):
     """Registers plans, watches the head, and starts the upgrade saga at H."""
 
     role = "orchestrator"
@@ -140,12 +120,7 @@ class OrchestratorActor(SupervisedActor):
         self._checked_ahead: set[str] = set()
         self._preflights: dict[str, int] = {}  # preflight threads running, per plan
         self._waiting_for_download: set[str] = set()
-        self._rehearsing: tuple[str, threading.Event] | None = None  # plan, its job's end
-        self._rehearsal_waiters: dict[str, list[Any]] = {}  # plan -> futures of `finished`
-        self._rehearsal_wanted: set[str] = set()  # waiting for their pre-staged copy
-        self._rollback: Rollback | None = None
-        self._rollback_waiters: list[Any] = []
-        self._held_back: set[str] = set()  # due plans held back for their rehearsal (logged)
+        self._init_operator_duties()
         self._latency: collections.deque[tuple[int, float, float]] = collections.deque(
             maxlen=_LATENCY_SAMPLES
         )
@@ -175,10 +150,7 @@ class OrchestratorActor(SupervisedActor):
         self._bus.tell("files", ResendPlans())
 
     def teardown(self) -> None:
-        # The rehearsal's process and scratch copy go before the daemon does (its job kills and
-        # removes them once told to stop; a killed daemon's are removed at the next start).
-        if self._rehearsing is not None:
-            self._rehearsing[1].wait(REHEARSAL_STOP_WAIT)
+        self._wait_for_rehearsal_cleanup()
 
     # messages
 
@@ -218,11 +190,11 @@ class OrchestratorActor(SupervisedActor):
                 self._on_rehearse(message)
             case ev.BackupStaged(plan=plan):
                 self._on_staged(plan)
-            case _RehearsalDone():
+            case RehearsalDone():
                 self._on_rehearsed(message.name, message.outcome)
             case RollbackPlan():
                 self._on_rollback(message)
-            case _RollbackFinished(result=result):
+            case RollbackFinished(result=result):
                 self._on_rollback_finished(result)
             case _:
                 logger.warning("orchestrator: unexpected message {!r}", message)
@@ -318,14 +290,7 @@ class OrchestratorActor(SupervisedActor):
         if entry is None:
             return
         name = entry.plan.name
-        unrehearsed = queue_rules.rehearsal_pending(entry)
-        if unrehearsed is not None:
-            # The operator asked for a rehearsal first: without a passing one it never starts.
-            if name not in self._held_back:
-                self._held_back.add(name)
-                logger.error("upgrade {} is due but does not start: {}", name, unrehearsed)
-            if entry.rehearsal is None:
-                self._want_rehearsal(entry.plan)
+        if self._held_back_for_rehearsal(entry):
             return
         if self._preflights.get(name) and not self._home.upgrade_bin(name).exists():
             # Its download started hours ago and is still running: the upgrade starts when it
@@ -476,170 +441,6 @@ class OrchestratorActor(SupervisedActor):
         elif self._preflight_ok.get(result.name) is False:
             logger.info("preflight of {} passes now", result.name)
         self._preflight_ok[result.name] = not result.problems
-
-    # rehearsal (SPEC §19)
-
-    def _remove_rehearsal_leftovers(self) -> None:
-        backups_dir = self._config.backup.dir
-
-        def clean(_stopping: threading.Event) -> None:
-            removed = rehearsal.remove_leftovers(backups_dir)
-            if removed:
-                logger.warning("removed rehearsal left-overs: {}", ", ".join(removed))
-
-        self.workers.run("rehearsal-leftovers", clean)
-
-    def _busy(self) -> str | None:
-        """What runs that a rehearsal or a rollback must not run beside, if anything."""
-        if self._saga is not None:
-            return f"upgrade {self._saga.plan.name}"
-        if self._rollback is not None:
-            return f"the rollback of {self._rollback.journal.name}"
-        if self._rehearsing is not None:
-            return f"the rehearsal of {self._rehearsing[0]}"
-        return None
-
-    def _rehearsal_refusal(self, name: str) -> Refusal | None:
-        return rehearsal.refuse_rehearsal(
-            queue_rules.get(self._queue, name),
-            name,
-            config=self._config,
-            busy=self._busy(),
-            installed=self._home.upgrade_bin(name).is_file(),
-        )
-
-    def _on_rehearse(self, message: RehearsePlan) -> None:
-        refusal = self._rehearsal_refusal(message.name)
-        if message.done is not None:
-            message.done.set(refusal)
-        if refusal is not None:
-            return
-        if message.finished is not None:
-            self._rehearsal_waiters.setdefault(message.name, []).append(message.finished)
-        self._start_rehearsal(message.name)
-
-    def _want_rehearsal(self, plan: Plan) -> None:
-        """Rehearse `plan` once its pre-staged copy is there (asked for, unless it is)."""
-        if plan.name in self._rehearsal_wanted or self._config.backup.skip:
-            return
-        self._rehearsal_wanted.add(plan.name)
-        self._bus.tell("backup", PrestageBackup(plan.name))
-
-    def _on_staged(self, name: str) -> None:
-        entry = queue_rules.get(self._queue, name)
-        if entry is None or entry.status is not PlanStatus.PENDING:
-            return
-        wanted = name in self._rehearsal_wanted or (entry.plan.rehearse and entry.rehearsal is None)
-        if wanted and self._rehearsal_refusal(name) is None:
-            self._rehearsal_wanted.discard(name)
-            self._start_rehearsal(name)
-
-    def _start_rehearsal(self, name: str) -> None:
-        ended = threading.Event()
-        self._rehearsing = (name, ended)
-        home, config, publish = self._home, self._config, self._bus.publish
-
-        def started(port: int, expected: int | None) -> None:
-            logger.info("rehearsing {} on port {}", name, port)
-            publish(ev.UpgradeRehearsalStarted(name=name, port=port, expected_head=expected))
-
-        def job(stopping: threading.Event) -> _RehearsalDone:
-            try:
-                outcome = rehearsal.rehearse(
-                    home, config, name, stopping=stopping, on_started=started
-                )
-            finally:
-                ended.set()
-            return _RehearsalDone(name, outcome)
-
-        self.workers.run(f"rehearsal-{name}", job)
-
-    def _on_rehearsed(self, name: str, outcome: rehearsal.RehearsalOutcome) -> None:
-        self._rehearsing = None
-        if outcome.needs_staging:
-            logger.info("rehearsal of {} waits for its pre-staged backup", name)
-            self._rehearsal_wanted.discard(name)
-            entry = queue_rules.get(self._queue, name)
-            if entry is not None:
-                self._want_rehearsal(entry.plan)
-            return
-        event = outcome.event(name)
-        log = logger.info if outcome.ok else logger.error
-        log("rehearsal of {}: {}", name, "passed" if outcome.ok else outcome.reason)
-        self._bus.publish(event)
-        for waiter in self._rehearsal_waiters.pop(name, []):
-            waiter.set(event)
-        entry = queue_rules.get(self._queue, name)
-        if entry is None or entry.status is not PlanStatus.PENDING:
-            return
-        entry.rehearsal = outcome.record(time.time())
-        self._save_queue()
-        self._held_back.discard(name)
-        if not outcome.ok and entry.plan.rehearse:
-            problems = [f"rehearsal failed: {outcome.reason}"]
-            self._bus.publish(
-                ev.PlanPreflightFailed(name=name, height=entry.plan.height, problems=problems)
-            )
-        self._maybe_start()
-
-    # the operator's rollback (SPEC §19)
-
-    def _on_rollback(self, message: RollbackPlan) -> None:
-        entry = queue_rules.get(self._queue, message.name)
-        try:
-            current: str | None = read_current(self._home).target
-        except LayoutError:
-            current = None
-        refusal = refuse_rollback(
-            entry, message.name, restore=message.restore, current=current, busy=self._busy()
-        )
-        if message.done is not None:
-            message.done.set(refusal)
-        if refusal is not None or entry is None:
-            return
-        journal = new_journal(entry, restore=message.restore, at=time.time())
-        if message.finished is not None:
-            self._rollback_waiters.append(message.finished)
-        self._start_rollback(journal, resume=False)
-
-    def _resume_rollback(self) -> None:
-        path = state.rollback_file(self._home)
-        try:
-            journal = load_rollback(path)
-        except JournalError as exc:
-            aside = state.move_aside(path)
-            logger.error("{}; moved to {}; the node runs on `current` as it is", exc, aside)
-            self._bus.tell("node", StartNode(reason="unreadable rollback journal"))
-            return
-        if journal is not None:
-            self._start_rollback(journal, resume=True)
-
-    def _start_rollback(self, journal: RollbackJournal, *, resume: bool) -> None:
-        run = Rollback(
-            journal=journal,
-            home=self._home,
-            config=self._config,
-            bus=self._bus,
-            path=state.rollback_file(self._home),
-        )
-        self._rollback = run
-        self.workers.run(
-            f"rollback-{journal.name}",
-            lambda _stopping: _RollbackFinished(run.run(resume=resume)),
-        )
-
-    def _on_rollback_finished(self, result: RollbackResult) -> None:
-        self._rollback = None
-        entry = queue_rules.get(self._queue, result.name)
-        if entry is not None and result.switched:
-            self._finish_entry(entry, PlanStatus.ROLLED_BACK, result.detail)
-        # The queue says what happened before the journal goes: a kill in between resumes it.
-        state.clear_journal(state.rollback_file(self._home))
-        self._bus.publish(result.event)
-        for waiter in self._rollback_waiters:
-            waiter.set(result)
-        self._rollback_waiters.clear()
-        self._maybe_start()
 
     # persistence
 

@@ -48,6 +48,7 @@ __all__ = [
     "queue_file",
     "read_journal",
     "read_queue",
+    "read_rollback",
     "rollback_file",
     "save_journal",
     "upgrade_in_progress",
@@ -174,7 +175,16 @@ def read_journal(home: Home) -> dict[str, Any] | None:
 
     PlanError when the file exists but is not a JSON object.
     """
-    path = journal_file(home)
+    return _read_object(journal_file(home))
+
+
+def read_rollback(home: Home) -> dict[str, Any] | None:
+    """The rollback journal as a raw JSON object (backup retention keeps what it restores);
+    None when there is none, PlanError when it is not a JSON object."""
+    return _read_object(rollback_file(home))
+
+
+def _read_object(path: Path) -> dict[str, Any] | None:
     raw = _read_state(path)
     if raw is None:
         return None

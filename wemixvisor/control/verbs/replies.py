@@ -16,6 +16,7 @@ from wemixvisor.messages.backup import BackupInfo
 from wemixvisor.messages.governance import ChainInfo, Proposal
 from wemixvisor.messages.height import HeightStatus
 from wemixvisor.messages.node import NodeStatus
+from wemixvisor.plans.queue import RehearsalRecord
 
 __all__ = [
     "BackupCreateReply",
@@ -162,6 +163,7 @@ class PlanRow(msgspec.Struct, frozen=True, kw_only=True):
     result: str | None
     registered_at: float | None
     finished_at: float | None
+    rehearsal: RehearsalRecord | None = None  # the last rehearsal of its binary (SPEC §19)
 
 
 class ListUpgradesReply(msgspec.Struct, frozen=True):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from wemixvisor.control.protocol import (
     CancelUpgrade,
     ControlError,
@@ -154,7 +156,7 @@ class CancelUpgradeVerb(Verb[PlanContext, CancelUpgrade, CancelUpgradeReply]):
 
 def plan_row(entry: QueuedPlan) -> PlanRow:
     """A queued plan as `list_upgrades` shows it."""
-    return _row(
+    row = _row(
         entry.plan,
         status=entry.status.value,
         late=entry.late,
@@ -162,6 +164,7 @@ def plan_row(entry: QueuedPlan) -> PlanRow:
         registered_at=entry.registered_at or None,
         finished_at=entry.finished_at,
     )
+    return msgspec.structs.replace(row, rehearsal=entry.rehearsal)
 
 
 def _row(
