@@ -13,7 +13,7 @@ SIGTERM) into a data dir, and pre-staged as a plan's backup exactly as the daemo
 
 The ratio is rehearsal / plain start: what a rehearsal costs beyond starting the binary.
 
-Usage: `python -m bench.rehearsal [--rounds 5] [--blocks 20000] [--dir DIR]`.
+Usage: `python -m bench.rehearsal [--rounds 5] [--blocks 5000] [--dir DIR]`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command line: rounds, chain length, where the temporary home goes."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds of each (default 5)")
-    parser.add_argument("--blocks", type=int, default=20_000, help="chain length (default 20000)")
+    parser.add_argument("--blocks", type=int, default=5_000, help="chain length (default 5000)")
     parser.add_argument("--dir", type=Path, default=None, help="parent of the temporary home")
     return parser.parse_args(argv)
 
@@ -57,7 +57,8 @@ def make_chain(data_dir: Path, blocks: int, log_dir: Path) -> int:
         anvil_binary("1.5.1"), log_dir, block_time=None, state_file=data_dir / "state.json"
     ).start()
     try:
-        rpc_call(node.url, "anvil_mine", [hex(blocks)], timeout=120.0)
+        for start in range(0, blocks, 500):
+            rpc_call(node.url, "anvil_mine", [hex(min(500, blocks - start))], timeout=300.0)
         head = int(rpc_call(node.url, "eth_blockNumber"), 16)
     finally:
         node.stop(grace=60.0)

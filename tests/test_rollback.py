@@ -22,6 +22,7 @@ from devtools.anvil import rpc_call, wait_for_rpc
 from tests.daemon_harness import Daemon, EventLog, kill_node_processes
 from tests.support import wait_until
 from tests.test_upgrade import H_AHEAD, Chain
+from wemixvisor.cli import main as cli_main
 from wemixvisor.control import ControlClient, ControlError
 from wemixvisor.control.protocol import RollbackUpgrade, new_request_id
 from wemixvisor.messages.plans import Refusal
@@ -265,3 +266,40 @@ def test_a_daemon_killed_after_a_rollback_step_finishes_the_rollback_when_restar
     assert entry.result is not None
     assert "restored" in entry.result
     assert again.terminate() == 0
+
+
+# the operator tool without a daemon
+
+
+@pytest.fixture
+def idle_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An initialised home with no daemon running."""
+    for key in list(os.environ):
+        if key.startswith(("DAEMON_", "WEMIXVISOR_", "UNSAFE_", "COSMOVISOR_")):
+            monkeypatch.delenv(key)
+    home = tmp_path / "home"
+    monkeypatch.setenv("DAEMON_HOME", str(home))
+    monkeypatch.setenv("DAEMON_NAME", "gwemix")
+    binary = tmp_path / "gwemix"
+    binary.write_text("#!/bin/sh\necho gwemix 1.0\n")
+    binary.chmod(0o755)
+    assert cli_main(["init", str(binary)]) == 0
+    return home
+
+
+def test_rehearse_and_rollback_need_the_daemon_and_check_their_arguments(
+    idle_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for verb in (["rehearse", "v2"], ["rollback", "v2"], ["rollback", "v2", "--restore"]):
+        assert cli_main(["upgrade", *verb, "--timeout", "0.5"]) == 3
+        assert "control.sock" in capsys.readouterr().err
+    for verb in (["rehearse", "../x"], ["rollback", "a" * 65], ["rollback", ""]):
+        assert cli_main(["upgrade", *verb]) == 2
+        assert "invalid name" in capsys.readouterr().err
+    assert not (idle_home / "wemixvisor" / "state" / "rollback.json").exists()
+
+
+def test_schedule_with_rehearse_writes_it_into_the_plan(idle_home: Path) -> None:
+    assert cli_main(["upgrade", "schedule", "v2", "100", "--rehearse"]) == 0
+    written = msgspec.json.decode((idle_home / "data" / "upgrade-info.json.batch").read_bytes())
+    assert written == [{"name": "v2", "height": 100, "rehearse": True}]

@@ -34,6 +34,7 @@ from wemixvisor.commands.common import (
     EXIT_USAGE,
     CliContext,
     CommandError,
+    add_timeout_argument,
     ask_daemon,
     call,
     daemon_runs,
@@ -161,6 +162,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     rehearsing.add_argument("name", help="the plan's name")
+    add_timeout_argument(rehearsing)
     rehearsing.set_defaults(handler=run_rehearse)
 
     rolling_back = actions.add_parser(
@@ -178,6 +180,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="also restore the backup made at the upgrade (what the new binary wrote is lost)",
     )
+    add_timeout_argument(rolling_back)
     rolling_back.set_defaults(handler=run_rollback)
 
 
@@ -409,12 +412,12 @@ def _plan_name(text: str) -> str:
 def run_rehearse(args: argparse.Namespace, ctx: CliContext) -> int:
     """Have the daemon rehearse a pending plan; print the operation."""
     request = RehearseUpgrade(id=new_request_id(), name=_plan_name(args.name))
-    print(REHEARSE_UPGRADE.render(call(ctx, REHEARSE_UPGRADE, request)))
+    print(REHEARSE_UPGRADE.render(call(ctx, REHEARSE_UPGRADE, request, args.timeout)))
     return 0
 
 
 def run_rollback(args: argparse.Namespace, ctx: CliContext) -> int:
     """Have the daemon roll a completed upgrade back; print the operation."""
     request = RollbackUpgrade(id=new_request_id(), name=_plan_name(args.name), restore=args.restore)
-    print(ROLLBACK_UPGRADE.render(call(ctx, ROLLBACK_UPGRADE, request)))
+    print(ROLLBACK_UPGRADE.render(call(ctx, ROLLBACK_UPGRADE, request, args.timeout)))
     return 0
