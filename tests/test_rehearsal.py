@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from devtools.anvil import rpc_call, wait_for_rpc
+from tests.chain_daemon import start_daemon
 from tests.daemon_harness import Daemon, EventLog, kill_node_processes
 from tests.support import wait_until
 from tests.test_upgrade import Chain, script
@@ -73,18 +74,7 @@ def configure(chain: Chain, timeout: str = "60s", args: str = ANVIL_REHEARSAL) -
 def start(chain: Chain, **env: str) -> Daemon:
     """The daemon on an anvil that writes its state every second: the pre-staged copy holds
     the chain."""
-    base = {
-        "DAEMON_NAME": "anvil",
-        "DAEMON_RPC_ADDRESS": chain.url,
-        "DAEMON_POLL_INTERVAL": "100ms",
-        "WEMIXVISOR_HEARTBEAT_INTERVAL": "500ms",
-        "DAEMON_SHUTDOWN_GRACE": "10s",
-    }
-    state_file = str(chain.home / "data" / "state.json")
-    args = ["--port", str(chain.port), "--block-time", "1", "--state", state_file]
-    daemon = Daemon(chain.home, {**base, **env}, [*args, "--state-interval", "1"]).start()
-    chain.daemons.append(daemon)
-    return daemon
+    return start_daemon(chain, "--state-interval", "1", **env)
 
 
 def write_plan(chain: Chain, name: str, height: int) -> None:

@@ -19,6 +19,7 @@ import msgspec
 import pytest
 
 from devtools.anvil import rpc_call, wait_for_rpc
+from tests.chain_daemon import start_daemon
 from tests.daemon_harness import Daemon, EventLog, kill_node_processes
 from tests.support import wait_until
 from tests.test_upgrade import H_AHEAD, Chain
@@ -59,19 +60,7 @@ def make_chain(
 
 
 def start(chain: Chain, **env: str) -> Daemon:
-    base = {
-        "DAEMON_NAME": "anvil",
-        "DAEMON_RPC_ADDRESS": chain.url,
-        "DAEMON_POLL_INTERVAL": "100ms",
-        "WEMIXVISOR_HEARTBEAT_INTERVAL": "500ms",
-        "DAEMON_SHUTDOWN_GRACE": "10s",
-        "DAEMON_VERIFY_TIMEOUT": "20s",
-    }
-    state_file = str(chain.home / "data" / "state.json")
-    args = ["--port", str(chain.port), "--block-time", "1", "--state", state_file]
-    daemon = Daemon(chain.home, {**base, **env}, args).start()
-    chain.daemons.append(daemon)
-    return daemon
+    return start_daemon(chain, **env)
 
 
 def upgrade(chain: Chain, daemon: Daemon, events: EventLog, name: str) -> None:

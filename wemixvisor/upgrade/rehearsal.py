@@ -40,6 +40,7 @@ from wemixvisor.config import Config
 from wemixvisor.home.layout import Home
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.plans import Refusal
+from wemixvisor.node.process import spawn_node
 from wemixvisor.plans.queue import PlanStatus, QueuedPlan, RehearsalRecord
 
 __all__ = [
@@ -347,24 +348,16 @@ def _run(
     port = _free_port()
     args = fill_args(template, datadir=scratch / backups.DATA, port=port, ipc=ipc)
     expected = _expected_head(staged)
-    log_fd = os.open(scratch / _LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        process = subprocess.Popen(
-            [str(binary), *args],
-            stdin=subprocess.DEVNULL,
-            stdout=log_fd,
-            stderr=log_fd,
-            cwd=scratch,
-            start_new_session=True,
-            close_fds=True,
-        )
+        # The node's own way of starting: own session, output straight into the log file.
+        spawned = spawn_node(binary, args, target="rehearsal", log_path=scratch / _LOG, cwd=scratch)
     except OSError as exc:
         return None, RehearsalOutcome(False, reason=f"cannot start {binary.name}: {exc}")
-    finally:
-        os.close(log_fd)
+    process = spawned.popen
+    assert process is not None
     started = time.monotonic()
-    with contextlib.suppress(psutil.Error, OSError):
-        record = _Record(process.pid, psutil.Process(process.pid).create_time(), str(ipc))
+    with contextlib.suppress(OSError):
+        record = _Record(spawned.pid, spawned.create_time, str(ipc))
         (scratch / _RECORD).write_bytes(msgspec.json.encode(record))
     on_started(port, expected)
     address = f"http://127.0.0.1:{port}" if kind == "port" else str(ipc)
