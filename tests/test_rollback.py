@@ -70,6 +70,8 @@ def upgrade(chain: Chain, daemon: Daemon, events: EventLog, name: str) -> None:
     chain.write_plan(name, chain.head() + H_AHEAD)
     events.wait_for("upgrade.completed", timeout=H_AHEAD + 60)
     assert chain.current() == f"upgrades/{name}"
+    # The event comes from the saga; the queue records the upgrade right after it.
+    wait_until(lambda: queued(chain, name).status is PlanStatus.COMPLETED, what="recorded")
 
 
 def cli(chain: Chain, *args: str) -> subprocess.CompletedProcess[str]:
