@@ -225,6 +225,36 @@ def test_rollback_with_restore_brings_the_data_before_the_upgrade_back(
     assert daemon.terminate() == 0
 
 
+def test_a_rollback_whose_restore_fails_is_undone_and_the_upgraded_node_runs_on(
+    make_chain: Callable[[str, str], Chain],
+) -> None:
+    chain = make_chain("1.5.1", "1.7.1")
+    daemon = start(chain)
+    events = EventLog(daemon.events_endpoint)
+    try:
+        upgrade(chain, daemon, events, "v1.7.1")
+        backup = queued(chain, "v1.7.1").backup
+        assert backup is not None
+        # The copy no longer matches its manifest (a disk error, an operator's edit).
+        files = sorted(
+            p for p in (chain.home / "backups" / backup / "data").rglob("*") if p.is_file()
+        )
+        with files[0].open("ab") as handle:
+            handle.write(b"damage")
+
+        rollback_request(chain, "v1.7.1", restore=True)
+        failed = events.wait_for("upgrade.rollback_failed", timeout=90)
+        assert failed["step"] == "restore"
+        assert failed["target"] == "upgrades/v1.7.1"
+        wait_until(lambda: answers(chain, "1.7.1"), timeout=30, what="the upgraded node runs")
+        assert chain.current() == "upgrades/v1.7.1"
+        assert queued(chain, "v1.7.1").status is PlanStatus.COMPLETED
+        assert not (chain.home / "wemixvisor" / "state" / "rollback.json").exists()
+    finally:
+        events.close()
+    assert daemon.terminate() == 0
+
+
 @pytest.mark.parametrize("step", ["stopping", "switch", "restore", "starting"])
 def test_a_daemon_killed_after_a_rollback_step_finishes_the_rollback_when_restarted(
     make_chain: Callable[[str, str], Chain], step: str

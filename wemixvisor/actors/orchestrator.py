@@ -37,13 +37,7 @@ from wemixvisor.messages.plans import (
     RollbackPlan,
 )
 from wemixvisor.plans import queue as queue_rules
-from wemixvisor.plans.queue import (
-    Plan,
-    PlanError,
-    PlanStatus,
-    QueueState,
-    RegisterOutcome,
-)
+from wemixvisor.plans.queue import Plan, PlanError, PlanStatus, QueueState, RegisterOutcome
 from wemixvisor.upgrade.journal import Journal, JournalError, Step, load_journal
 from wemixvisor.upgrade.preflight import (
     check_plan,
