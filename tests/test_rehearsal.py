@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,11 +18,12 @@ import msgspec
 import psutil
 import pytest
 
-from devtools.anvil import rpc_call, wait_for_rpc
+from devtools.anvil import AnvilProcess, rpc_call, wait_for_rpc
 from tests.chain_daemon import start_daemon
 from tests.daemon_harness import Daemon, EventLog, kill_node_processes
 from tests.support import wait_until
 from tests.test_upgrade import Chain, script
+from wemixvisor.backup import store as backups
 from wemixvisor.config import ConfigError, load_config
 from wemixvisor.control import ControlClient, ControlError
 from wemixvisor.control.protocol import (
@@ -31,6 +33,7 @@ from wemixvisor.control.protocol import (
     ScheduleUpgrade,
     new_request_id,
 )
+from wemixvisor.home.layout import Home, add_upgrade, init_home
 from wemixvisor.messages.plans import Refusal
 from wemixvisor.plans.queue import (
     Plan,
@@ -443,3 +446,57 @@ def test_hostile_rehearse_and_rollback_requests_change_nothing(chain: Chain) -> 
     finally:
         events.close()
     assert daemon.terminate() == 0
+
+
+# the copied head, in process
+
+
+@pytest.fixture
+def staged_home(root: Path, anvil_bin_1_5_1: Path, anvil_bin_1_7_1: Path) -> tuple[Home, Path]:
+    """A home whose plan v1.7.1 has a pre-staged backup of a 5-block anvil chain."""
+    home = Home(root=root / "home", name="anvil", data_dir=root / "home" / "data")
+    init_home(home, anvil_bin_1_5_1)
+    add_upgrade(home, "v1.7.1", anvil_bin_1_7_1)
+    node = AnvilProcess(
+        anvil_bin_1_5_1, root, block_time=None, state_file=home.data_dir / "state.json"
+    ).start()
+    try:
+        rpc_call(node.url, "anvil_mine", ["0x5"])
+    finally:
+        node.stop()
+    staged, _ = backups.prestage_upgrade_backup(home.data_dir, root / "home" / "backups", "v1.7.1")
+    return home, staged
+
+
+@pytest.mark.parametrize(
+    ("recorded", "passes"),
+    [
+        (None, True),  # nothing recorded: any answer
+        (5, True),  # the copied head
+        (10**6, False),  # a head the copy does not hold
+        ("5", True),  # not a head: unknown
+        (-1, True),
+    ],
+)
+def test_a_rehearsal_passes_only_at_the_head_recorded_with_the_copy(
+    staged_home: tuple[Home, Path], recorded: object, passes: bool
+) -> None:
+    home, staged = staged_home
+    if recorded is not None:
+        manifest = msgspec.json.decode((staged / backups.MANIFEST).read_bytes())
+        manifest["head"] = recorded
+        (staged / backups.MANIFEST).write_bytes(msgspec.json.encode(manifest))
+    (home.visor_dir / "config.toml").write_text(
+        f'[upgrade]\nrehearsal_args = {ANVIL_REHEARSAL}\nrehearsal_timeout = "2s"\n'
+    )
+    config = load_config({"DAEMON_HOME": str(home.root), "DAEMON_NAME": "anvil"})
+    before = sorted(p.name for p in (staged / backups.DATA).iterdir())
+    outcome = rehearsal.rehearse(home, config, "v1.7.1", stopping=threading.Event())
+    assert outcome.ok is passes, outcome
+    assert outcome.head is not None
+    assert outcome.head >= 5
+    if not passes:
+        assert f"did not reach the copied head {recorded}" in outcome.reason
+    # The backup is as it was, and the scratch copy is gone.
+    assert sorted(p.name for p in (staged / backups.DATA).iterdir()) == before
+    assert not any(p.name.startswith(rehearsal.SCRATCH_PREFIX) for p in staged.parent.iterdir())
