@@ -114,13 +114,14 @@ class OperatorDuties:
 
         self.workers.run("rehearsal-leftovers", clean)
 
-    def _busy(self) -> str | None:
-        """What runs that a rehearsal or a rollback must not run beside, if anything."""
+    def _busy(self, *, rehearsing: bool = True) -> str | None:
+        """What runs that a rehearsal or a rollback must not run beside, if anything. A
+        rollback does not wait for a rehearsal (`rehearsing=False`): they share nothing."""
         if self._saga is not None:
             return f"upgrade {self._saga.plan.name}"
         if self._rollback is not None:
             return f"the rollback of {self._rollback.journal.name}"
-        if self._rehearsing is not None:
+        if rehearsing and self._rehearsing is not None:
             return f"the rehearsal of {self._rehearsing[0]}"
         return None
 
@@ -216,7 +217,11 @@ class OperatorDuties:
         except LayoutError:
             current = None
         refusal = refuse_rollback(
-            entry, message.name, restore=message.restore, current=current, busy=self._busy()
+            entry,
+            message.name,
+            restore=message.restore,
+            current=current,
+            busy=self._busy(rehearsing=False),
         )
         if message.done is not None:
             message.done.set(refusal)
