@@ -28,6 +28,7 @@ from wemixvisor.config import ConfigError, load_config
 from wemixvisor.control import ControlClient, ControlError
 from wemixvisor.control.protocol import (
     CancelUpgrade,
+    ListUpgrades,
     RehearseUpgrade,
     RollbackUpgrade,
     ScheduleUpgrade,
@@ -292,6 +293,10 @@ def test_a_good_binary_rehearses_hours_ahead_on_a_copy_and_leaves_nothing_behind
         assert record.status is PlanStatus.PENDING
         assert record.rehearsal is not None
         assert record.rehearsal.ok is True
+        with client(chain) as control:
+            listing = control.request(ListUpgrades(id=new_request_id()))
+        row = next(row for row in listing["plans"] if row["name"] == "v1.7.1")
+        assert row["rehearsal"]["ok"] is True  # the plan's readiness shows it
 
         # The operator's own rehearsal: an operation, reported as events.
         with client(chain) as control:

@@ -163,7 +163,7 @@ class PlanRow(msgspec.Struct, frozen=True, kw_only=True):
     result: str | None
     registered_at: float | None
     finished_at: float | None
-    rehearsal: RehearsalRecord | None = None  # the last rehearsal of its binary (SPEC §19)
+    rehearsal: RehearsalRecord | UnsetType = UNSET  # its binary's last rehearsal (SPEC §19)
 
 
 class ListUpgradesReply(msgspec.Struct, frozen=True):

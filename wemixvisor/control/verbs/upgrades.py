@@ -164,6 +164,8 @@ def plan_row(entry: QueuedPlan) -> PlanRow:
         registered_at=entry.registered_at or None,
         finished_at=entry.finished_at,
     )
+    if entry.rehearsal is None:
+        return row
     return msgspec.structs.replace(row, rehearsal=entry.rehearsal)
 
 
