@@ -405,7 +405,8 @@ def test_a_stopped_or_killed_daemon_leaves_no_rehearsal_behind(chain: Chain, roo
             timeout=30,
             what="left-over process gone",
         )
-        events.wait_for("upgrade.rehearsal_started", timeout=60)
+        # (Its rehearsal_started may come before a subscriber joins: the log tells.)
+        wait_until(lambda: "rehearsing v2 on port" in again.log_text(), timeout=60)
         assert len(scratch_dirs(chain)) == 1
     finally:
         events.close()
