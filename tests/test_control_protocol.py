@@ -32,6 +32,8 @@ SPEC_VERBS = {
     "restart",
     "logs",
     "schedule_upgrade",
+    "rehearse_upgrade",
+    "rollback_upgrade",
     "cancel_upgrade",
     "list_upgrades",
     "backup_create",

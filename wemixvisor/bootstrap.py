@@ -49,6 +49,7 @@ from wemixvisor.messages.events import PublishHeartbeat
 from wemixvisor.messages.node import GetNodeStatus, NodeStatus, StopNode
 from wemixvisor.node.process import become_subreaper
 from wemixvisor.upgrade.journal import JournalError, load_journal
+from wemixvisor.upgrade.rollback import load_rollback
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -130,12 +131,17 @@ class Daemon:
             journal = load_journal(state.journal_file(self.home))
         except JournalError:
             journal = None  # the orchestrator sets it aside and starts the node
+        held_by = journal.holder if journal is not None else None
+        with contextlib.suppress(JournalError):
+            # An operator's rollback in progress holds the node the same way.
+            rollback = load_rollback(state.rollback_file(self.home))
+            held_by = rollback.holder if rollback is not None and held_by is None else held_by
         return NodeActor.start(
             config=self.config,
             home=self.home,
             bus=self.bus,
             node_args=self.node_args,
-            held_by=journal.holder if journal is not None else None,
+            held_by=held_by,
             failure_sink=supervisor.failure_sink,
         )
 

@@ -17,6 +17,7 @@ import msgspec
 from loguru import logger
 
 from wemixvisor.actors.base import FailureSink, SupervisedActor
+from wemixvisor.actors.operator_duties import OperatorDuties, RehearsalDone, RollbackFinished
 from wemixvisor.bus import Bus
 from wemixvisor.chain.wbft import start_signing_check
 from wemixvisor.config import Config, apply_reloadable
@@ -27,7 +28,14 @@ from wemixvisor.messages.backup import PrestageBackup
 from wemixvisor.messages.config import ConfigChanged
 from wemixvisor.messages.height import HeadObserved, RpcAvailability
 from wemixvisor.messages.node import StartNode
-from wemixvisor.messages.plans import CancelPlan, ListPlans, RegisterPlans, ResendPlans
+from wemixvisor.messages.plans import (
+    CancelPlan,
+    ListPlans,
+    RegisterPlans,
+    RehearsePlan,
+    ResendPlans,
+    RollbackPlan,
+)
 from wemixvisor.plans import queue as queue_rules
 from wemixvisor.plans.queue import Plan, PlanError, PlanStatus, QueueState, RegisterOutcome
 from wemixvisor.upgrade.journal import Journal, JournalError, Step, load_journal
@@ -82,7 +90,7 @@ class _PreflightDue(msgspec.Struct, frozen=True):
     name: str
 
 
-class OrchestratorActor(SupervisedActor):
+class OrchestratorActor(OperatorDuties, SupervisedActor):
     """Registers plans, watches the head, and starts the upgrade saga at H."""
 
     role = "orchestrator"
@@ -108,6 +116,7 @@ class OrchestratorActor(SupervisedActor):
         self._checked_ahead: set[str] = set()
         self._preflights: dict[str, int] = {}  # preflight threads running, per plan
         self._waiting_for_download: set[str] = set()
+        self._init_operator_duties()
         self._latency: collections.deque[tuple[int, float, float]] = collections.deque(
             maxlen=_LATENCY_SAMPLES
         )
@@ -128,11 +137,16 @@ class OrchestratorActor(SupervisedActor):
             if entry is not None:
                 entry.status = PlanStatus.RUNNING
             self._start_saga(journal, resume=True)
+        self._resume_rollback()
+        self._remove_rehearsal_leftovers()
         for entry in queue_rules.pending(self._queue):
             self._preflight(entry.plan)
             self._prestage(entry.plan)
         # After a restart of this actor, plans told to the one before may be lost.
         self._bus.tell("files", ResendPlans())
+
+    def teardown(self) -> None:
+        self._wait_for_rehearsal_cleanup()
 
     # messages
 
@@ -169,6 +183,16 @@ class OrchestratorActor(SupervisedActor):
                     self._preflight(entry.plan)
             case ConfigChanged(config=config):
                 self._config = apply_reloadable(self._config, config)
+            case RehearsePlan():
+                self._on_rehearse(message)
+            case ev.BackupStaged(plan=plan):
+                self._on_staged(plan)
+            case RehearsalDone():
+                self._on_rehearsed(message.name, message.outcome)
+            case RollbackPlan():
+                self._on_rollback(message)
+            case RollbackFinished(result=result):
+                self._on_rollback_finished(result)
             case _:
                 logger.warning("orchestrator: unexpected message {!r}", message)
         return None
@@ -257,12 +281,14 @@ class OrchestratorActor(SupervisedActor):
         self._maybe_start()
 
     def _maybe_start(self) -> None:
-        if self._saga is not None:
+        if self._saga is not None or self._rollback is not None:
             return
         entry = queue_rules.due(self._queue, self._head)
         if entry is None:
             return
         name = entry.plan.name
+        if self._held_back_for_rehearsal(entry):
+            return
         if self._preflights.get(name) and not self._home.upgrade_bin(name).exists():
             # Its download started hours ago and is still running: the upgrade starts when it
             # ends (late, but on the right binary) rather than failing for a missing binary.
@@ -318,6 +344,7 @@ class OrchestratorActor(SupervisedActor):
         )
 
     def _on_saga_finished(self, result: SagaResult) -> None:
+        journal = self._saga.journal if self._saga is not None else None
         self._saga = None
         if result.outcome is Outcome.COMPLETED and result.first_head is not None:
             # A chain that does not move after the upgrade while the node answers RPC may be
@@ -330,6 +357,9 @@ class OrchestratorActor(SupervisedActor):
         entry = queue_rules.get(self._queue, result.name)
         if entry is not None:
             status = PlanStatus.FAILED if result.outcome is Outcome.FAILED else PlanStatus.COMPLETED
+            if journal is not None and status is PlanStatus.COMPLETED:
+                # What an operator's rollback needs: the binary before, and the backup.
+                entry.from_target, entry.backup = journal.from_target, journal.backup
             self._finish_entry(entry, status, result.detail)
         self._maybe_start()
 
@@ -386,6 +416,10 @@ class OrchestratorActor(SupervisedActor):
         entry = queue_rules.get(self._queue, result.name)
         if entry is None or entry.status is not PlanStatus.PENDING:
             return
+        if entry.rehearsal is not None and not entry.rehearsal.ok and entry.plan.rehearse:
+            result = msgspec.structs.replace(
+                result, problems=[*result.problems, f"rehearsal failed: {entry.rehearsal.reason}"]
+            )
         if result.problems:
             logger.error(
                 "preflight of {} (height {}) failed: {}",

@@ -201,16 +201,16 @@ def prestage_body(ctx: JobContext, op: Operation) -> Body:
             result.changed_bytes,
             result.seconds,
         )
-        bus.publish(
-            ev.BackupStaged(
-                id=target.name,
-                label=label,
-                plan=plan_name,
-                total_bytes=result.total_bytes,
-                changed_bytes=result.changed_bytes,
-                seconds=result.seconds,
-            )
+        staged = ev.BackupStaged(
+            id=target.name,
+            label=label,
+            plan=plan_name,
+            total_bytes=result.total_bytes,
+            changed_bytes=result.changed_bytes,
+            seconds=result.seconds,
         )
+        bus.publish(staged)
+        bus.tell("orchestrator", staged)  # a plan's rehearsal runs on this copy (SPEC §19)
         return None
 
     return body

@@ -392,6 +392,7 @@ def protected_backups(home: Home, backups_dir: Path) -> set[str]:
     (then nobody can tell what is needed)."""
     try:
         journal = state.read_journal(home)
+        rollback = state.read_rollback(home)
         queue = state.read_queue(home)
     except PlanError as exc:
         raise BackupError(f"not pruning: {exc}") from None
@@ -401,6 +402,8 @@ def protected_backups(home: Home, backups_dir: Path) -> set[str]:
         for entry in queue.plans
         if entry.status in (PlanStatus.PENDING, PlanStatus.RUNNING)
     }
+    if rollback is not None and isinstance(rollback.get("backup"), str):
+        protected.add(rollback["backup"])  # an operator's rollback in progress restores it
     if journal is not None:
         named = journal.get("backup")
         if isinstance(named, str):

@@ -1,4 +1,5 @@
-"""`wemixvisor upgrade schedule | list | status | cancel`: plans as the operator handles them.
+"""`wemixvisor upgrade schedule | list | status | cancel | rehearse | rollback`: plans as the
+operator handles them.
 
 Each action is a control verb (`control.verbs.upgrades`). While a daemon runs on the home it is
 sent through the control socket: `schedule` registers the plan in its queue, `list` and `status`
@@ -11,6 +12,10 @@ lock): `schedule` is checked by the queue's rules and merged into
 `<data dir>/upgrade-info.json.batch`, which the daemon reads when it starts; `list` and `status`
 read the queue (`state/plans.json`), the journal and the plan files; `cancel` edits the queue
 and the plan files.
+
+`rehearse` and `rollback` need the running daemon (they run the node's binaries): each answers
+at once with an operation id, and its outcome arrives as events (`upgrade.rehearsed`,
+`upgrade.rollback_completed|failed`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from wemixvisor.commands.common import (
     EXIT_USAGE,
     CliContext,
     CommandError,
+    add_timeout_argument,
     ask_daemon,
+    call,
     daemon_runs,
     print_text,
     run_offline,
@@ -42,12 +49,16 @@ from wemixvisor.control.client import ControlUnreachable
 from wemixvisor.control.protocol import (
     CancelUpgrade,
     ListUpgrades,
+    RehearseUpgrade,
+    RollbackUpgrade,
     ScheduleUpgrade,
     new_request_id,
 )
 from wemixvisor.control.verbs import (
     CANCEL_UPGRADE,
     LIST_UPGRADES,
+    REHEARSE_UPGRADE,
+    ROLLBACK_UPGRADE,
     SCHEDULE_UPGRADE,
     DaemonState,
     upgrade_status,
@@ -120,6 +131,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="show the running daemon's download of the binary until it is installed",
     )
+    schedule.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="rehearse the new binary on a copy of the data hours ahead; never upgrade without "
+        "a passing rehearsal",
+    )
     schedule.set_defaults(handler=run_schedule)
 
     listing = actions.add_parser(
@@ -149,6 +166,37 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     cancelling.add_argument("name", help="the plan's name")
     cancelling.set_defaults(handler=run_cancel)
+
+    rehearsing = actions.add_parser(
+        "rehearse",
+        help="run a pending plan's binary on a scratch copy of its pre-staged backup",
+        description=(
+            "Start the plan's new binary on a scratch copy of its pre-staged backup, on a free "
+            "port without peers ([upgrade] rehearsal_args), until it answers RPC at the copied "
+            "head; the outcome is the upgrade.rehearsed event. Needs the running daemon."
+        ),
+    )
+    rehearsing.add_argument("name", help="the plan's name")
+    add_timeout_argument(rehearsing)
+    rehearsing.set_defaults(handler=run_rehearse)
+
+    rolling_back = actions.add_parser(
+        "rollback",
+        help="roll a completed upgrade back to the binary before it",
+        description=(
+            "Stop the node, point `current` back at the binary the upgrade replaced (with "
+            "--restore, put the upgrade's backup back in place of the data) and start it; "
+            "journaled, resumed after a daemon crash. Needs the running daemon."
+        ),
+    )
+    rolling_back.add_argument("name", help="the completed upgrade's name")
+    rolling_back.add_argument(
+        "--restore",
+        action="store_true",
+        help="also restore the backup made at the upgrade (what the new binary wrote is lost)",
+    )
+    add_timeout_argument(rolling_back)
+    rolling_back.set_defaults(handler=run_rollback)
 
 
 def _usage(message: str) -> CommandError:
@@ -219,7 +267,9 @@ def build_info(
     return info
 
 
-def plan_from_arguments(name: str, height: str, info: dict[str, Any] | None) -> Plan:
+def plan_from_arguments(
+    name: str, height: str, info: dict[str, Any] | None, *, rehearse: bool = False
+) -> Plan:
     """The plan the operator asked for, validated like any plan file entry (SPEC §4)."""
     try:
         validate_name(name)
@@ -227,6 +277,8 @@ def plan_from_arguments(name: str, height: str, info: dict[str, Any] | None) -> 
         plan_object: dict[str, Any] = {"name": name, "height": height}
         if info is not None:
             plan_object["info"] = info
+        if rehearse:
+            plan_object["rehearse"] = True
         return plan_from_object(plan_object, "batch")
     except PlanError as exc:
         raise _usage(str(exc)) from None
@@ -235,7 +287,12 @@ def plan_from_arguments(name: str, height: str, info: dict[str, Any] | None) -> 
 def schedule_request(plan: Plan, *, now: bool) -> ScheduleUpgrade:
     """The `schedule_upgrade` request for `plan`."""
     return ScheduleUpgrade(
-        id=new_request_id(), name=plan.name, height=plan.height, info=plan.info, now=now
+        id=new_request_id(),
+        name=plan.name,
+        height=plan.height,
+        info=plan.info,
+        now=now,
+        rehearse=plan.rehearse,
     )
 
 
@@ -289,7 +346,7 @@ def run_schedule(args: argparse.Namespace, ctx: CliContext) -> int:
     plan_from_arguments(args.name, args.height, None)
     must_have_checksum = ctx.config.upgrade.download_must_have_checksum
     info = build_info(args.info, args.binary, args.checksum, must_have_checksum)
-    plan = plan_from_arguments(args.name, args.height, info)
+    plan = plan_from_arguments(args.name, args.height, info, rehearse=args.rehearse)
     request = schedule_request(plan, now=args.now)
     home = Home.from_config(ctx.config)
     if not args.follow or not daemon_runs(home):
@@ -376,4 +433,25 @@ def run_cancel(args: argparse.Namespace, ctx: CliContext) -> int:
     else:
         reply, _ = run_offline(ctx, CANCEL_UPGRADE, request, locked=_QUEUE_OWNER)
     print(CANCEL_UPGRADE.render(reply))
+    return 0
+
+
+def _plan_name(text: str) -> str:
+    try:
+        return validate_name(text)
+    except PlanError as exc:
+        raise _usage(str(exc)) from None
+
+
+def run_rehearse(args: argparse.Namespace, ctx: CliContext) -> int:
+    """Have the daemon rehearse a pending plan; print the operation."""
+    request = RehearseUpgrade(id=new_request_id(), name=_plan_name(args.name))
+    print(REHEARSE_UPGRADE.render(call(ctx, REHEARSE_UPGRADE, request, args.timeout)))
+    return 0
+
+
+def run_rollback(args: argparse.Namespace, ctx: CliContext) -> int:
+    """Have the daemon roll a completed upgrade back; print the operation."""
+    request = RollbackUpgrade(id=new_request_id(), name=_plan_name(args.name), restore=args.restore)
+    print(ROLLBACK_UPGRADE.render(call(ctx, ROLLBACK_UPGRADE, request, args.timeout)))
     return 0

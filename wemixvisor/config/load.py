@@ -156,6 +156,11 @@ def _from_toml(setting: Setting, value: object) -> object:
                 raise Invalid(
                     f"expected a string, got {_toml_type(item)}", where=f"[{index}]", value=item
                 )
+            if setting.check is not None:
+                try:
+                    setting.check(item)
+                except Invalid as exc:
+                    raise Invalid(exc.reason, where=f"[{index}]", value=item) from None
         return list(value)
     return _contracts(value)
 

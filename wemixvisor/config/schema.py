@@ -21,6 +21,7 @@ from wemixvisor.config.values import (
     check_endpoint,
     check_metrics_address,
     check_name,
+    check_rehearsal_arg,
     check_rpc_address,
 )
 
@@ -184,6 +185,22 @@ class UpgradeConfig(msgspec.Struct, frozen=True, kw_only=True):
             "DAEMON_NETWORK_WAIT", "duration", 30.0,
             "after an upgrade, head not advancing this long while RPC answers → "
             "upgrade.waiting_for_network (never a rollback)", reloadable=True, nonzero=True,
+        ),
+    ]
+    rehearsal_args: Annotated[
+        list[str],
+        Setting(
+            None, "list", [],
+            "the new binary's arguments in a rehearsal, with {datadir}, {port} and {ipc} "
+            "(file only)", reloadable=True, check=check_rehearsal_arg,
+        ),
+    ]
+    rehearsal_timeout: Annotated[
+        float,
+        Setting(
+            "DAEMON_REHEARSAL_TIMEOUT", "duration", 120.0,
+            "how long a rehearsal's binary has to answer RPC at the copied head", reloadable=True,
+            nonzero=True,
         ),
     ]
 

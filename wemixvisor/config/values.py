@@ -219,6 +219,23 @@ def check_custom_preupgrade(text: str) -> str:
     return text
 
 
+REHEARSAL_PLACEHOLDERS = ("datadir", "port", "ipc")
+"""What `[upgrade] rehearsal_args` may name in braces: the scratch data dir, a free port, an IPC
+path."""
+_PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
+
+
+def check_rehearsal_arg(text: str) -> str:
+    """`text` if every `{...}` in it is a known placeholder; Invalid otherwise."""
+    if _CONTROL_CHARS_RE.search(text):
+        raise Invalid("contains a control character")
+    for name in _PLACEHOLDER_RE.findall(text):
+        if name not in REHEARSAL_PLACEHOLDERS:
+            known = ", ".join("{" + known + "}" for known in REHEARSAL_PLACEHOLDERS)
+            raise Invalid(f"unknown placeholder {{{name[:40]}}}; known: {known}")
+    return text
+
+
 def _host_port(text: str) -> tuple[str, int]:
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")

@@ -39,10 +39,12 @@ __all__ = [
     "GovernanceProposals",
     "ListUpgrades",
     "Logs",
+    "RehearseUpgrade",
     "Reply",
     "Request",
     "RequestId",
     "Restart",
+    "RollbackUpgrade",
     "ScheduleUpgrade",
     "Start",
     "Status",
@@ -141,6 +143,7 @@ class ScheduleUpgrade(Request, tag="schedule_upgrade", frozen=True):
     height: int | str
     info: dict[str, Any] | str | None = None
     now: bool = False
+    rehearse: bool = False
 
 
 class CancelUpgrade(Request, tag="cancel_upgrade", frozen=True):
@@ -151,6 +154,21 @@ class CancelUpgrade(Request, tag="cancel_upgrade", frozen=True):
 
 class ListUpgrades(Request, tag="list_upgrades", frozen=True):
     """The plan queue, the upgrade in progress, and plans in the files not yet seen."""
+
+
+class RehearseUpgrade(Request, tag="rehearse_upgrade", frozen=True):
+    """Run pending plan `name`'s new binary on a scratch copy of its pre-staged backup;
+    answers at once with an operation id (the outcome: upgrade.rehearsed)."""
+
+    name: str
+
+
+class RollbackUpgrade(Request, tag="rollback_upgrade", frozen=True):
+    """Roll completed upgrade `name` back to the binary before it (`restore`: and its backup in
+    place of the data); answers at once with an operation id."""
+
+    name: str
+    restore: bool = False
 
 
 class BackupCreate(Request, tag="backup_create", frozen=True):
@@ -209,6 +227,8 @@ REQUEST_TYPES: Final[dict[str, type[Request]]] = {
         ScheduleUpgrade,
         CancelUpgrade,
         ListUpgrades,
+        RehearseUpgrade,
+        RollbackUpgrade,
         BackupCreate,
         BackupList,
         BackupRestore,

@@ -8,6 +8,7 @@ Other modules ask it instead of joining paths onto `state/` or taking locks them
   daemon's state offline); it holds the pid of the last daemon.
 - `plans.json`: the persistent plan queue.
 - `journal.json`: the upgrade in progress (its `Journal` type belongs to the upgrade saga).
+- `rollback.json`: an operator's rollback in progress (its type belongs to `upgrade.rollback`).
 - `node.pid`: the running node, for adoption after a daemon restart.
 - `governance.json`: what governance applied.
 - `daemon.json`: the running daemon's pid, endpoints, version and home, written at its start and
@@ -54,6 +55,8 @@ __all__ = [
     "read_daemon_record",
     "read_journal",
     "read_queue",
+    "read_rollback",
+    "rollback_file",
     "save_journal",
     "upgrade_in_progress",
     "write_daemon_record",
@@ -81,6 +84,11 @@ def queue_file(home: Home) -> Path:
 def journal_file(home: Home) -> Path:
     """`state/journal.json`: the upgrade in progress, if any."""
     return home.state_dir / "journal.json"
+
+
+def rollback_file(home: Home) -> Path:
+    """`state/rollback.json`: the operator's rollback of a completed upgrade in progress."""
+    return home.state_dir / "rollback.json"
 
 
 def node_pid_file(home: Home) -> Path:
@@ -232,7 +240,16 @@ def read_journal(home: Home) -> dict[str, Any] | None:
 
     PlanError when the file exists but is not a JSON object.
     """
-    path = journal_file(home)
+    return _read_object(journal_file(home))
+
+
+def read_rollback(home: Home) -> dict[str, Any] | None:
+    """The rollback journal as a raw JSON object (backup retention keeps what it restores);
+    None when there is none, PlanError when it is not a JSON object."""
+    return _read_object(rollback_file(home))
+
+
+def _read_object(path: Path) -> dict[str, Any] | None:
     raw = _read_state(path)
     if raw is None:
         return None

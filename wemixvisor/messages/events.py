@@ -238,6 +238,59 @@ class UpgradeAwaitingOperator(Event, tag="upgrade.awaiting_operator", frozen=Tru
     reason: str
 
 
+class UpgradeRehearsalStarted(Event, tag="upgrade.rehearsal_started", frozen=True):
+    """The new binary runs on a scratch copy of the pre-staged backup (SPEC §19)."""
+
+    name: str
+    port: int
+    expected_head: int | None  # the head recorded with the copy, when it is known
+
+
+class UpgradeRehearsed(Event, tag="upgrade.rehearsed", frozen=True):
+    """How the rehearsal of a plan's new binary went; `log_tail` is its own log on failure."""
+
+    name: str
+    ok: bool
+    seconds: float
+    head: int | None
+    reason: str = ""
+    log_tail: list[str] = []
+
+
+class UpgradeRollbackStarted(Event, tag="upgrade.rollback_started", frozen=True):
+    """The operator rolls a completed upgrade back to `target`."""
+
+    name: str
+    height: int
+    target: str
+    restore: bool
+    backup: str | None
+    resumed: bool = False
+
+
+class UpgradeRollbackStep(Event, tag="upgrade.rollback_step", frozen=True):
+    name: str
+    step: str
+    detail: str = ""
+
+
+class UpgradeRollbackCompleted(Event, tag="upgrade.rollback_completed", frozen=True):
+    name: str
+    height: int
+    target: str
+    restored_backup: str | None
+    seconds: float
+
+
+class UpgradeRollbackFailed(Event, tag="upgrade.rollback_failed", frozen=True):
+    """The rollback stopped at `step`; `target` is what `current` points at now."""
+
+    name: str
+    step: str
+    reason: str
+    target: str | None
+
+
 # download.*
 
 

@@ -38,3 +38,33 @@ class ListPlans(msgspec.Struct, frozen=True):
 class ResendPlans(msgspec.Struct, frozen=True):
     """To the files actor: send the plans of the files again (a restarted orchestrator may have
     lost what it had been told but not yet queued)."""
+
+
+class RehearsePlan(msgspec.Struct, frozen=True):
+    """Rehearse pending plan `name`'s new binary on a scratch copy of its pre-staged backup.
+
+    `done` (a pykka future) gets None when the rehearsal was accepted, else a `Refusal`;
+    `finished`, when given, gets the `upgrade.rehearsed` event once it is over."""
+
+    name: str
+    done: Any = None
+    finished: Any = None
+
+
+class RollbackPlan(msgspec.Struct, frozen=True):
+    """Roll completed upgrade `name` back: `current` to the binary before it, and with
+    `restore` its backup in place of the data. `done` gets None (accepted) or a `Refusal`;
+    `finished`, when given, gets the final `upgrade.rollback_completed|failed` event."""
+
+    name: str
+    restore: bool = False
+    done: Any = None
+    finished: Any = None
+
+
+class Refusal(msgspec.Struct, frozen=True):
+    """Why the orchestrator refused a request: `code` is a control error code (not_found,
+    conflict, busy, bad_request) and `message` is for the operator."""
+
+    code: str
+    message: str

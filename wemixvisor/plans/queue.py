@@ -34,6 +34,7 @@ class PlanStatus(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    ROLLED_BACK = "rolled_back"  # completed, then rolled back by the operator
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,6 +49,7 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     info: dict[str, Any] | None = None
     info_url: str | None = None
     source: str = "file"
+    rehearse: bool = False  # rehearse the new binary on a copy of the data hours before H
 
 
 def validate_name(name: object) -> str:
@@ -163,7 +165,12 @@ def plan_from_object(obj: object, source: str) -> Plan:
     name = validate_name(obj["name"])
     height = validate_height(obj["height"])
     info, info_url = _validate_info(obj.get("info"))
-    return Plan(name=name, height=height, info=info, info_url=info_url, source=source)
+    rehearse = obj.get("rehearse", False)
+    if not isinstance(rehearse, bool):
+        raise PlanError(f"rehearse must be true or false, got {type(rehearse).__name__}")
+    return Plan(
+        name=name, height=height, info=info, info_url=info_url, source=source, rehearse=rehearse
+    )
 
 
 def _decode(raw: bytes) -> Any:
@@ -205,7 +212,19 @@ def plan_to_object(plan: Plan) -> dict[str, Any]:
         obj["info"] = plan.info
     elif plan.info_url is not None:
         obj["info"] = plan.info_url
+    if plan.rehearse:
+        obj["rehearse"] = True
     return obj
+
+
+class RehearsalRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The last rehearsal of a plan's new binary (SPEC §19): passed or not, when, and why."""
+
+    ok: bool
+    at: float
+    seconds: float
+    head: int | None = None
+    reason: str = ""
 
 
 class QueuedPlan(msgspec.Struct, kw_only=True):
@@ -217,6 +236,10 @@ class QueuedPlan(msgspec.Struct, kw_only=True):
     registered_at: float = 0.0
     finished_at: float | None = None
     result: str | None = None  # why it failed / was cancelled, or "ok"
+    # What a completed upgrade replaced and saved: an operator's rollback needs both.
+    from_target: str | None = None
+    backup: str | None = None
+    rehearsal: RehearsalRecord | None = None
 
 
 class QueueState(msgspec.Struct, kw_only=True):
@@ -253,7 +276,10 @@ def register(
     if existing is not None and existing.status is not PlanStatus.PENDING:
         # A cancelled plan may be scheduled again; a failed one only by an operator's explicit
         # request (files keep showing it after a restart, which must not retry it).
-        rescheduled = existing.status is PlanStatus.FAILED and plan.source == "control"
+        rescheduled = (
+            existing.status in (PlanStatus.FAILED, PlanStatus.ROLLED_BACK)
+            and plan.source == "control"
+        )
         if existing.status is PlanStatus.CANCELLED or rescheduled:
             state.plans.remove(existing)
             existing = None
@@ -286,6 +312,7 @@ def register(
         existing.plan = plan
         existing.late = late
         existing.registered_at = at
+        existing.rehearsal = None  # it rehearsed another plan
         return RegisterOutcome.UPDATED, existing
     entry = QueuedPlan(plan=plan, late=late, registered_at=at)
     state.plans.append(entry)
@@ -294,7 +321,13 @@ def register(
 
 def _same_plan(a: Plan, b: Plan) -> bool:
     """Equal for the upgrade it describes, whichever source showed it."""
-    return (a.name, a.height, a.info, a.info_url) == (b.name, b.height, b.info, b.info_url)
+    return (a.name, a.height, a.info, a.info_url, a.rehearse) == (
+        b.name,
+        b.height,
+        b.info,
+        b.info_url,
+        b.rehearse,
+    )
 
 
 def cancel(state: QueueState, name: str, *, at: float, reason: str = "cancelled") -> QueuedPlan:
@@ -326,6 +359,18 @@ def due(state: QueueState, head: int | None) -> QueuedPlan | None:
     for entry in pending(state):
         if entry.late or (head is not None and head >= entry.plan.height):
             return entry
+    return None
+
+
+def rehearsal_pending(entry: QueuedPlan) -> str | None:
+    """Why a plan that requires a rehearsal may not start yet, or None when it may."""
+    if not entry.plan.rehearse:
+        return None
+    record = entry.rehearsal
+    if record is None:
+        return "its rehearsal has not passed yet"
+    if not record.ok:
+        return f"its rehearsal failed: {record.reason}"
     return None
 
 

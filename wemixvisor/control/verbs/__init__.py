@@ -4,7 +4,7 @@ daemon running or not) and, later, the HTTP API (SPEC §18).
 
 - `base`: the `Verb` ABC and the contexts the plan and backup verbs run against;
 - `replies`: every verb's reply Struct (the wire reply's `result`);
-- `node`, `upgrades`, `backups`, `config`, `info`, `events`: the verbs;
+- `node`, `upgrades`, `rehearse`, `rollback`, `backups`, `config`, `info`, `events`: the verbs;
 - `daemon`: `ControlContext`, the daemon's context (it asks actors);
 - `offline`: `OfflineContext`, the context on a home's files while no daemon runs;
 - `registry`: `VERBS` and one constant per verb; `dispatch`: the control server's `Dispatcher`;
@@ -37,7 +37,9 @@ from wemixvisor.control.verbs.registry import (
     GOVERNANCE_PROPOSALS,
     LIST_UPGRADES,
     LOGS,
+    REHEARSE_UPGRADE,
     RESTART,
+    ROLLBACK_UPGRADE,
     SCHEDULE_UPGRADE,
     START,
     STATUS,
@@ -60,7 +62,9 @@ __all__ = [
     "GOVERNANCE_PROPOSALS",
     "LIST_UPGRADES",
     "LOGS",
+    "REHEARSE_UPGRADE",
     "RESTART",
+    "ROLLBACK_UPGRADE",
     "SCHEDULE_UPGRADE",
     "START",
     "STATUS",

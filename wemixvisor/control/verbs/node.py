@@ -143,7 +143,7 @@ def _plans_section(snapshot: Any) -> PlansSection:
     finished = [
         entry
         for entry in queue.plans
-        if entry.status in (PlanStatus.COMPLETED, PlanStatus.FAILED)
+        if entry.status in (PlanStatus.COMPLETED, PlanStatus.FAILED, PlanStatus.ROLLED_BACK)
         and entry.finished_at is not None
     ]
     last = max(finished, key=lambda entry: entry.finished_at or 0.0, default=None)

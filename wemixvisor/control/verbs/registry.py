@@ -15,6 +15,8 @@ from wemixvisor.control.verbs.config import ConfigReloadVerb, ConfigShowVerb
 from wemixvisor.control.verbs.events import EventsVerb
 from wemixvisor.control.verbs.info import GovernanceProposalsVerb, VersionVerb
 from wemixvisor.control.verbs.node import LogsVerb, RestartVerb, StartVerb, StatusVerb, StopVerb
+from wemixvisor.control.verbs.rehearse import RehearseUpgradeVerb
+from wemixvisor.control.verbs.rollback import RollbackUpgradeVerb
 from wemixvisor.control.verbs.upgrades import (
     CancelUpgradeVerb,
     ListUpgradesVerb,
@@ -33,7 +35,9 @@ __all__ = [
     "GOVERNANCE_PROPOSALS",
     "LIST_UPGRADES",
     "LOGS",
+    "REHEARSE_UPGRADE",
     "RESTART",
+    "ROLLBACK_UPGRADE",
     "SCHEDULE_UPGRADE",
     "START",
     "STATUS",
@@ -50,6 +54,8 @@ LOGS: Final = LogsVerb()
 SCHEDULE_UPGRADE: Final = ScheduleUpgradeVerb()
 CANCEL_UPGRADE: Final = CancelUpgradeVerb()
 LIST_UPGRADES: Final = ListUpgradesVerb()
+REHEARSE_UPGRADE: Final = RehearseUpgradeVerb()
+ROLLBACK_UPGRADE: Final = RollbackUpgradeVerb()
 BACKUP_CREATE: Final = BackupCreateVerb()
 BACKUP_LIST: Final = BackupListVerb()
 BACKUP_RESTORE: Final = BackupRestoreVerb()
@@ -71,6 +77,8 @@ VERBS: Final[dict[str, Verb[Any, Any, Any]]] = {
         SCHEDULE_UPGRADE,
         CANCEL_UPGRADE,
         LIST_UPGRADES,
+        REHEARSE_UPGRADE,
+        ROLLBACK_UPGRADE,
         BACKUP_CREATE,
         BACKUP_LIST,
         BACKUP_RESTORE,

@@ -16,6 +16,7 @@ from wemixvisor.messages.backup import BackupInfo
 from wemixvisor.messages.governance import ChainInfo, Proposal
 from wemixvisor.messages.height import HeightStatus
 from wemixvisor.messages.node import NodeStatus
+from wemixvisor.plans.queue import RehearsalRecord
 
 __all__ = [
     "BackupCreateReply",
@@ -39,6 +40,8 @@ __all__ = [
     "PlanRow",
     "PlansSection",
     "Readiness",
+    "RehearseUpgradeReply",
+    "RollbackUpgradeReply",
     "ScheduleUpgradeReply",
     "StatusReply",
     "UpgradeStatus",
@@ -172,6 +175,7 @@ class PlanRow(msgspec.Struct, frozen=True, kw_only=True):
     registered_at: float | None
     finished_at: float | None
     readiness: Readiness | UnsetType = UNSET
+    rehearsal: RehearsalRecord | UnsetType = UNSET  # its binary's last rehearsal (SPEC §19)
 
 
 class ListUpgradesReply(msgspec.Struct, frozen=True):
@@ -193,6 +197,21 @@ class UpgradeStatus(msgspec.Struct, frozen=True):
     journal: dict[str, Any] | None
     journal_error: str | None
     problems: list[str]
+
+
+class RehearseUpgradeReply(msgspec.Struct, frozen=True):
+    """`rehearse_upgrade`: the operation that rehearses plan `name`."""
+
+    operation: str
+    name: str
+
+
+class RollbackUpgradeReply(msgspec.Struct, frozen=True):
+    """`rollback_upgrade`: the operation that rolls upgrade `name` back."""
+
+    operation: str
+    name: str
+    restore: bool
 
 
 class BackupCreateReply(msgspec.Struct, frozen=True):

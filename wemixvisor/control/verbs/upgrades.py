@@ -64,6 +64,8 @@ class ScheduleUpgradeVerb(Verb[PlanContext, ScheduleUpgrade, ScheduleUpgradeRepl
         plan_object: dict[str, Any] = {"name": request.name, "height": request.height}
         if request.info is not None:
             plan_object["info"] = request.info
+        if request.rehearse:
+            plan_object["rehearse"] = True
         try:
             plan = plan_from_object(plan_object, "control")
         except PlanError as exc:
@@ -161,7 +163,7 @@ class CancelUpgradeVerb(Verb[PlanContext, CancelUpgrade, CancelUpgradeReply]):
 
 def plan_row(entry: QueuedPlan) -> PlanRow:
     """A queued plan as `list_upgrades` shows it."""
-    return _row(
+    row = _row(
         entry.plan,
         status=entry.status.value,
         late=entry.late,
@@ -169,6 +171,9 @@ def plan_row(entry: QueuedPlan) -> PlanRow:
         registered_at=entry.registered_at or None,
         finished_at=entry.finished_at,
     )
+    if entry.rehearsal is None:
+        return row
+    return msgspec.structs.replace(row, rehearsal=entry.rehearsal)
 
 
 def _row(
