@@ -27,7 +27,7 @@ from wemixvisor.messages import events as ev
 from wemixvisor.messages.node import NodeState
 from wemixvisor.node.client import NodeClient, NodeUnavailable
 from wemixvisor.node.process import detect_version
-from wemixvisor.plans.queue import Plan
+from wemixvisor.plans.queue import Plan, overshoot
 from wemixvisor.upgrade import steps
 from wemixvisor.upgrade.journal import Journal, Step, clear_journal, save_journal
 from wemixvisor.upgrade.preflight import check_plan
@@ -55,6 +55,7 @@ class SagaResult:
     downtime: float | None = None
     height: int = 0
     first_head: int | None = None  # the new binary's first head, for the network watch
+    late: bool = False  # the old binary was seen at or past H
 
 
 # Steps a resumed saga re-enters at: before the switch everything restarts from the stop; the
@@ -172,6 +173,7 @@ class UpgradeSaga:
                 return SagaResult(self.plan.name, Outcome.FAILED, f"preflight: {reason}")
             if self.config.node.validator_mode:
                 self._record_validator()
+            overshoot = self._judge_overshoot()
             self.bus.publish(
                 ev.UpgradeStarted(
                     name=self.plan.name,
@@ -182,6 +184,8 @@ class UpgradeSaga:
                     to_target=journal.to_target,
                 )
             )
+            if overshoot is not None:
+                self.bus.publish(overshoot)
         for step in _ORDER[_ORDER.index(start) :]:
             self._enter(step)
             try:
@@ -210,6 +214,32 @@ class UpgradeSaga:
         except RpcError as exc:
             self.journal.validator = None
             logger.info("upgrade {}: validator status unknown ({})", self.plan.name, exc)
+
+    def _judge_overshoot(self) -> ev.UpgradeOvershoot | None:
+        """The old binary's head right before the stop, from the chain (the head the
+        orchestrator saw when RPC does not answer now): at or past H is an overshoot, and the
+        upgrade is marked late. One local call, bounded tightly, as for the validator status."""
+        journal = self.journal
+        head = steps.read_head(self.config.rpc.address, VALIDATOR_QUERY_TIMEOUT)
+        if head is None:
+            head = journal.observed_height
+        if head is None:
+            return None
+        blocks = overshoot(self.plan.height, head)
+        if not blocks:
+            return None
+        journal.late = True
+        logger.error(
+            "upgrade {}: the old binary is at block {}, {} block(s) at or beyond H={}; on a real"
+            " fork they are invalid: rewind them with the node's own tools (see the README)",
+            self.plan.name,
+            head,
+            blocks,
+            self.plan.height,
+        )
+        return ev.UpgradeOvershoot(
+            name=self.plan.name, height=self.plan.height, head=head, blocks=blocks
+        )
 
     def _enter(self, step: Step) -> None:
         self.journal.step = step
@@ -271,7 +301,10 @@ class UpgradeSaga:
             self._mark(Step.COMPLETED)
             clear_journal(self.journal_path)
             return SagaResult(
-                self.plan.name, Outcome.AWAITING_OPERATOR, "switched; node left stopped"
+                self.plan.name,
+                Outcome.AWAITING_OPERATOR,
+                "switched; node left stopped",
+                late=self.journal.late,
             )
         self.ctx.start_requested_at = time.time()
         status = self.node.status()
@@ -318,6 +351,7 @@ class UpgradeSaga:
             downtime,
             height=self.plan.height,
             first_head=self.ctx.first_head,
+            late=self.journal.late,
         )
 
     def _abort(self, failure: StepFailed) -> SagaResult:
@@ -334,7 +368,12 @@ class UpgradeSaga:
             )
         )
         clear_journal(self.journal_path)
-        return SagaResult(self.plan.name, Outcome.FAILED, f"{failure.step}: {failure.reason}")
+        return SagaResult(
+            self.plan.name,
+            Outcome.FAILED,
+            f"{failure.step}: {failure.reason}",
+            late=self.journal.late,
+        )
 
     def _rollback(self, failed_step: Step, reason: str) -> SagaResult:
         journal = self.journal
@@ -368,7 +407,9 @@ class UpgradeSaga:
             )
         )
         clear_journal(self.journal_path)
-        return SagaResult(self.plan.name, Outcome.FAILED, f"{failed_step}: {reason}")
+        return SagaResult(
+            self.plan.name, Outcome.FAILED, f"{failed_step}: {reason}", late=journal.late
+        )
 
     def _mark(self, step: Step) -> None:
         self.journal.step = step
