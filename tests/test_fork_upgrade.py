@@ -25,6 +25,9 @@ from devtools.anvil import rpc_call, wait_for_rpc
 from devtools.wbft import NodeSpec, WbftNetwork
 from tests.daemon_harness import Daemon, EventLog, kill_node_processes
 from tests.support import wait_until
+from wemixvisor.control.client import ControlClient
+from wemixvisor.control.verbs.render import render_status
+from wemixvisor.control.verbs.replies import StatusReply
 from wemixvisor.home.layout import Home, add_upgrade, init_home
 
 FORK = 8  # the fork block F of the network, and the plan's height H
@@ -113,6 +116,11 @@ def test_the_old_binary_holds_f_minus_1_and_the_new_one_carries_the_chain_past_f
         node.write_plan(FORK)
         registered = events.wait_for("plan.registered")
         assert (registered["height"], registered["late"]) == (FORK, False)
+        with ControlClient(f"ipc://{node.home}/wemixvisor/control.sock", 10.0) as control:
+            status = msgspec.convert(control.request({"type": "status"}), StatusReply)
+        assert f"plans     1 pending: fork at {FORK} (switches after block {FORK - 1})" in (
+            render_status(status)
+        )
 
         spec = NodeSpec(node.url)
         with WbftNetwork([spec], block_time=BLOCK_TIME, fork_block=FORK) as network:
