@@ -100,6 +100,7 @@ class UpgradeSaga:
         self.bus = bus
         self.journal_path = journal_path
         self.on_post_upgrade = on_post_upgrade
+        self._overshoot_blocks = 0  # blocks at or beyond H reported by upgrade.overshoot
         self.node = NodeClient(bus, journal.holder, config.node.shutdown_grace)
         self.ctx = StepContext(
             journal=journal,
@@ -217,21 +218,22 @@ class UpgradeSaga:
 
     def _judge_overshoot(self) -> ev.UpgradeOvershoot | None:
         """The old binary's head right before the stop, from the chain (the head the
-        orchestrator saw when RPC does not answer now): at or past H is an overshoot, and the
-        upgrade is marked late. One local call, bounded tightly, as for the validator status."""
-        journal = self.journal
+        orchestrator saw when RPC does not answer now). One local call, bounded tightly, as for
+        the validator status."""
         head = steps.read_head(self.config.rpc.address, VALIDATOR_QUERY_TIMEOUT)
-        if head is None:
-            head = journal.observed_height
-        if head is None:
+        return self._overshoot(head if head is not None else self.journal.observed_height)
+
+    def _overshoot(self, head: int | None) -> ev.UpgradeOvershoot | None:
+        """The event when the old binary's `head` is at or past H by more blocks than reported
+        so far (the upgrade is then marked late); None otherwise."""
+        blocks = 0 if head is None else overshoot(self.plan.height, head)
+        if head is None or blocks <= self._overshoot_blocks:
             return None
-        blocks = overshoot(self.plan.height, head)
-        if not blocks:
-            return None
-        journal.late = True
+        self._overshoot_blocks = blocks
+        self.journal.late = True
         logger.error(
-            "upgrade {}: the old binary is at block {}, {} block(s) at or beyond H={}; on a real"
-            " fork they are invalid: rewind them with the node's own tools (see the README)",
+            "upgrade {}: the old binary reached block {}, {} block(s) at or beyond H={}; on a"
+            " real fork they are invalid: rewind them with the node's own tools (see the README)",
             self.plan.name,
             head,
             blocks,
@@ -322,10 +324,15 @@ class UpgradeSaga:
         elif self.journal.stop_requested_at is not None:
             # Resumed by another daemon run: only wall clocks span both runs.
             downtime = time.time() - (time.monotonic() - answered) - self.journal.stop_requested_at
+        # The new binary starts from the old one's last block: blocks imported while the stop
+        # was under way show here, after the check before the stop.
+        overshoot_found = self._overshoot(self.ctx.first_head)
         self._mark(Step.COMPLETED)
         version = detect_version(self.home.upgrade_bin(self.plan.name))
         # Given back before the news: whoever acts on it finds the node free.
         self.node.release()
+        if overshoot_found is not None:
+            self.bus.publish(overshoot_found)
         self.bus.publish(
             ev.UpgradeCompleted(
                 name=self.plan.name,
