@@ -162,7 +162,7 @@ def test_the_upgrade_finishes_the_prestaged_backup_copying_only_what_changed(
         # At H only anvil's state file and other small changes were copied.
         assert done["total_bytes"] >= filler
         assert done["changed_bytes"] < done["total_bytes"] * 0.05
-        assert completed["first_head"] == height
+        assert completed["first_head"] == height - 1
         assert chain.client_version() == "anvil/v1.7.1"
         assert chain.complete_backups() == [done["id"]]
         manifest = backups.read_manifest(chain.store / done["id"])
@@ -238,7 +238,7 @@ def test_a_daemon_killed_during_the_backup_at_height_leaves_it_incomplete_for_th
     try:
         running(events, chain)
         events.wait_for("height.observed", lambda p: p["height"] >= 1, timeout=10)
-        # A plan whose height has passed runs at once: its backup is a full copy at "H".
+        # A plan already due runs at once: its backup is a full copy at the switch.
         chain.write_plan("v1.7.1", 1)
         started = events.wait_for("backup.started", lambda p: p["kind"] == "upgrade", timeout=30)
         first.kill()

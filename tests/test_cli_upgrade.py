@@ -259,13 +259,22 @@ def test_schedule_refuses_a_passed_height_unless_now(
 
     assert main(["upgrade", "schedule", "v2", "10"]) == 1
     err = capsys.readouterr().err
-    assert "height 10 has passed (head is " in err
+    assert f"height 10 is due: the head ({head}) has passed or reached block 9" in err
     assert "use --now" in err
     assert not (home / "data/upgrade-info.json.batch").exists()
 
     assert main(["upgrade", "schedule", "v2", "10", "--now"]) == 0
-    assert "at once (height passed" in capsys.readouterr().out
+    assert f"at once (already due: head {head} ≥ 9)" in capsys.readouterr().out
     assert batch(home) == [{"name": "v2", "height": 10}]
+
+    # H is the new binary's first block: a node holding H-1 is already due.
+    head = int(rpc_call(anvil.url, "eth_blockNumber"), 16)
+    assert main(["upgrade", "schedule", "v4", str(head + 1)]) == 1
+    assert f"is due: the head ({head}) has passed or reached block {head}" in (
+        capsys.readouterr().err
+    )
+    assert main(["upgrade", "schedule", "v4", str(head + 2)]) == 0
+    assert f"scheduled upgrade 'v4' at height {head + 2}" in capsys.readouterr().out
 
     assert main(["upgrade", "schedule", "v3", "100000"]) == 0
     assert "head unknown" not in capsys.readouterr().err
@@ -288,12 +297,13 @@ def test_list_shows_the_queue_and_plans_the_daemon_has_not_seen(
     assert main(["upgrade", "list"]) == 0
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
-    assert lines[0].split() == ["NAME", "HEIGHT", "STATUS", "SOURCE", "LATE", "RESULT"]
+    assert lines[0].split() == ["NAME", "HEIGHT", "SWITCHES", "STATUS", "SOURCE", "LATE", "RESULT"]
     assert lines[1].split() == ["v1", "100", "completed", "file", "ok"]
+    # A late plan runs at once; one still ahead switches once the old binary holds H-1.
     assert lines[2].split() == ["v2", "200", "pending", "control", "yes"]
-    assert lines[3].split()[:5] == ["v3", "300", "in", "file", "file"]
+    assert lines[3].split()[:8] == ["v3", "300", "after", "block", "299", "in", "file", "file"]
     assert "in file, not yet seen by the daemon" in lines[3]
-    assert lines[4].split()[:3] == ["v4", "400", "in"]
+    assert lines[4].split()[:6] == ["v4", "400", "after", "block", "399", "in"]
     assert "batch entry 2" in captured.err
 
     assert main(["upgrade", "list", "--json"]) == 0
@@ -336,7 +346,7 @@ def test_status_shows_pending_plans_and_the_journal(
     assert main(["upgrade", "status"]) == 0
     out = capsys.readouterr().out
     assert f"daemon: running (pid {daemon_lock_held})" in out
-    assert "v2 at height 200 (file)" in out
+    assert "v2 at height 200 (file): switches after block 199" in out
     assert "v1 at height" not in out
     assert 'step: "backup"' in out
 

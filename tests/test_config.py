@@ -734,17 +734,3 @@ def test_reloadable_keys_match_the_spec() -> None:
         "governance.contracts",
         "governance.poll_interval",
     } <= reloadable
-
-
-def test_systemd_unit_lets_the_daemon_stop_the_node_within_the_stop_timeout() -> None:
-    unit = (CONFIGS_DIR / "wemixvisor.service").read_text()
-    lines = [line for line in unit.splitlines() if line and not line.startswith("#")]
-    directives = dict(line.split("=", 1) for line in lines if "=" in line)
-    assert directives["KillMode"] == "process"
-    assert directives["Restart"] == "always"
-    grace = next(
-        line.rsplit("=", 1)[1]
-        for line in lines
-        if line.startswith("Environment=DAEMON_SHUTDOWN_GRACE=")
-    )
-    assert parse_duration(directives["TimeoutStopSec"]) > parse_duration(grace)

@@ -381,6 +381,23 @@ def test_a_future_height_is_not_late_whatever_the_source() -> None:
     assert not entry.late
 
 
+@pytest.mark.parametrize(("head", "late"), [(98, False), (99, True), (100, True)])
+def test_a_plan_is_already_due_when_the_head_holds_h_minus_1(head: int, late: bool) -> None:
+    state = QueueState()
+    _, entry = plans.register(state, plan("v1", 100, "file"), head=head, now=False, at=1.0)
+    assert entry is not None
+    assert entry.late is late
+    control = QueueState()
+    if late:
+        with pytest.raises(PlanError, match=f"head \\({head}\\) has passed or reached block 99"):
+            plans.register(control, plan("v1", 100, "control"), head=head, now=False, at=1.0)
+        assert control.plans == []
+    else:
+        _, entry = plans.register(control, plan("v1", 100, "control"), head=head, now=False, at=1.0)
+        assert entry is not None
+        assert not entry.late
+
+
 def test_unknown_head_never_makes_a_plan_late() -> None:
     state = QueueState()
     _, entry = plans.register(state, plan("v1", 1, "control"), head=None, now=False, at=1.0)
@@ -469,11 +486,43 @@ def test_pending_is_lowest_height_first() -> None:
     assert [e.plan.name for e in plans.pending(state)] == ["a", "b", "c"]
 
 
-def test_due_needs_the_head_to_reach_the_height() -> None:
+@pytest.mark.parametrize(
+    ("height", "head", "starts"),
+    [
+        (100, None, False),  # an unknown head never starts anything
+        (100, 0, False),
+        (100, 97, False),
+        (100, 98, False),  # two blocks before H: the old binary still has H-1 to import
+        (100, 99, True),  # H-1: the old binary's last block; the new binary makes H
+        (100, 100, True),  # seen at H (an overshoot): at once all the same
+        (100, 5000, True),
+        (1, 0, True),  # H=1: the genesis is the old binary's last block
+        (2, 0, False),
+        (2, 1, True),
+    ],
+)
+def test_a_head_starts_the_plan_once_the_old_binary_holds_h_minus_1(
+    height: int, head: int | None, starts: bool
+) -> None:
+    assert plans.starts_now(height, head) is starts
+    assert plans.last_old_block(height) == height - 1
+
+
+@pytest.mark.parametrize(
+    ("height", "head", "blocks"),
+    [(100, 98, 0), (100, 99, 0), (100, 100, 1), (100, 101, 2), (100, 150, 51), (1, 0, 0)],
+)
+def test_overshoot_counts_the_old_binarys_blocks_at_or_beyond_h(
+    height: int, head: int, blocks: int
+) -> None:
+    assert plans.overshoot(height, head) == blocks
+
+
+def test_due_needs_the_head_to_reach_h_minus_1() -> None:
     state = queue_with(plan("a", 100), plan("b", 200))
     assert plans.due(state, head=None) is None
-    assert plans.due(state, head=99) is None
-    due = plans.due(state, head=100)
+    assert plans.due(state, head=98) is None
+    due = plans.due(state, head=99)
     assert due is not None
     assert due.plan.name == "a"
     due = plans.due(state, head=250)

@@ -2,7 +2,7 @@
 
 anvil 1.5.1 is the genesis binary and 1.7.1 the upgrade; `--state` in the data dir carries
 the chain across the switch, so the head continues and `web3_clientVersion` tells which binary
-answers.
+answers. H is the new binary's first block: the old binary's last head is H-1.
 """
 
 from __future__ import annotations
@@ -166,20 +166,23 @@ def test_the_node_switches_binary_at_height_and_the_chain_continues(
         assert registered["name"] == name
         assert registered["source"] == "file"
         started = events.wait_for("upgrade.started", timeout=H_AHEAD + 20)
-        assert started["observed_height"] == height
+        assert started["observed_height"] == height - 1
+        assert started["late"] is False
         completed = events.wait_for("upgrade.completed", timeout=60)
         steps = [p["step"] for p in events.seen if p["topic"] == "upgrade.step"]
         assert steps[:2] == ["stopping", "backup"]
         assert "switch" in steps
         assert steps[-1] == "verifying"
-        # The old binary's last head is H: the new binary took over from exactly there.
-        assert completed["first_head"] == height
+        # The old binary's last head is H-1: the new binary took over from exactly there, so
+        # block H is the new binary's first block.
+        assert completed["first_head"] == height - 1
         assert completed["downtime_seconds"] > 0
         assert upgrade_version in (completed["version"] or "")
 
         assert chain.client_version() == f"anvil/v{upgrade_version}"
         assert chain.current() == f"upgrades/{name}"
-        events.wait_for("height.observed", lambda p: p["height"] > height, timeout=10)
+        events.wait_for("height.observed", lambda p: p["height"] >= height, timeout=10)
+        assert "upgrade.overshoot" not in [p["topic"] for p in events.seen]
         if tx is not None:
             found = rpc_call(chain.url, "eth_getTransactionByHash", [tx])
             assert found is not None
@@ -226,10 +229,10 @@ def test_a_batch_upgrades_twice_in_one_run(
         chain.write_batch([("v1.5.1", first), ("v1.7.1", second)])
         one = events.wait_for("upgrade.completed", timeout=60)
         assert one["name"] == "v1.5.1"
-        assert one["first_head"] == first
+        assert one["first_head"] == first - 1
         two = events.wait_for("upgrade.completed", timeout=60)
         assert two["name"] == "v1.7.1"
-        assert two["first_head"] == second
+        assert two["first_head"] == second - 1
         assert chain.client_version() == "anvil/v1.7.1"
         switches = [p["to_target"] for p in events.seen if p["topic"] == "upgrade.started"]
         assert switches == ["upgrades/v1.5.1", "upgrades/v1.7.1"]
@@ -527,13 +530,12 @@ def test_a_chain_that_does_not_move_after_the_upgrade_is_waited_for_not_rolled_b
         height = chain.head() + 2
         chain.write_plan("v1.7.1", height)
         events.wait_for("plan.registered", timeout=20)
-        rpc_call(chain.url, "evm_mine")
-        rpc_call(chain.url, "evm_mine")
+        rpc_call(chain.url, "evm_mine")  # H-1: the old binary's last block
         completed = events.wait_for("upgrade.completed", timeout=30)
-        assert completed["first_head"] == height
+        assert completed["first_head"] == height - 1
         waiting = events.wait_for("upgrade.waiting_for_network", timeout=20)
         assert waiting["name"] == "v1.7.1"
-        assert waiting["head"] == height
+        assert waiting["head"] == height - 1
         assert chain.client_version() == "anvil/v1.7.1"
         assert not [
             p for p in events.seen if p["topic"] in ("upgrade.failed", "upgrade.rolled_back")

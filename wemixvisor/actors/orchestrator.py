@@ -47,7 +47,7 @@ from wemixvisor.upgrade.preflight import (
 from wemixvisor.upgrade.saga import Outcome, SagaResult, UpgradeSaga
 
 PREFLIGHT_RECHECK = 60.0  # seconds between re-checks of a plan whose preflight failed
-PREFLIGHT_AHEAD_BLOCKS = 10  # re-check this many blocks before H
+PREFLIGHT_AHEAD_BLOCKS = 10  # re-check this many blocks before the switch (after H-1)
 _LATENCY_SAMPLES = 10_000
 
 
@@ -91,7 +91,8 @@ class _PreflightDue(msgspec.Struct, frozen=True):
 
 
 class OrchestratorActor(OperatorDuties, SupervisedActor):
-    """Registers plans, watches the head, and starts the upgrade saga at H."""
+    """Registers plans, watches the head, and starts the upgrade saga once the old binary
+    holds H-1 (the new binary's first block is H)."""
 
     role = "orchestrator"
 
@@ -273,7 +274,8 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
             return
         for entry in queue_rules.pending(self._queue):
             plan = entry.plan
-            near = plan.height - PREFLIGHT_AHEAD_BLOCKS <= head < plan.height
+            switch_after = queue_rules.last_old_block(plan.height)
+            near = switch_after - PREFLIGHT_AHEAD_BLOCKS <= head < switch_after
             if near and plan.name not in self._checked_ahead:
                 self._checked_ahead.add(plan.name)
                 self._preflight(plan)
@@ -304,6 +306,10 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
         else:
             reason = ""
         plan = entry.plan
+        if self._head is not None and queue_rules.overshoot(plan.height, self._head):
+            # First seen past H-1 (RPC was down, or a fast sync): it runs at once all the
+            # same, marked late; the saga reports the overshoot from the head before the stop.
+            entry.late = True
         if from_target is None:
             logger.error("upgrade {} cannot start: {}", plan.name, reason)
             self._finish_entry(entry, PlanStatus.FAILED, reason)
@@ -356,6 +362,7 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
             )
         entry = queue_rules.get(self._queue, result.name)
         if entry is not None:
+            entry.late = entry.late or result.late
             status = PlanStatus.FAILED if result.outcome is Outcome.FAILED else PlanStatus.COMPLETED
             if journal is not None and status is PlanStatus.COMPLETED:
                 # What an operator's rollback needs: the binary before, and the backup.

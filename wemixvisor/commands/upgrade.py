@@ -103,12 +103,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="schedule an upgrade at a block height",
         description=(
             "Register the plan NAME at HEIGHT with the running daemon, or (no daemon) write it "
-            "into the batch file. A height the chain has already passed is refused unless --now "
+            "into the batch file. A height already due (head >= HEIGHT-1) is refused unless --now "
             "(then the daemon upgrades at once)."
         ),
     )
     schedule.add_argument("name", help="upgrade name: 1-64 characters of A-Z a-z 0-9 . _ -")
-    schedule.add_argument("height", help="block height at which the upgrade starts (> 0)")
+    schedule.add_argument(
+        "height",
+        help="H, the new binary's first block (the fork block): the switch comes once the old "
+        "binary holds H-1 (> 0)",
+    )
     schedule.add_argument(
         "--binary",
         metavar="URL",
@@ -124,7 +128,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     schedule.add_argument("--info", metavar="JSON", help="the plan's info, a JSON object")
     schedule.add_argument(
-        "--now", action="store_true", help="accept a height that has passed: upgrade at once"
+        "--now", action="store_true", help="accept a height already due: upgrade at once"
     )
     schedule.add_argument(
         "--follow",

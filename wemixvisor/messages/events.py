@@ -196,6 +196,16 @@ class UpgradeStarted(Event, tag="upgrade.started", frozen=True):
     to_target: str
 
 
+class UpgradeOvershoot(Event, tag="upgrade.overshoot", frozen=True):
+    """The old binary was seen at or past H (RPC down at H-1, or a fast sync through H): on a
+    real fork those blocks are invalid and must be rewound with the node's own tools."""
+
+    name: str
+    height: int
+    head: int  # the old binary's head right before the stop
+    blocks: int  # head - H + 1: blocks at or beyond H the old binary imported
+
+
 class UpgradeStep(Event, tag="upgrade.step", frozen=True):
     name: str
     step: str

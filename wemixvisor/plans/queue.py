@@ -269,7 +269,7 @@ def register(
     Rules (SPEC §4): keyed by name; a plan that completed or is running is never run again
     (UNCHANGED; a completed plan shown with another height is refused), nor a failed one unless
     re-scheduled through the control protocol; two pending plans at one height conflict and the
-    later is refused; a plan at or below the head is refused from the control protocol unless
+    later is refused; a plan already due (head ≥ H-1) is refused from the control protocol unless
     `now`, and from files/governance runs at once, marked late.
     """
     existing = _find(state, plan.name)
@@ -300,10 +300,11 @@ def register(
             raise PlanError(
                 f"conflict: plan {other.plan.name!r} is already scheduled at height {plan.height}"
             )
-    late = head is not None and plan.height <= head
+    late = starts_now(plan.height, head)
     if late and plan.source == "control" and not now:
         raise PlanError(
-            f"height {plan.height} has passed (head is {head}); send it with now=true to "
+            f"height {plan.height} is due: the head ({head}) has passed or reached block "
+            f"{last_old_block(plan.height)}, the old binary's last; send it with now=true to "
             "upgrade at once"
         )
     if existing is not None:
@@ -351,13 +352,31 @@ def pending(state: QueueState) -> list[QueuedPlan]:
     )
 
 
-def due(state: QueueState, head: int | None) -> QueuedPlan | None:
-    """The plan to run now: the lowest pending plan with height ≤ head (never on unknown head).
+def last_old_block(height: int) -> int:
+    """H-1: the old binary's last block. H is the first block of the new binary — the fork
+    block of geth-family chains, the plan height of cosmovisor (SPEC §5)."""
+    return height - 1
 
-    A late plan is due whatever the head, since it was accepted as already passed.
+
+def starts_now(height: int, head: int | None) -> bool:
+    """Whether a node at `head` starts the upgrade at `height`: head ≥ H-1 (never on an
+    unknown head). Waiting for head ≥ H would wait forever on a real fork: an old binary
+    cannot import the fork block H."""
+    return head is not None and head >= last_old_block(height)
+
+
+def overshoot(height: int, head: int) -> int:
+    """How many blocks at or beyond H an old binary at `head` imported: head - H + 1, or 0."""
+    return max(head - height + 1, 0)
+
+
+def due(state: QueueState, head: int | None) -> QueuedPlan | None:
+    """The plan to run now: the lowest pending plan that `head` starts (`starts_now`).
+
+    A late plan is due whatever the head, since it was accepted as already due.
     """
     for entry in pending(state):
-        if entry.late or (head is not None and head >= entry.plan.height):
+        if entry.late or starts_now(entry.plan.height, head):
             return entry
     return None
 

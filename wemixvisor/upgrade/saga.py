@@ -27,7 +27,7 @@ from wemixvisor.messages import events as ev
 from wemixvisor.messages.node import NodeState
 from wemixvisor.node.client import NodeClient, NodeUnavailable
 from wemixvisor.node.process import detect_version
-from wemixvisor.plans.queue import Plan
+from wemixvisor.plans.queue import Plan, overshoot
 from wemixvisor.upgrade import steps
 from wemixvisor.upgrade.journal import Journal, Step, clear_journal, save_journal
 from wemixvisor.upgrade.preflight import check_plan
@@ -55,6 +55,7 @@ class SagaResult:
     downtime: float | None = None
     height: int = 0
     first_head: int | None = None  # the new binary's first head, for the network watch
+    late: bool = False  # the old binary was seen at or past H
 
 
 # Steps a resumed saga re-enters at: before the switch everything restarts from the stop; the
@@ -99,6 +100,7 @@ class UpgradeSaga:
         self.bus = bus
         self.journal_path = journal_path
         self.on_post_upgrade = on_post_upgrade
+        self._overshoot_blocks = 0  # blocks at or beyond H reported by upgrade.overshoot
         self.node = NodeClient(bus, journal.holder, config.node.shutdown_grace)
         self.ctx = StepContext(
             journal=journal,
@@ -173,6 +175,7 @@ class UpgradeSaga:
             if self.config.node.validator_mode:
                 self._record_validator()
             steps.prepare_args(self.ctx)
+            overshoot = self._judge_overshoot()
             self.bus.publish(
                 ev.UpgradeStarted(
                     name=self.plan.name,
@@ -183,6 +186,8 @@ class UpgradeSaga:
                     to_target=journal.to_target,
                 )
             )
+            if overshoot is not None:
+                self.bus.publish(overshoot)
         for step in _ORDER[_ORDER.index(start) :]:
             self._enter(step)
             try:
@@ -211,6 +216,33 @@ class UpgradeSaga:
         except RpcError as exc:
             self.journal.validator = None
             logger.info("upgrade {}: validator status unknown ({})", self.plan.name, exc)
+
+    def _judge_overshoot(self) -> ev.UpgradeOvershoot | None:
+        """The old binary's head right before the stop, from the chain (the head the
+        orchestrator saw when RPC does not answer now). One local call, bounded tightly, as for
+        the validator status."""
+        head = steps.read_head(self.config.rpc.address, VALIDATOR_QUERY_TIMEOUT)
+        return self._overshoot(head if head is not None else self.journal.observed_height)
+
+    def _overshoot(self, head: int | None) -> ev.UpgradeOvershoot | None:
+        """The event when the old binary's `head` is at or past H by more blocks than reported
+        so far (the upgrade is then marked late); None otherwise."""
+        blocks = 0 if head is None else overshoot(self.plan.height, head)
+        if head is None or blocks <= self._overshoot_blocks:
+            return None
+        self._overshoot_blocks = blocks
+        self.journal.late = True
+        logger.error(
+            "upgrade {}: the old binary reached block {}, {} block(s) at or beyond H={}; on a"
+            " real fork they are invalid: rewind them with the node's own tools (see the README)",
+            self.plan.name,
+            head,
+            blocks,
+            self.plan.height,
+        )
+        return ev.UpgradeOvershoot(
+            name=self.plan.name, height=self.plan.height, head=head, blocks=blocks
+        )
 
     def _enter(self, step: Step) -> None:
         self.journal.step = step
@@ -272,7 +304,10 @@ class UpgradeSaga:
             self._mark(Step.COMPLETED)
             clear_journal(self.journal_path)
             return SagaResult(
-                self.plan.name, Outcome.AWAITING_OPERATOR, "switched; node left stopped"
+                self.plan.name,
+                Outcome.AWAITING_OPERATOR,
+                "switched; node left stopped",
+                late=self.journal.late,
             )
         self.ctx.start_requested_at = time.time()
         status = self.node.status()
@@ -290,10 +325,15 @@ class UpgradeSaga:
         elif self.journal.stop_requested_at is not None:
             # Resumed by another daemon run: only wall clocks span both runs.
             downtime = time.time() - (time.monotonic() - answered) - self.journal.stop_requested_at
+        # The new binary starts from the old one's last block: blocks imported while the stop
+        # was under way show here, after the check before the stop.
+        overshoot_found = self._overshoot(self.ctx.first_head)
         self._mark(Step.COMPLETED)
         version = detect_version(self.home.upgrade_bin(self.plan.name))
         # Given back before the news: whoever acts on it finds the node free.
         self.node.release()
+        if overshoot_found is not None:
+            self.bus.publish(overshoot_found)
         self.bus.publish(
             ev.UpgradeCompleted(
                 name=self.plan.name,
@@ -319,6 +359,7 @@ class UpgradeSaga:
             downtime,
             height=self.plan.height,
             first_head=self.ctx.first_head,
+            late=self.journal.late,
         )
 
     def _abort(self, failure: StepFailed) -> SagaResult:
@@ -335,7 +376,12 @@ class UpgradeSaga:
             )
         )
         clear_journal(self.journal_path)
-        return SagaResult(self.plan.name, Outcome.FAILED, f"{failure.step}: {failure.reason}")
+        return SagaResult(
+            self.plan.name,
+            Outcome.FAILED,
+            f"{failure.step}: {failure.reason}",
+            late=self.journal.late,
+        )
 
     def _rollback(self, failed_step: Step, reason: str) -> SagaResult:
         journal = self.journal
@@ -369,7 +415,9 @@ class UpgradeSaga:
             )
         )
         clear_journal(self.journal_path)
-        return SagaResult(self.plan.name, Outcome.FAILED, f"{failed_step}: {reason}")
+        return SagaResult(
+            self.plan.name, Outcome.FAILED, f"{failed_step}: {reason}", late=journal.late
+        )
 
     def _mark(self, step: Step) -> None:
         self.journal.step = step

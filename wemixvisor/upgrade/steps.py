@@ -81,6 +81,11 @@ class StepContext:
         return self.journal.plan
 
 
+def read_head(address: str, timeout: float) -> int | None:
+    """The node's head by one `eth_blockNumber` call, None when it does not answer in time."""
+    return _hex_height(_call_quietly(RpcClient(address, timeout=timeout), "eth_blockNumber"))
+
+
 def stop_node(ctx: StepContext) -> None:
     """`stopping`: stop the node and wait until it is down; then DAEMON_RESTART_DELAY."""
     ctx.stop_began = time.monotonic()

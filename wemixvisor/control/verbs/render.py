@@ -19,6 +19,7 @@ from wemixvisor.control.verbs.replies import (
 )
 from wemixvisor.messages.backup import BackupInfo
 from wemixvisor.messages.governance import ChainInfo, Proposal
+from wemixvisor.plans.queue import last_old_block
 
 __all__ = [
     "NOT_YET_SEEN",
@@ -35,6 +36,7 @@ __all__ = [
 NOT_YET_SEEN = "in file, not yet seen by the daemon"
 """The `result` of a plan row that is only in the plan files."""
 
+_WAITING = ("pending", "in_file")  # plan rows whose switch is still ahead
 _PROPOSAL_COLUMNS = ("CONTRACT", "KIND", "ID", "STATE", "FOR", "AGAINST", "QUORUM", "PLAN")
 
 
@@ -119,7 +121,8 @@ def render_status(reply: StatusReply) -> str:
         lines.append("plans     unknown (orchestrator not answering)")
     else:
         shown = ", ".join(
-            f"{p.name} at {p.height}" + (" (late)" if p.late else "") for p in plans.pending
+            f"{p.name} at {p.height} " + ("(late)" if p.late else f"(switches {_switch(p.height)})")
+            for p in plans.pending
         )
         lines.append(f"plans     {len(plans.pending)} pending" + (f": {shown}" if shown else ""))
         running = plans.in_progress
@@ -162,6 +165,11 @@ class TableText(str):
         return table
 
 
+def _switch(height: int) -> str:
+    """When the plan at `height` switches binaries: H is the new binary's first block."""
+    return f"after block {last_old_block(height)}"
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, free_last: bool) -> str:
     """Columns padded to their widest cell; the last one unpadded when `free_last`."""
     padded = len(header) - 1 if free_last else len(header)
@@ -174,14 +182,16 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, free_last: b
 
 
 def render_plans(rows: Sequence[PlanRow]) -> str:
-    """`upgrade list`: a table of plans, or `no plans`."""
+    """`upgrade list`: a table of plans, or `no plans`; a plan still ahead shows the block
+    after which it switches (H-1: H is the new binary's first block)."""
     if not rows:
         return "no plans"
-    header = ("NAME", "HEIGHT", "STATUS", "SOURCE", "LATE", "RESULT")
+    header = ("NAME", "HEIGHT", "SWITCHES", "STATUS", "SOURCE", "LATE", "RESULT")
     cells = [
         (
             row.name,
             str(row.height),
+            _switch(row.height) if row.status in _WAITING and not row.late else "",
             row.status.replace("_", " "),
             row.source,
             "yes" if row.late else "",
@@ -209,7 +219,8 @@ def render_upgrade_status(status: UpgradeStatus) -> str:
                 notes.append("late: runs at once")
             if row.status == "in_file":
                 notes.append(NOT_YET_SEEN)
-            lines.append(f"  {row.name} at height {row.height} ({', '.join(notes)})")
+            switch = "" if row.late else f": switches {_switch(row.height)}"
+            lines.append(f"  {row.name} at height {row.height} ({', '.join(notes)}){switch}")
     else:
         lines.append("pending: none")
     if status.journal is not None:

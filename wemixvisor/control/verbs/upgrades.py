@@ -37,6 +37,7 @@ from wemixvisor.plans.queue import (
     PlanStatus,
     QueuedPlan,
     get,
+    last_old_block,
     plan_from_object,
     validate_name,
 )
@@ -52,11 +53,14 @@ __all__ = [
 
 
 class ScheduleUpgradeVerb(Verb[PlanContext, ScheduleUpgrade, ScheduleUpgradeReply]):
-    """`schedule_upgrade`: register a plan; a passed height only with `now`."""
+    """`schedule_upgrade`: register a plan; one already due (head ≥ H-1) only with `now`."""
 
     request_type = ScheduleUpgrade
     reply_type = ScheduleUpgradeReply
-    summary = "Schedule upgrade `name` at block `height` (a passed height only with `now`)."
+    summary = (
+        "Schedule upgrade `name`: `height` is the new binary's first block, the switch comes"
+        " after block height-1 (an already due height only with `now`)."
+    )
     changes_state = True
     offline = True
 
@@ -95,7 +99,7 @@ class ScheduleUpgradeVerb(Verb[PlanContext, ScheduleUpgrade, ScheduleUpgradeRepl
 
     def render(self, reply: ScheduleUpgradeReply) -> str:
         when = (
-            f"at once (height passed, head is {reply.head})"
+            f"at once (already due: head {reply.head} ≥ {last_old_block(reply.height)})"
             if reply.late
             else f"at height {reply.height}"
         )
