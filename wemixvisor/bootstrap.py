@@ -105,8 +105,6 @@ class Daemon:
             bus=self.bus,
             config=config,
             home=self.home,
-            environ=self.environ,
-            overrides=self.overrides,
             started=self.started,
             actor_restarts=self.supervisor.restarts,
         )
@@ -158,6 +156,7 @@ class Daemon:
     def _start_files(self, supervisor: Supervisor) -> pykka.ActorRef[Any]:
         return FileSourceActor.start(
             config=self.config,
+            startup=self.control.config,
             bus=self.bus,
             env=self.environ,
             overrides=self.overrides,

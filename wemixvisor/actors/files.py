@@ -24,10 +24,17 @@ from loguru import logger
 from wemixvisor.actors.base import FailureSink, SupervisedActor
 from wemixvisor.actors.workers import Poller
 from wemixvisor.bus import Bus
-from wemixvisor.config import MAX_CONFIG_BYTES, Config, ConfigError, load_config, reload_diff
+from wemixvisor.config import (
+    MAX_CONFIG_BYTES,
+    Config,
+    ConfigError,
+    apply_reloadable,
+    load_config,
+    reload_diff,
+)
 from wemixvisor.logs import apply_level
 from wemixvisor.messages import events as ev
-from wemixvisor.messages.config import ConfigChanged, PollFiles
+from wemixvisor.messages.config import ConfigChanged, GetRunningConfig, PollFiles, RunningConfig
 from wemixvisor.messages.plans import RegisterPlans, ResendPlans
 from wemixvisor.plans.files import (
     FileWatch,
@@ -54,7 +61,9 @@ class _Tick(msgspec.Struct, frozen=True):
 
 
 class FileSourceActor(SupervisedActor):
-    """Watches upgrade-info.json, its batch file and config.toml; reports what they hold.
+    """Watches upgrade-info.json, its batch file and config.toml; reports what they hold. It
+    is the one owner of the running configuration (`GetRunningConfig`): `startup` is what the
+    daemon started with (the base of "needs a restart"), `config` what it runs with now.
 
     `env` and `overrides` are the environment and `--set` flags the daemon started with: a
     config.toml edit is loaded with them, so the file keeps its place in the precedence.
@@ -71,11 +80,16 @@ class FileSourceActor(SupervisedActor):
         env: Mapping[str, str] | None = None,
         overrides: Mapping[str, str] | None = None,
         on_reload: Callable[[Config], None] | None = None,
+        startup: Config | None = None,
     ) -> None:
         super().__init__(failure_sink)
         self._bus = bus
         # The latest valid configuration: the base of the next reload's diff.
         self._config = config
+        # The configuration the daemon started with, and what it runs with now: this actor is
+        # the one owner of the running configuration; the others are told it or ask for it.
+        self._startup = startup if startup is not None else config
+        self._running = config
         self._overrides = dict(overrides or {})
         # Told every reloaded configuration: the daemon's own loop (heartbeat interval) is
         # not an actor and gets no ConfigChanged.
@@ -112,23 +126,25 @@ class FileSourceActor(SupervisedActor):
                 finally:
                     if self._ticker is not None:
                         self._ticker.handled()
-            case PollFiles():
-                self._poll()
+            case PollFiles(explicit=explicit):
+                self._poll(explicit=explicit)
             case ResendPlans():
                 self._resend()
             case ConfigChanged(config=config):
                 self._on_config_changed(config)
+            case GetRunningConfig(check_file=check_file):
+                return self._running_config(check_file)
             case _:
                 logger.warning("files actor: unexpected message {!r}", message)
         return None
 
     # polling
 
-    def _poll(self) -> None:
+    def _poll(self, *, explicit: bool = False) -> None:
         self._poll_plan_file()
         self._poll_batch_file()
         self._deliver()
-        self._poll_config()
+        self._poll_config(explicit=explicit)
 
     def _poll_plan_file(self) -> None:
         reading = self._plan_watch.poll()
@@ -209,17 +225,17 @@ class FileSourceActor(SupervisedActor):
 
     # configuration
 
-    def _poll_config(self) -> None:
+    def _poll_config(self, *, explicit: bool = False) -> None:
         reading = self._config_watch.poll()
         if reading is None:
             return
-        if reading.content is None and not reading.stable:
+        if reading.content is None and not reading.stable and not explicit:
             # Absent (or unreadable) for the first polls: maybe an editor's save in progress.
             return
         try:
             new = load_config(self._env, self._overrides)
         except ConfigError as exc:
-            if reading.stable:
+            if reading.stable or explicit:
                 logger.warning("config.toml edit rejected, old configuration kept: {}", exc)
                 self._bus.publish(ev.ConfigRejected(error=str(exc)))
                 self._config_watch.settle(reading)
@@ -229,6 +245,7 @@ class FileSourceActor(SupervisedActor):
         if not changed:
             return
         self._config = new
+        self._running = apply_reloadable(self._running, new)
         logger.info(
             "config.toml reloaded: {} changed{}",
             ", ".join(changed),
@@ -238,6 +255,16 @@ class FileSourceActor(SupervisedActor):
         self._bus.publish(ev.ConfigReloaded(changed=changed, restart_required=restart_required))
         for role in CONFIG_ROLES:
             self._bus.tell(role, ConfigChanged(config=new, changed=changed))
+
+    def _running_config(self, check_file: bool) -> RunningConfig:
+        error = None
+        if check_file:
+            try:
+                load_config(self._env, self._overrides)
+            except ConfigError as exc:
+                error = str(exc)
+        restart_required = reload_diff(self._startup, self._config)[1]
+        return RunningConfig(self._running, restart_required, error)
 
     def _on_config_changed(self, config: Any) -> None:
         # Its own broadcast comes back here (nothing left to do); a configuration reloaded

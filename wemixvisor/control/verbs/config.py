@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from wemixvisor.config import config_as_dict, reload_diff
+from wemixvisor.config import Config, config_as_dict, reload_diff
 from wemixvisor.control.protocol import ConfigReload, ConfigShow, ControlError, ErrorCode
 from wemixvisor.control.verbs.base import Verb
 from wemixvisor.control.verbs.daemon import ControlContext
@@ -21,13 +21,14 @@ class ConfigShowVerb(Verb[ControlContext, ConfigShow, ConfigShowReply]):
     summary = "The configuration the daemon runs with."
 
     def execute(self, ctx: ControlContext, request: ConfigShow) -> ConfigShowReply:
-        _, running, restart_required, error = ctx.running_config()
+        running = ctx.running_config(check_file=True)
+        config: Config = running.config
         return ConfigShowReply(
-            config=config_as_dict(running),
-            config_file=str(running.config_path),
-            config_file_exists=running.config_path.is_file(),
-            restart_required=restart_required,
-            file_error=error,
+            config=config_as_dict(config),
+            config_file=str(config.config_path),
+            config_file_exists=config.config_path.is_file(),
+            restart_required=running.restart_required,
+            file_error=running.file_error,
         )
 
 
@@ -40,18 +41,21 @@ class ConfigReloadVerb(Verb[ControlContext, ConfigReload, ConfigReloadReply]):
     changes_state = True
 
     def execute(self, ctx: ControlContext, request: ConfigReload) -> ConfigReloadReply:
-        # The files actor applies the edit (and publishes config.reloaded or config.rejected).
-        ctx.ask("files", PollFiles())
-        previous, running, restart_required, error = ctx.running_config()
-        if error is not None:
+        # The files actor owns the running configuration: it applies the edit (and publishes
+        # config.reloaded or config.rejected).
+        previous = ctx.running_config().config
+        ctx.ask("files", PollFiles(explicit=True))
+        running = ctx.running_config(check_file=True)
+        if running.file_error is not None:
             raise ControlError(
                 ErrorCode.BAD_REQUEST,
-                f"config.toml rejected, the running configuration stays: {error}",
+                f"config.toml rejected, the running configuration stays: {running.file_error}",
             )
+        config: Config = running.config
         return ConfigReloadReply(
-            changed=reload_diff(previous, running)[0],
-            restart_required=restart_required,
-            config_file=str(running.config_path),
+            changed=reload_diff(previous, config)[0],
+            restart_required=running.restart_required,
+            config_file=str(config.config_path),
         )
 
     def render(self, reply: ConfigReloadReply) -> str:

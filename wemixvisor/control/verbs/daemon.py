@@ -11,7 +11,7 @@ import concurrent.futures
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,12 +21,13 @@ from loguru import logger
 
 from wemixvisor.backup.store import BackupBusy, BackupError, BackupNotFound
 from wemixvisor.bus import Bus
-from wemixvisor.config import Config, ConfigError, apply_reloadable, load_config, reload_diff
+from wemixvisor.config import Config
 from wemixvisor.control.operations import Check, Operations, Outcome
 from wemixvisor.control.protocol import ControlError, ErrorCode
 from wemixvisor.control.verbs.base import DaemonState, PlanSnapshot, PruneOutcome, Registration
 from wemixvisor.home.layout import Home
 from wemixvisor.messages.backup import BackupInfo, ListBackups, PruneBackups
+from wemixvisor.messages.config import GetRunningConfig, RunningConfig
 from wemixvisor.messages.node import GetNodeStatus, NodeStatus
 from wemixvisor.messages.plans import CancelPlan, ListPlans, RegisterPlans
 from wemixvisor.plans.queue import Plan, get
@@ -74,53 +75,28 @@ class _SingleFlight:
 class ControlContext:
     """What the verbs see of the daemon: its actors (through the bus), configuration and life.
 
-    `environ` and `overrides` are what the configuration was loaded from: `config_show` and
-    `config_reload` load config.toml again with them, as the files actor does. It is the
-    daemon's PlanContext and BackupContext: it asks the orchestrator and the backup actor.
+    `config` is the startup configuration; what the daemon runs with now is the files actor's
+    (`running_config`). It is the daemon's PlanContext and BackupContext: it asks the
+    orchestrator and the backup actor.
     """
 
     bus: Bus
     config: Config
     home: Home
-    environ: Mapping[str, str]
-    overrides: Mapping[str, str]
     started: float = field(default_factory=time.monotonic)
     actor_restarts: Callable[[], dict[str, int]] = dict
     stopping: threading.Event = field(default_factory=threading.Event)
     ask_timeout: float = ASK_TIMEOUT
     operations: Operations | None = None  # set by the Dispatcher serving this context
-    _running: Config | None = None
-    _restart_required: list[str] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
     _run_id: tuple[Any, str] | None = None
     status_flight: _SingleFlight = field(default_factory=_SingleFlight)
     status_cache: tuple[float, Any] | None = None  # (monotonic time, reply) of the last status
 
-    def __post_init__(self) -> None:
-        env = dict(self.environ)
-        if "home" not in self.overrides:
-            env["DAEMON_HOME"] = str(self.config.home)
-        self.environ = env
-        self._running = self.config
-
-    def running_config(self) -> tuple[Config, Config, list[str], str | None]:
-        """(previous, current) running configuration, the changed keys that need a restart,
-        and why config.toml cannot be loaded now (None when it can).
-
-        The running configuration is the startup one with the reloadable keys of the latest
-        valid config.toml applied: what the actors run with.
-        """
-        try:
-            loaded: Config | None = load_config(self.environ, self.overrides)
-            error = None
-        except ConfigError as exc:
-            loaded, error = None, str(exc)
-        with self._lock:
-            previous = self._running if self._running is not None else self.config
-            if loaded is not None:
-                self._running = apply_reloadable(previous, loaded)
-                self._restart_required = reload_diff(self.config, loaded)[1]
-            return previous, self._running or self.config, list(self._restart_required), error
+    def running_config(self, *, check_file: bool = False) -> RunningConfig:
+        """What the daemon runs with, from the one owner of it (the files actor); with
+        `check_file`, also whether config.toml loads now."""
+        answer: RunningConfig = self.ask("files", GetRunningConfig(check_file=check_file))
+        return answer
 
     def run_id(self) -> str | None:
         """This daemon run's id (the events actor's), None if it does not answer."""
