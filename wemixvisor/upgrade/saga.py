@@ -19,7 +19,8 @@ from pathlib import Path
 from loguru import logger
 
 from wemixvisor.bus import Bus
-from wemixvisor.chain.rpc import RpcClient, RpcError
+from wemixvisor.chain.client import ChainClient
+from wemixvisor.chain.rpc import RpcError
 from wemixvisor.chain.wbft import NotWbft, WbftClient
 from wemixvisor.config import Config
 from wemixvisor.home.layout import Home, switch_current
@@ -201,7 +202,7 @@ class UpgradeSaga:
         Two local calls of a few milliseconds, bounded tightly: the old binary must not import
         blocks beyond H while they run. A node that cannot tell leaves both unknown.
         """
-        client = WbftClient(RpcClient(self.config.rpc.address, timeout=VALIDATOR_QUERY_TIMEOUT))
+        client = WbftClient(ChainClient(self.config.rpc.address, timeout=VALIDATOR_QUERY_TIMEOUT))
         try:
             self.journal.validator_address = client.node_address()
             self.journal.validator = client.is_validator()
