@@ -21,7 +21,7 @@ import asyncio
 import logging
 import socket
 import time
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import msgspec
 import requests
@@ -126,6 +126,19 @@ def _read_ipc_answer(sock: socket.socket, timeout: float) -> bytes:
         return bytes(buffer)
 
 
+class _IPCSocket(PersistentSocket):
+    """web3's persistent IPC socket, closed when connecting fails (web3's own leaks it)."""
+
+    def _open(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.ipc_path)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
 class CappedIPCProvider(IPCProvider):
     """`IPCProvider` (one persistent socket) with a whole-call deadline and a size cap.
 
@@ -136,7 +149,8 @@ class CappedIPCProvider(IPCProvider):
     def __init__(self, ipc_path: str, timeout: float) -> None:
         super().__init__(ipc_path, timeout=max(int(timeout), 1))
         self._deadline_seconds = timeout
-        self._persistent = cast(PersistentSocket, self._socket)
+        self._persistent = _IPCSocket(self.ipc_path)
+        self._socket = self._persistent
 
     def _make_request(self, request: bytes) -> RPCResponse:
         with self._lock, self._persistent as opened:
