@@ -53,20 +53,66 @@ def _short(text: str) -> str:
     return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        # urllib3 keeps the cause in `reason` (websockets has a deprecated one: not read).
+        reason = (
+            getattr(current, "reason", None)
+            if type(current).__module__.startswith("urllib3")
+            else None
+        )
+        current = (
+            reason
+            if isinstance(reason, BaseException)
+            else (current.__cause__ or current.__context__)
+        )
+
+
+def _transport_problem(exc: BaseException) -> str | None:
+    """What went wrong on the way to the node, in the operator's words; None when the node
+    did answer (then the answer was malformed)."""
+    from web3.exceptions import ProviderConnectionError, TimeExhausted  # noqa: PLC0415
+
+    chain = list(_causes(exc))
+    for cause in chain:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror  # "Connection refused", "No such file or directory"...
+    for cause in chain:
+        if isinstance(cause, (TimeoutError, TimeExhausted)) or "Timeout" in type(cause).__name__:
+            return "timed out"
+    # The deepest transport error says most ("InvalidStatus: server rejected WebSocket...").
+    for cause in reversed(chain):
+        if type(cause).__module__.startswith(("requests", "urllib3", "websockets")):
+            return f"{type(cause).__name__}: {_short(str(cause))}"
+    for cause in chain:
+        if isinstance(cause, (OSError, ProviderConnectionError)):
+            return f"{type(cause).__name__}: {_short(str(cause))}"
+    return None
+
+
 def rpc_failure(address: str, exc: BaseException) -> RpcError:
-    """The project's exception for whatever a web3 call raised."""
+    """The project's exception for whatever a web3 call raised: the node's error object, a
+    transport failure, or a malformed answer (anything the node sent that web3 could not read)."""
     if isinstance(exc, RpcError):
         return exc
     response = getattr(exc, "rpc_response", None)
     error = response.get("error") if isinstance(response, dict) else None
     if isinstance(error, dict):
         code, message = error.get("code"), error.get("message")
-        text = f"JSON-RPC error {describe_value(code)}: {describe_value(message)}"
+        shown = _short(message) if isinstance(message, str) else describe_value(message)
+        text = f"JSON-RPC error {describe_value(code)}: {shown}"
         if code == _METHOD_NOT_FOUND:
             return RpcMethodNotFound(text)
         return RpcError(text)
+    problem = _transport_problem(exc)
+    if problem is not None:
+        return RpcError(f"{address}: {problem}")
     detail = _short(str(exc)) or type(exc).__name__
-    return RpcError(f"{address}: {type(exc).__name__}: {detail}")
+    return MalformedAnswer(f"{address}: malformed JSON-RPC answer: {type(exc).__name__}: {detail}")
 
 
 @contextlib.contextmanager

@@ -26,9 +26,9 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from loguru import logger
 
@@ -52,6 +52,8 @@ __all__ = [
     "parse_height",
     "poll_interval",
 ]
+
+T = TypeVar("T")
 
 MAX_HEIGHT: Final = MAX_QUANTITY
 """The largest height a well-formed answer can carry (16 hex digits, geth's uint64)."""
@@ -373,7 +375,7 @@ class HeadSubscriber(HeadWatcher):
 
     async def _session(self) -> None:
         """Connect, subscribe, read heads; return when stopping, raise on any failure."""
-        from wemixvisor.chain.providers import persistent_web3  # noqa: PLC0415
+        from wemixvisor.chain.providers import disconnect, persistent_web3  # noqa: PLC0415
 
         task = asyncio.current_task()
         assert task is not None
@@ -383,14 +385,11 @@ class HeadSubscriber(HeadWatcher):
             if self._stop.is_set():
                 return
             w3 = persistent_web3(self.address, self._kind, self.timeout)
-            await asyncio.wait_for(w3.provider.connect(), self.timeout)
             try:
+                await self._within("no connection", w3.provider.connect())
                 await self._follow(w3)
             finally:
-                try:
-                    await asyncio.wait_for(w3.provider.disconnect(), 1.0)
-                except Exception as exc:  # noqa: BLE001 - a broken connection may fail to close
-                    logger.debug("closing the {} subscription: {}", self._kind, exc)
+                await disconnect(w3.provider)
         finally:
             with self._lock:
                 self._session_task = None
@@ -401,11 +400,12 @@ class HeadSubscriber(HeadWatcher):
 
         # Subscribe first, then ask the head: no block can fall between the two.
         try:
-            await asyncio.wait_for(w3.eth.subscribe("newHeads"), self.timeout)
+            await self._within("no answer to eth_subscribe", w3.eth.subscribe("newHeads"))
         except Web3RPCError as exc:
             raise SubscriptionRefused(str(rpc_failure(self.address, exc))) from None
-        answer = await asyncio.wait_for(
-            w3.manager.coro_request(RPCEndpoint("eth_blockNumber"), []), self.timeout
+        answer = await self._within(
+            "no answer to eth_blockNumber",
+            w3.manager.coro_request(RPCEndpoint("eth_blockNumber"), []),
         )
         self._head(parse_height(answer), time.monotonic())
         async for message in w3.socket.process_subscriptions():
@@ -419,6 +419,12 @@ class HeadSubscriber(HeadWatcher):
                 raise MalformedAnswer(f"newHeads block number out of range: {number}")
             self._head(number, observed_at)
         raise RpcError("the subscription ended: connection closed")
+
+    async def _within(self, what: str, step: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(step, self.timeout)
+        except TimeoutError:
+            raise RpcError(f"{self.address}: {what} within {self.timeout:g}s") from None
 
     def _head(self, height: int, observed_at: float) -> None:
         self._got_head = True

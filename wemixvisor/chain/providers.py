@@ -21,6 +21,7 @@ import asyncio
 import logging
 import socket
 import time
+from pathlib import Path
 from typing import Any, Final
 
 import msgspec
@@ -58,7 +59,7 @@ def _read_capped_http(response: requests.Response, deadline: float, timeout: flo
         # The timeout bounds the whole call, not each read: a peer trickling a byte at a time
         # must not keep a caller waiting for ever.
         if time.monotonic() > deadline:
-            raise RpcError(f"answer not complete within {timeout:g}s")
+            raise RpcError(f"timed out: no complete answer within {timeout:g}s")
         chunk = response.raw.read1(_READ_CHUNK)
         if not chunk:
             return bytes(body)
@@ -107,7 +108,7 @@ def _read_ipc_answer(sock: socket.socket, timeout: float) -> bytes:
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise RpcError(f"answer not complete within {timeout:g}s")
+            raise RpcError(f"timed out: no complete answer within {timeout:g}s")
         sock.settimeout(remaining)
         chunk = sock.recv(_READ_CHUNK)
         if not chunk:
@@ -149,8 +150,8 @@ class CappedIPCProvider(IPCProvider):
     def __init__(self, ipc_path: str, timeout: float) -> None:
         super().__init__(ipc_path, timeout=max(int(timeout), 1))
         self._deadline_seconds = timeout
-        self._persistent = _IPCSocket(self.ipc_path)
-        self._socket = self._persistent
+        self._persistent = _IPCSocket(str(Path(ipc_path).expanduser().resolve()))
+        self._socket = self._persistent  # type: ignore[assignment]  # web3 types it as None
 
     def _make_request(self, request: bytes) -> RPCResponse:
         with self._lock, self._persistent as opened:
@@ -188,7 +189,23 @@ class WebSocketCallProvider(JSONBaseProvider):
         try:
             return await provider.make_request(method, params)
         finally:
-            await provider.disconnect()
+            await disconnect(provider)
+
+
+async def disconnect(provider: WebSocketProvider | AsyncIPCProvider) -> None:
+    """Close a persistent connection, whatever state a hostile peer left it in: web3 closes
+    only a websocket that is still open, so what it leaves is aborted here."""
+    try:
+        await asyncio.wait_for(provider.disconnect(), 1.5)
+    except Exception as exc:  # noqa: BLE001 - a broken connection may fail to close cleanly
+        logging.getLogger(__name__).debug("closing %s: %r", provider, exc)
+    finally:
+        ws = getattr(provider, "_ws", None)
+        if ws is not None:
+            ws.transport.abort()
+        writer = getattr(provider, "_writer", None)
+        if writer is not None:
+            writer.transport.abort()
 
 
 def websocket_provider(endpoint_uri: str, timeout: float) -> WebSocketProvider:
