@@ -168,7 +168,8 @@ class ChainClient:
 
     def block(self, number: int) -> dict[str, Any]:
         """`eth_getBlockByNumber(number, false)`: the block as the node sent it, except that
-        the WBFT seal in `extraData` is moved to `proofOfAuthorityData` (web3's handling)."""
+        the WBFT seal in `extraData` is moved to `proofOfAuthorityData`, as bytes (web3's
+        handling of long extraData)."""
         answer = self.request("eth_getBlockByNumber", [hex(number), False])
         if not isinstance(answer, dict):
             raise MalformedAnswer(f"block {number}: the answer is not a block")

@@ -224,6 +224,9 @@ def websocket_provider(endpoint_uri: str, timeout: float) -> WebSocketProvider:
         },
         request_timeout=timeout,
         max_connection_retries=1,
+        # JSON-RPC over websocket is text (geth answers in text frames; some proxies and
+        # gateways drop binary ones).
+        use_text_frames=True,
     )
 
 
