@@ -269,9 +269,11 @@ def test_hostile_ipc_answers_are_errors(short_root: Path, answer: bytes) -> None
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
+    client = ChainClient(path, timeout=1.0)
     began = time.monotonic()
     with pytest.raises(RpcError):
-        ChainClient(path, timeout=1.0).block_number()
+        client.block_number()
     assert time.monotonic() - began < 3.0
+    client.close()
     server.close()
     thread.join(5)

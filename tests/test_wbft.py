@@ -12,15 +12,19 @@ import math
 from typing import Any
 
 import pytest
-from web3 import Web3
-from web3.providers.base import BaseProvider
-from web3.types import RPCEndpoint, RPCResponse
 
 from tests.wbft_proxy import address
-from wemixvisor.chain.client import ChainClient
-from wemixvisor.chain.istanbul import Istanbul
+from wemixvisor.chain.client import ChainClient, load_web3
 from wemixvisor.chain.rpc import RpcError
-from wemixvisor.chain.wbft import (
+
+# web3 as the daemon imports it: without the recursion limit it would raise in this process.
+load_web3()
+from web3 import Web3  # noqa: E402
+from web3.providers.base import BaseProvider  # noqa: E402
+from web3.types import RPCEndpoint, RPCResponse  # noqa: E402
+
+from wemixvisor.chain.istanbul import Istanbul  # noqa: E402
+from wemixvisor.chain.wbft import (  # noqa: E402
     MAX_VALIDATORS,
     MalformedAnswer,
     NotWbft,

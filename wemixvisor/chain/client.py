@@ -7,15 +7,18 @@ the project's exceptions instead of web3's: whatever goes wrong — transport, t
 object, a malformed answer — is an `RpcError` (`RpcMethodNotFound` for -32601), one attempt per
 call; callers own retry and backoff.
 
-web3 is imported when the first client is made, not with this module: the CLI stays fast.
+web3 is imported when the first client is made, not with this module (`load_web3`): the CLI
+stays fast, and the recursion limit that web3's import raises is put back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from wemixvisor.chain.rpc import (
     MalformedAnswer,
@@ -27,15 +30,35 @@ from wemixvisor.chain.rpc import (
 
 if TYPE_CHECKING:
     from web3 import Web3
+    from web3.types import RPCEndpoint
 
     from wemixvisor.chain.istanbul import Istanbul
 
-__all__ = ["ChainClient", "address_kind"]
+__all__ = ["ChainClient", "address_kind", "load_web3", "rpc_failure", "translated"]
 
 T = TypeVar("T")
 
 _METHOD_NOT_FOUND = -32601
 _SHOWN_CHARS = 200
+
+
+_web3_lock = threading.Lock()
+
+
+def load_web3() -> ModuleType:
+    """`wemixvisor.chain.providers` (and web3 with it), imported once.
+
+    web3's import pulls in py_ecc, which raises the recursion limit to 100000: a deeply nested
+    hostile JSON document would then overflow the C stack (a segfault) instead of raising
+    RecursionError. The limit in force before the import is put back.
+    """
+    with _web3_lock:
+        limit = sys.getrecursionlimit()
+        try:
+            from wemixvisor.chain import providers  # noqa: PLC0415 - web3 is heavy
+        finally:
+            sys.setrecursionlimit(limit)
+    return providers
 
 
 def address_kind(address: str) -> str:
@@ -75,6 +98,7 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 def _transport_problem(exc: BaseException) -> str | None:
     """What went wrong on the way to the node, in the operator's words; None when the node
     did answer (then the answer was malformed)."""
+    load_web3()
     from web3.exceptions import ProviderConnectionError, TimeExhausted  # noqa: PLC0415
 
     chain = list(_causes(exc))
@@ -139,9 +163,7 @@ class ChainClient:
 
     def _web3(self) -> Web3:
         if self._w3 is None:
-            from wemixvisor.chain.providers import sync_web3  # noqa: PLC0415 - web3 is heavy
-
-            self._w3 = sync_web3(self.address, self.kind, self.timeout)
+            self._w3 = cast("Web3", load_web3().sync_web3(self.address, self.kind, self.timeout))
         return self._w3
 
     def _ask(self, use: Callable[[Web3], T]) -> T:
@@ -151,9 +173,8 @@ class ChainClient:
     def request(self, method: str, params: list[Any] | None = None) -> Any:
         """The raw result of one call (through web3's middleware, without its formatters):
         for readers that check the answer themselves."""
-        from web3.types import RPCEndpoint  # noqa: PLC0415
-
-        return self._ask(lambda w3: w3.manager.request_blocking(RPCEndpoint(method), params or []))
+        endpoint = cast("RPCEndpoint", method)
+        return self._ask(lambda w3: w3.manager.request_blocking(endpoint, params or []))
 
     def block_number(self) -> int:
         """`eth_blockNumber`, strictly a hex quantity (never a guessed height)."""

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from loguru import logger
 
-from wemixvisor.chain.client import ChainClient, rpc_failure
+from wemixvisor.chain.client import ChainClient, load_web3, rpc_failure
 from wemixvisor.chain.rpc import MAX_QUANTITY, MalformedAnswer, RpcError, parse_quantity
 
 if TYPE_CHECKING:
@@ -375,7 +375,7 @@ class HeadSubscriber(HeadWatcher):
 
     async def _session(self) -> None:
         """Connect, subscribe, read heads; return when stopping, raise on any failure."""
-        from wemixvisor.chain.providers import disconnect, persistent_web3  # noqa: PLC0415
+        providers = load_web3()
 
         task = asyncio.current_task()
         assert task is not None
@@ -384,12 +384,12 @@ class HeadSubscriber(HeadWatcher):
         try:
             if self._stop.is_set():
                 return
-            w3 = persistent_web3(self.address, self._kind, self.timeout)
+            w3 = providers.persistent_web3(self.address, self._kind, self.timeout)
             try:
                 await self._within("no connection", w3.provider.connect())
                 await self._follow(w3)
             finally:
-                await disconnect(w3.provider)
+                await providers.disconnect(w3.provider)
         finally:
             with self._lock:
                 self._session_task = None

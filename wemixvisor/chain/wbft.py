@@ -1,8 +1,8 @@
 """WBFT chain facts over the node's `istanbul_*` namespace (SPEC §13.2).
 
-`WbftClient` calls the `istanbul` web3 module (`wemixvisor.chain.istanbul`, which names each
-method and checks the shape of its answer) through the daemon's `ChainClient`. A node without
-the namespace answers "method not found", raised as `NotWbft`: without VALIDATOR_MODE callers
+`WbftClient` calls the `istanbul` web3 module (`wemixvisor.chain.istanbul` names each method,
+`istanbul_answers` checks each answer) through the daemon's `ChainClient`. A node without the
+namespace answers "method not found", raised as `NotWbft`: without VALIDATOR_MODE callers
 switch the validator features off quietly on it; with it, `istanbul_problem` turns it into the
 preflight failure and warning that name the two fixes.
 
@@ -24,7 +24,7 @@ import msgspec
 from loguru import logger
 
 from wemixvisor.chain.client import ChainClient
-from wemixvisor.chain.istanbul import (
+from wemixvisor.chain.istanbul_answers import (
     MAX_STATUS_BLOCKS,
     MAX_VALIDATORS,
     BlockRange,
