@@ -48,6 +48,20 @@ def root() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def validator_env(rpc_address: str) -> dict[str, str]:
+    """A daemon in validator mode on `rpc_address`, quick to start and to stop."""
+    return {
+        "DAEMON_NAME": "anvil",
+        "DAEMON_RPC_ADDRESS": rpc_address,
+        "DAEMON_POLL_INTERVAL": "100ms",
+        "DAEMON_STARTSECS": "300ms",
+        "DAEMON_SHUTDOWN_GRACE": "10s",
+        "WEMIXVISOR_HEARTBEAT_INTERVAL": "500ms",
+        "UNSAFE_SKIP_BACKUP": "true",
+        "VALIDATOR_MODE": "true",
+    }
+
+
 def write_plan(home: Path, name: str, height: int) -> None:
     (home / "data" / "upgrade-info.json").write_bytes(
         msgspec.json.encode({"name": name, "height": height})
@@ -71,16 +85,7 @@ def test_validator_mode_checks_signing_after_each_upgrade_and_only_alerts(
     double = WbftDouble(
         node_url, validators=VALIDATORS, node_address=ME, signing=set(VALIDATORS) - {DOWN}
     ).start()
-    env = {
-        "DAEMON_NAME": "anvil",
-        "DAEMON_RPC_ADDRESS": double.url,
-        "DAEMON_POLL_INTERVAL": "100ms",
-        "DAEMON_STARTSECS": "300ms",
-        "DAEMON_SHUTDOWN_GRACE": "10s",
-        "WEMIXVISOR_HEARTBEAT_INTERVAL": "500ms",
-        "UNSAFE_SKIP_BACKUP": "true",
-        "VALIDATOR_MODE": "true",
-    }
+    env = validator_env(double.url)
     args = ["--port", str(port), "--block-time", BLOCK_TIME, "--state", str(home / "data" / "s")]
     daemon = Daemon(home, env, args).start()
     events = EventLog(daemon.events_endpoint)
@@ -235,16 +240,7 @@ def test_validator_mode_without_istanbul_fails_every_preflight_and_warns_at_star
     init_home(layout, anvil_bin("1.5.1"))
     add_upgrade(layout, "v1.7.1", anvil_bin("1.7.1"))
     port = free_port()
-    env = {
-        "DAEMON_NAME": "anvil",
-        "DAEMON_RPC_ADDRESS": f"http://127.0.0.1:{port}",  # the node itself, over HTTP
-        "DAEMON_POLL_INTERVAL": "100ms",
-        "DAEMON_STARTSECS": "300ms",
-        "DAEMON_SHUTDOWN_GRACE": "10s",
-        "WEMIXVISOR_HEARTBEAT_INTERVAL": "500ms",
-        "UNSAFE_SKIP_BACKUP": "true",
-        "VALIDATOR_MODE": "true",
-    }
+    env = validator_env(f"http://127.0.0.1:{port}")  # the node itself, over HTTP
     daemon = Daemon(home, env, ["--port", str(port), "--block-time", "1"]).start()
     events = EventLog(daemon.events_endpoint)
     try:

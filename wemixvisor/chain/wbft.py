@@ -393,7 +393,10 @@ def start_signing_check(
     poll = min(max(config.rpc.poll_interval, 0.1), 1.0)
 
     def run() -> None:
-        result = check_signing(client, address, height, poll=poll)
+        try:
+            result = check_signing(client, address, height, poll=poll)
+        finally:
+            client.chain.close()
         if result.signed and result.block is not None:
             logger.info("validator {} signs again: committed block {}", address, result.block)
             publish(ev.ValidatorSigning(address=address, height=height, block=result.block))

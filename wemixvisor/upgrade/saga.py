@@ -202,7 +202,8 @@ class UpgradeSaga:
         Two local calls of a few milliseconds, bounded tightly: the old binary must not import
         blocks beyond H while they run. A node that cannot tell leaves both unknown.
         """
-        client = WbftClient(ChainClient(self.config.rpc.address, timeout=VALIDATOR_QUERY_TIMEOUT))
+        chain = ChainClient(self.config.rpc.address, timeout=VALIDATOR_QUERY_TIMEOUT)
+        client = WbftClient(chain)
         try:
             self.journal.validator_address = client.node_address()
             self.journal.validator = client.is_validator()
@@ -211,6 +212,8 @@ class UpgradeSaga:
         except RpcError as exc:
             self.journal.validator = None
             logger.info("upgrade {}: validator status unknown ({})", self.plan.name, exc)
+        finally:
+            chain.close()
 
     def _enter(self, step: Step) -> None:
         self.journal.step = step
