@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 
 from devtools.anvil import AnvilProcess
-from wemixvisor.chain.client import ChainClient
-from wemixvisor.chain.providers import MAX_RESPONSE_BYTES
+from wemixvisor.chain.client import ChainClient, load_web3
 from wemixvisor.chain.rpc import MalformedAnswer, RpcError, RpcMethodNotFound
+
+# Through load_web3, as the daemon does: importing web3 directly would raise the recursion limit
+# of this process (see load_web3).
+MAX_RESPONSE_BYTES: int = load_web3().MAX_RESPONSE_BYTES
 
 
 @pytest.fixture

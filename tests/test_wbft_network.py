@@ -37,7 +37,7 @@ from devtools.wbft import (
     validator_address,
 )
 from devtools.wbft.istanbul import NodeView
-from wemixvisor.chain.client import ChainClient
+from wemixvisor.chain.client import ChainClient, load_web3
 from wemixvisor.chain.wbft import WbftClient
 
 BLOCK_TIME = 0.25
@@ -247,6 +247,7 @@ def test_wemixvisors_own_client_reads_the_double(network: WbftNetwork) -> None:
 
 
 def test_blocks_carry_long_wbft_extradata_a_client_must_accept(network: WbftNetwork) -> None:
+    load_web3()  # web3 as the daemon imports it, keeping this process's recursion limit
     from web3 import Web3
     from web3.exceptions import ExtraDataLengthError
     from web3.middleware import ExtraDataToPOAMiddleware
