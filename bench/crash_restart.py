@@ -9,7 +9,8 @@ One run measures, with the same anvil binary and arguments:
   first crash of a node that had been RUNNING (the case that must restart at once; repeated
   crashes may rightly back off). Kills land at a random phase of the supervisor's own polling
   timer, otherwise every round would hit the same point of it;
-- idle: each daemon's own RSS and CPU (not the node's) over a window, all three side by side.
+- idle: each daemon's own RSS and CPU (not the node's) over a window, all three side by side;
+  wemixvisor follows the head through web3 (its HTTP provider), so its RSS includes web3.
 
 Usage: `python -m bench.crash_restart [--rounds N] [--idle-seconds S]` (or `python
 bench/crash_restart.py ...`). Exit status 1 when a row could not be measured.
@@ -54,8 +55,8 @@ REPO = Path(__file__).resolve().parent.parent
 ANVIL_VERSION = "1.5.1"
 NODE_NAME = "anvil"
 TARGET_OVERHEAD = 0.050  # crash → RPC may exceed anvil's own start by this much
-TARGET_RSS_MB = 80.0
-TARGET_CPU_PERCENT = 1.0
+TARGET_RSS_MB = 100.0  # idle with web3 loaded (SPEC §16: under the seeds' 100 MB)
+TARGET_CPU_RATIO = 3.0  # idle CPU at most this many times supervisord's, in the same run
 RPC_TIMEOUT = 60.0  # generous: circus alone may need its whole check_delay to notice
 
 
@@ -404,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print_idle_table(idle)
     print()
-    print(idle_verdict(idle[wemix_label]))
+    print(idle_verdict(idle[wemix_label], idle[supervisors[0].label]))
     failed = [row for row in [*crash.values(), *idle.values()] if isinstance(row, str)]
     return 1 if failed else 0
 
@@ -462,13 +463,15 @@ def print_idle_table(idle: dict[str, IdleSample | str]) -> None:
     print_table(["daemon idle", "RSS (peak)", "CPU of one core"], rows)
 
 
-def idle_verdict(result: IdleSample | str) -> str:
-    """The §16 idle target: RSS ≤ 80 MB and CPU ≤ 1 % of a core."""
-    target = f"target idle RSS ≤ {TARGET_RSS_MB:g} MB, CPU ≤ {TARGET_CPU_PERCENT:g} %"
-    if isinstance(result, str):
-        return f"{target}: not measured ({result})"
-    met = result.rss_mb <= TARGET_RSS_MB and result.cpu_percent <= TARGET_CPU_PERCENT
-    figures = f"{result.rss_mb:.1f} MB, {result.cpu_percent:.2f} %"
+def idle_verdict(result: IdleSample | str, peer: IdleSample | str) -> str:
+    """The §16 idle target, with web3: RSS < 100 MB and CPU ≤ 3x supervisord's (`peer`)."""
+    target = f"target idle RSS < {TARGET_RSS_MB:g} MB, CPU ≤ {TARGET_CPU_RATIO:g}x supervisord's"
+    if isinstance(result, str) or isinstance(peer, str):
+        return f"{target}: not measured ({result if isinstance(result, str) else peer})"
+    # A peer idling at 0.00 % makes any ratio infinite: compare against at least 0.1 % of a core.
+    ratio = result.cpu_percent / max(peer.cpu_percent, 0.1)
+    met = result.rss_mb < TARGET_RSS_MB and ratio <= TARGET_CPU_RATIO
+    figures = f"{result.rss_mb:.1f} MB, CPU {ratio:.1f}x ({result.cpu_percent:.2f} %)"
     return f"{target}: {figures}, {'met' if met else 'NOT met'}"
 
 

@@ -1262,8 +1262,9 @@ def test_an_approved_proposal_upgrades_the_node_at_its_height(
 ) -> None:
     chain = governed()
     add_upgrade(chain.layout, "v1.7.1", anvil_bin_1_7_1)
-    # Validator mode on a chain without istanbul_*: the validator features switch off quietly.
-    daemon = chain.daemon(VALIDATOR_MODE="true")
+    # A chain without istanbul_* and no validator mode: the validator features stay off quietly
+    # (with VALIDATOR_MODE=true it is an error: tests/test_validator.py).
+    daemon = chain.daemon()
     events = EventLog(daemon.events_endpoint)
     try:
         events.wait_for("supervisor.heartbeat", lambda p: p["node_state"] == "RUNNING")

@@ -1,8 +1,14 @@
-"""The pure decisions of head following: reading a height, retry delays, stall detection."""
+"""Following the head: the pure decisions (reading a height, retry delays, stall detection, how
+often to poll near a plan) and the web3 watchers against real anvil (newHeads over ws and IPC,
+polling over HTTP) and hostile websocket test doubles."""
 
 from __future__ import annotations
 
+import json
 import re
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -10,13 +16,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from devtools.anvil import AnvilProcess
+from tests.support import Inbox
 from wemixvisor.chain.headwatch import (
+    FAST_POLL_INTERVAL,
     MAX_HEIGHT,
+    NEAR_TRIGGER_BLOCKS,
     Backoff,
+    HeadPoller,
+    HeadSubscriber,
+    HeadWatcher,
     MalformedAnswer,
     StallWatch,
-    decode_ws_message,
+    next_trigger_height,
     parse_height,
+    poll_interval,
 )
 from wemixvisor.chain.rpc import RpcError
 
@@ -172,50 +186,224 @@ def test_stall_detection_off_and_changed_live() -> None:
     assert watch.deadline() is None
 
 
-_HEADER = {
-    "hash": "0x" + "ab" * 32,
-    "parentHash": "0x" + "cd" * 32,
-    "logsBloom": "0x" + "00" * 256,
-    "number": "0x2a",
-    "timestamp": "0x6553f100",
+@pytest.mark.parametrize(
+    ("head", "trigger", "interval"),
+    [
+        (None, None, 0.3),  # nothing known: the configured interval
+        (100, None, 0.3),  # no plan
+        (None, 110, 0.3),  # head unknown (RPC down): the configured interval
+        (100, 110, 0.3),  # far from the plan
+        (110 - NEAR_TRIGGER_BLOCKS - 1, 110, 0.3),
+        (110 - NEAR_TRIGGER_BLOCKS, 110, FAST_POLL_INTERVAL),  # within a few blocks: fast
+        (109, 110, FAST_POLL_INTERVAL),
+        (110, 110, FAST_POLL_INTERVAL),  # at the trigger itself
+        (111, 110, 0.3),  # past it: the upgrade has started
+    ],
+)
+def test_polling_tightens_within_a_few_blocks_of_the_trigger(
+    head: int | None, trigger: int | None, interval: float
+) -> None:
+    assert poll_interval(0.3, head, trigger) == interval
+
+
+def test_tightened_polling_is_never_slower_than_configured() -> None:
+    assert poll_interval(0.01, 109, 110) == 0.01
+    assert FAST_POLL_INTERVAL <= 0.05
+
+
+def test_the_next_trigger_is_h_minus_1_of_the_lowest_plan() -> None:
+    assert next_trigger_height([]) is None
+    assert next_trigger_height([500, 120, 300]) == 119
+    assert next_trigger_height([1]) == 0
+
+
+# the watchers against real nodes
+
+
+class Seen:
+    """What a watcher reported, in order, with waits under a deadline."""
+
+    def __init__(self) -> None:
+        self.inbox = Inbox()
+
+    def head(self, height: int, _observed_at: float) -> None:
+        self.inbox.put(("head", height))
+
+    def failure(self, error: str) -> None:
+        self.inbox.put(("failure", error))
+
+    def refused(self, error: str) -> None:
+        self.inbox.put(("refused", error))
+
+    def wait(self, kind: str, where: Callable[[Any], bool] = lambda _: True) -> Any:
+        found = self.inbox.wait_for(tuple, lambda item: item[0] == kind and where(item[1]), 30)
+        return found[1]
+
+
+@pytest.fixture
+def watchers() -> Iterator[list[HeadWatcher]]:
+    started: list[HeadWatcher] = []
+    yield started
+    for watcher in started:
+        assert watcher.stop(join_timeout=5.0)
+
+
+def subscriber(address: str, kind: str, seen: Seen, timeout: float = 2.0) -> HeadSubscriber:
+    return HeadSubscriber(
+        address,
+        kind=kind,
+        timeout=timeout,
+        on_head=seen.head,
+        on_failure=seen.failure,
+        on_refused=seen.refused,
+        backoff=Backoff(initial=0.05, cap=0.2),
+    )
+
+
+@pytest.mark.parametrize("kind", ["ws", "ipc"])
+def test_newheads_subscription_follows_the_node_and_reconnects_after_it_restarts(
+    anvil_bin_1_5_1: Path, short_root: Path, watchers: list[HeadWatcher], kind: str
+) -> None:
+    ipc = str(short_root / "n.ipc")
+    state = str(short_root / "state.json")
+    args = ["--ipc", ipc, "--state", state]
+    first = AnvilProcess(anvil_bin_1_5_1, short_root, block_time=0.2, extra_args=args)
+    first.start()
+    second = AnvilProcess(
+        anvil_bin_1_5_1, short_root, port=first.port, block_time=0.2, extra_args=args
+    )
+    seen = Seen()
+    try:
+        watcher = subscriber(first.ws_url if kind == "ws" else ipc, kind, seen)
+        watchers.append(watcher)
+        watcher.start()
+        before = seen.wait("head", lambda height: height >= 3)
+        first.stop()  # graceful: anvil keeps its chain in the state file
+        seen.wait("failure")
+        second.start()
+        # Back on the restarted node: the chain continues where it was.
+        seen.wait("head", lambda height: height > before)
+        assert not [item for item in seen.inbox.items if item[0] == "refused"]
+    finally:
+        first.kill()
+        second.kill()
+
+
+def test_http_polling_follows_the_node(anvil: AnvilProcess, watchers: list[HeadWatcher]) -> None:
+    seen = Seen()
+    poller = HeadPoller(
+        anvil.url, timeout=2.0, interval=0.05, on_head=seen.head, on_failure=seen.failure
+    )
+    watchers.append(poller)
+    poller.start()
+    first = seen.wait("head")
+    seen.wait("head", lambda height: height > first)
+
+
+# hostile websocket servers
+
+
+Behaviour = Callable[[Any, dict[str, Any]], None]
+
+
+def _answer(ws: Any, request: dict[str, Any], result: Any) -> None:
+    ws.send(json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": result}))
+
+
+def _notify(ws: Any, header: Any) -> None:
+    message = {
+        "jsonrpc": "2.0",
+        "method": "eth_subscription",
+        "params": {"subscription": "0xfeed", "result": header},
+    }
+    ws.send(json.dumps(message))
+
+
+def _header(number: Any) -> dict[str, Any]:
+    return {"hash": "0x" + "ab" * 32, "parentHash": "0x" + "cd" * 32, "number": number}
+
+
+def _serve_then(after_head: Callable[[Any], None]) -> Behaviour:
+    def behave(ws: Any, request: dict[str, Any]) -> None:
+        if request["method"] == "eth_subscribe":
+            _answer(ws, request, "0xfeed")
+        elif request["method"] == "eth_blockNumber":
+            _answer(ws, request, "0x5")
+            after_head(ws)
+
+    return behave
+
+
+def _refuse(ws: Any, request: dict[str, Any]) -> None:
+    error = {"code": -32601, "message": "notifications not supported"}
+    ws.send(json.dumps({"jsonrpc": "2.0", "id": request["id"], "error": error}))
+
+
+HOSTILE: dict[str, Behaviour] = {
+    "garbage": _serve_then(lambda ws: ws.send("{not json")),
+    "decimal-number": _serve_then(lambda ws: _notify(ws, _header("123"))),
+    "null-number": _serve_then(lambda ws: _notify(ws, _header(None))),
+    "huge-number": _serve_then(lambda ws: _notify(ws, _header("0x" + "f" * 40))),
+    "header-is-a-string": _serve_then(lambda ws: _notify(ws, "0x6")),
+    "oversized": _serve_then(lambda ws: ws.send("x" * (2 << 20))),
+    "drops": _serve_then(lambda ws: ws.close()),
 }
 
 
-def test_a_newheads_notification_yields_its_number_and_subscription() -> None:
-    raw = msgspec.json.encode(
-        {
-            "jsonrpc": "2.0",
-            "method": "eth_subscription",
-            "params": {"subscription": "0xfeed", "result": _HEADER},
-        }
-    )
-    message = decode_ws_message(raw)
-    assert message.method == "eth_subscription"
-    assert message.params is not None
-    assert message.params.subscription == "0xfeed"
-    assert message.params.result is not None
-    assert parse_height(message.params.result.number) == 42
+@pytest.fixture
+def hostile_ws() -> Iterator[Callable[[Behaviour], str]]:
+    from websockets.sync.server import serve
+
+    servers: list[Any] = []
+
+    def start(behaviour: Behaviour) -> str:
+        def handler(ws: Any) -> None:
+            for raw in ws:
+                behaviour(ws, json.loads(raw))
+
+        server = serve(handler, "127.0.0.1", 0, compression=None, max_size=None)
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return f"ws://127.0.0.1:{server.socket.getsockname()[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
 
 
-def test_an_answer_yields_its_id_and_result() -> None:
-    message = decode_ws_message('{"jsonrpc":"2.0","id":2,"result":"0x5"}')
-    assert message.id == 2
-    assert parse_height(message.result) == 5
-    assert message.method is None
+@pytest.mark.parametrize("behaviour", sorted(HOSTILE))
+def test_a_hostile_subscription_is_a_failure_and_never_a_height(
+    hostile_ws: Callable[[Behaviour], str], watchers: list[HeadWatcher], behaviour: str
+) -> None:
+    seen = Seen()
+    watcher = subscriber(hostile_ws(HOSTILE[behaviour]), "ws", seen)
+    watchers.append(watcher)
+    watcher.start()
+    assert seen.wait("head") == 5
+    seen.wait("failure")
+    # Reconnected and failed again: only ever the one good height.
+    seen.inbox.wait_count(tuple, 2, lambda item: item[0] == "failure", 30)
+    heights = {item[1] for item in seen.inbox.items if item[0] == "head"}
+    assert heights == {5}
 
 
-@pytest.mark.parametrize(
-    "raw",
-    [
-        "not json",
-        b"\xff\xfe",
-        "[1, 2]",
-        "5",
-        '{"method": 5}',
-        '{"method": "eth_subscription", "params": 5}',
-        '{"method": "eth_subscription", "params": {"subscription": "0x1", "result": "0x5"}}',
-    ],
-)
-def test_a_message_that_is_not_json_rpc_is_malformed(raw: str | bytes) -> None:
-    with pytest.raises(MalformedAnswer, match="malformed message on the subscription"):
-        decode_ws_message(raw)
+def test_a_refused_subscription_is_reported_once_and_the_watcher_ends(
+    hostile_ws: Callable[[Behaviour], str], watchers: list[HeadWatcher]
+) -> None:
+    seen = Seen()
+    watcher = subscriber(hostile_ws(_refuse), "ws", seen)
+    watchers.append(watcher)
+    watcher.start()
+    assert "notifications not supported" in seen.wait("refused")
+    assert watcher.stop(join_timeout=5.0)
+    assert [item[0] for item in seen.inbox.items] == ["refused"]
+
+
+def test_a_silent_server_is_a_timeout_not_a_hang(
+    hostile_ws: Callable[[Behaviour], str], watchers: list[HeadWatcher]
+) -> None:
+    seen = Seen()
+    watcher = subscriber(hostile_ws(lambda ws, request: None), "ws", seen, timeout=0.5)
+    watchers.append(watcher)
+    watcher.start()
+    seen.wait("failure")

@@ -1,4 +1,4 @@
-"""The node JSON-RPC client against real anvil (http, ws, ipc) and hostile test-double servers."""
+"""The web3 chain client against real anvil (http, ws, ipc) and hostile test-double servers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,12 @@ from pathlib import Path
 import pytest
 
 from devtools.anvil import AnvilProcess
-from wemixvisor.chain.rpc import MAX_RESPONSE_BYTES, RpcClient, RpcError, RpcMethodNotFound
+from wemixvisor.chain.client import ChainClient, load_web3
+from wemixvisor.chain.rpc import MalformedAnswer, RpcError, RpcMethodNotFound
+
+# Through load_web3, as the daemon does: importing web3 directly would raise the recursion limit
+# of this process (see load_web3).
+MAX_RESPONSE_BYTES: int = load_web3().MAX_RESPONSE_BYTES
 
 
 @pytest.fixture
@@ -30,40 +35,70 @@ def anvil_ipc(anvil_bin_1_5_1: Path) -> Iterator[tuple[AnvilProcess, str]]:
 
 def test_http_ws_and_ipc_reach_the_same_real_node(anvil_ipc: tuple[AnvilProcess, str]) -> None:
     node, ipc = anvil_ipc
-    for address in (node.url, f"ws://127.0.0.1:{node.port}", ipc):
-        client = RpcClient(address, timeout=5)
-        assert client.call("eth_blockNumber") == "0x0"
-        assert client.call("web3_clientVersion").startswith("anvil/")
+    for address in (node.url, node.ws_url, ipc):
+        client = ChainClient(address, timeout=5)
+        try:
+            assert client.block_number() == 0
+            assert client.client_version().startswith("anvil/")
+            assert client.block(0)["number"] == "0x0"
+        finally:
+            client.close()
 
 
 def test_a_large_ipc_answer_is_read_whole(anvil_ipc: tuple[AnvilProcess, str]) -> None:
     _node, ipc = anvil_ipc
-    client = RpcClient(ipc, timeout=10)
+    client = ChainClient(ipc, timeout=10)
     for _ in range(5):
-        client.call("evm_mine")
-    block = client.call("eth_getBlockByNumber", ["latest", True])
+        client.request("evm_mine")
+    block = client.request("eth_getBlockByNumber", ["latest", True])
     assert block["number"] == "0x5"
+    client.close()
+
+
+def test_the_ipc_socket_is_reopened_after_the_node_restarts(
+    anvil_bin_1_5_1: Path, short_root: Path
+) -> None:
+    ipc = str(short_root / "a.ipc")
+    first = AnvilProcess(anvil_bin_1_5_1, short_root, block_time=None, extra_args=["--ipc", ipc])
+    first.start()
+    client = ChainClient(ipc, timeout=5)
+    second = AnvilProcess(
+        anvil_bin_1_5_1, short_root, port=first.port, block_time=None, extra_args=["--ipc", ipc]
+    )
+    try:
+        assert client.block_number() == 0
+        first.stop()
+        with pytest.raises(RpcError):
+            client.block_number()
+        second.start()
+        assert client.block_number() == 0  # the next call opens a new socket
+    finally:
+        client.close()
+        first.kill()
+        second.kill()
 
 
 def test_an_unknown_method_is_method_not_found(anvil_ipc: tuple[AnvilProcess, str]) -> None:
     node, _ = anvil_ipc
     with pytest.raises(RpcMethodNotFound):
-        RpcClient(node.url, timeout=5).call("istanbul_nodeAddress")
+        ChainClient(node.url, timeout=5).request("istanbul_nodeAddress")
 
 
 def test_unsupported_addresses_are_refused() -> None:
-    for address in ("ftp://x", "gopher://y:1"):
+    for address in ("ftp://x", "gopher://y:1", ""):
         with pytest.raises(ValueError, match="unsupported"):
-            RpcClient(address)
+            ChainClient(address)
 
 
 class _Hostile(http.server.BaseHTTPRequestHandler):
     """Test double: an HTTP server answering JSON-RPC calls badly, in the way the path asks."""
 
     behaviours: dict[str, Callable[[_Hostile], None]] = {}
+    protocol_version = "HTTP/1.1"  # keep-alive, as a node serves it
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.server.ports.append(self.client_address[1])  # type: ignore[attr-defined]
         self.behaviours[self.server.behaviour](self)  # type: ignore[attr-defined]
 
     def log_message(self, *args: object) -> None:
@@ -79,6 +114,7 @@ def _send(handler: _Hostile, body: bytes, status: int = 200) -> None:
 
 def _trickle(handler: _Hostile) -> None:
     handler.send_response(200)
+    handler.send_header("Content-Length", "100")
     handler.end_headers()
     try:
         for _ in range(100):
@@ -89,16 +125,42 @@ def _trickle(handler: _Hostile) -> None:
         pass
 
 
+def _hang(handler: _Hostile) -> None:
+    time.sleep(3)
+
+
+def _undeclared_flood(handler: _Hostile) -> None:
+    handler.send_response(200)
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    chunk = b"a" * 65536
+    try:
+        handler.wfile.write(b'{"jsonrpc":"2.0","id":1,"result":"')
+        for _ in range(MAX_RESPONSE_BYTES // len(chunk) + 2):
+            handler.wfile.write(chunk)
+    except OSError:
+        pass
+
+
 _Hostile.behaviours = {
     "not-json": lambda h: _send(h, b"<html>nope</html>"),
     "array": lambda h: _send(h, b"[1,2,3]"),
+    "no-result": lambda h: _send(h, b'{"jsonrpc":"2.0","id":1}'),
     "error": lambda h: _send(h, b'{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"boom"}}'),
+    "error-no-code": lambda h: _send(h, b'{"jsonrpc":"2.0","id":1,"error":{"message":"x"}}'),
+    "decimal-height": lambda h: _send(h, b'{"jsonrpc":"2.0","id":1,"result":"123"}'),
+    "number-height": lambda h: _send(h, b'{"jsonrpc":"2.0","id":1,"result":123}'),
+    "null-height": lambda h: _send(h, b'{"jsonrpc":"2.0","id":1,"result":null}'),
+    "huge-height": lambda h: _send(h, b'{"jsonrpc":"2.0","id":1,"result":"0x' + b"f" * 40 + b'"}'),
     "http-500": lambda h: _send(h, b"oops", status=500),
     "oversized": lambda h: _send(h, b'{"result":"' + b"a" * (MAX_RESPONSE_BYTES + 10) + b'"}'),
+    "undeclared-flood": _undeclared_flood,
     "trickle": _trickle,
+    "hung": _hang,
     "truncated": lambda h: (
         h.send_response(200),
         h.send_header("Content-Length", "100"),
+        h.send_header("Connection", "close"),
         h.end_headers(),
         h.wfile.write(b'{"result":'),
     ),
@@ -109,6 +171,7 @@ _Hostile.behaviours = {
 def hostile() -> Iterator[Callable[[str], str]]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
     server.daemon_threads = True
+    server.ports = []  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
 
@@ -116,6 +179,7 @@ def hostile() -> Iterator[Callable[[str], str]]:
         server.behaviour = behaviour  # type: ignore[attr-defined]
         return f"http://127.0.0.1:{server.server_address[1]}"
 
+    address.server = server  # type: ignore[attr-defined]
     yield address
     server.shutdown()
     server.server_close()
@@ -125,18 +189,94 @@ def hostile() -> Iterator[Callable[[str], str]]:
 def test_hostile_answers_are_errors_within_the_timeout(
     hostile: Callable[[str], str], behaviour: str
 ) -> None:
-    client = RpcClient(hostile(behaviour), timeout=1.0)
+    client = ChainClient(hostile(behaviour), timeout=1.0)
     began = time.monotonic()
-    with pytest.raises(RpcError):
-        client.call("eth_blockNumber")
+    with pytest.raises(RpcError) as caught:
+        client.block_number()
     assert time.monotonic() - began < 3.0
+    assert len(str(caught.value)) < 400  # a huge answer is never echoed whole
+    client.close()
+
+
+def test_a_height_is_only_ever_a_hex_quantity(hostile: Callable[[str], str]) -> None:
+    # web3's own formatter would read "123" as 0x123: the client never guesses a height.
+    with pytest.raises(MalformedAnswer, match="not a block height: '123'"):
+        ChainClient(hostile("decimal-height"), timeout=1.0).block_number()
+
+
+def test_http_calls_share_one_kept_alive_connection(
+    hostile: Callable[[str], str], anvil: AnvilProcess
+) -> None:
+    client = ChainClient(hostile("decimal-height"), timeout=1.0)
+    for _ in range(5):
+        with pytest.raises(MalformedAnswer):
+            client.block_number()
+    ports = hostile.server.ports  # type: ignore[attr-defined]
+    assert len(ports) == 5
+    assert len(set(ports)) == 1  # one TCP connection for every call
+    client.close()
+
+
+def test_a_failed_http_call_is_tried_once(hostile: Callable[[str], str]) -> None:
+    client = ChainClient(hostile("http-500"), timeout=1.0)
+    with pytest.raises(RpcError, match="HTTP 500"):
+        client.block_number()
+    assert len(hostile.server.ports) == 1  # type: ignore[attr-defined]  # no hidden retry
 
 
 def test_a_closed_port_fails_fast() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    for address in (f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"):
+        began = time.monotonic()
+        with pytest.raises(RpcError):
+            ChainClient(address, timeout=2).block_number()
+        assert time.monotonic() - began < 1.0
+
+
+def test_a_missing_ipc_file_fails_fast(tmp_path: Path) -> None:
     began = time.monotonic()
     with pytest.raises(RpcError):
-        RpcClient(f"http://127.0.0.1:{port}", timeout=2).call("eth_blockNumber")
+        ChainClient(str(tmp_path / "absent.ipc"), timeout=2).block_number()
     assert time.monotonic() - began < 1.0
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"garbage\n",
+        b'{"jsonrpc":"2.0","id":0,"result":"123"}\n',
+        b'{"jsonrpc":"2.0","id":0,"result":"0x' + b"1" * 30 + b'"}\n',
+        b"",
+    ],
+    ids=["garbage", "decimal", "too-long", "closes"],
+)
+def test_hostile_ipc_answers_are_errors(short_root: Path, answer: bytes) -> None:
+    path = str(short_root / "hostile.ipc")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+
+    def serve() -> None:
+        with server:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                if answer:
+                    conn.sendall(answer)
+                    time.sleep(2)  # garbage never completes: the deadline ends the call
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = ChainClient(path, timeout=1.0)
+    began = time.monotonic()
+    with pytest.raises(RpcError):
+        client.block_number()
+    assert time.monotonic() - began < 3.0
+    client.close()
+    server.close()
+    thread.join(5)

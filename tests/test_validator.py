@@ -20,13 +20,17 @@ import pytest
 
 from devtools.anvil import AnvilProcess, rpc_call, wait_for_rpc
 from tests.daemon_harness import Daemon, EventLog, kill_node_processes
+from tests.support import wait_until
 from tests.wbft_proxy import WbftDouble, address, wait_for_block
 from wemixvisor.actors.governance import GovernanceActor
 from wemixvisor.bus import Bus
 from wemixvisor.chain.wbft import SIGNING_CHECK_BLOCKS
 from wemixvisor.config import load_config
 from wemixvisor.home.layout import Home, add_upgrade, init_home
+from wemixvisor.messages.events import ValidatorQuorumAtRisk
 from wemixvisor.messages.governance import ChainInfo, GetChainInfo
+from wemixvisor.plans.queue import Plan
+from wemixvisor.upgrade.preflight import validator_problems, warn_if_quorum_at_risk
 
 ME = address(0xA1)
 VALIDATORS = [ME, address(0xB2), address(0xC3), address(0xD4)]
@@ -42,6 +46,20 @@ def root() -> Iterator[Path]:
     kill_node_processes(path)
     if not os.environ.get("WEMIXVISOR_KEEP_TEST_DIRS"):
         shutil.rmtree(path, ignore_errors=True)
+
+
+def validator_env(rpc_address: str) -> dict[str, str]:
+    """A daemon in validator mode on `rpc_address`, quick to start and to stop."""
+    return {
+        "DAEMON_NAME": "anvil",
+        "DAEMON_RPC_ADDRESS": rpc_address,
+        "DAEMON_POLL_INTERVAL": "100ms",
+        "DAEMON_STARTSECS": "300ms",
+        "DAEMON_SHUTDOWN_GRACE": "10s",
+        "WEMIXVISOR_HEARTBEAT_INTERVAL": "500ms",
+        "UNSAFE_SKIP_BACKUP": "true",
+        "VALIDATOR_MODE": "true",
+    }
 
 
 def write_plan(home: Path, name: str, height: int) -> None:
@@ -67,16 +85,7 @@ def test_validator_mode_checks_signing_after_each_upgrade_and_only_alerts(
     double = WbftDouble(
         node_url, validators=VALIDATORS, node_address=ME, signing=set(VALIDATORS) - {DOWN}
     ).start()
-    env = {
-        "DAEMON_NAME": "anvil",
-        "DAEMON_RPC_ADDRESS": double.url,
-        "DAEMON_POLL_INTERVAL": "100ms",
-        "DAEMON_STARTSECS": "300ms",
-        "DAEMON_SHUTDOWN_GRACE": "10s",
-        "WEMIXVISOR_HEARTBEAT_INTERVAL": "500ms",
-        "UNSAFE_SKIP_BACKUP": "true",
-        "VALIDATOR_MODE": "true",
-    }
+    env = validator_env(double.url)
     args = ["--port", str(port), "--block-time", BLOCK_TIME, "--state", str(home / "data" / "s")]
     daemon = Daemon(home, env, args).start()
     events = EventLog(daemon.events_endpoint)
@@ -163,3 +172,95 @@ def test_status_facts_come_from_istanbul_and_are_off_on_plain_anvil(
     with governance_actor(anvil.url, tmp_path / "plain") as actor:
         info = facts(actor)
     assert info == ChainInfo(wbft=False, checked_at=info.checked_at)
+
+
+# preflight: the quorum and the istanbul namespace
+
+
+def preflight_config(home: Path, rpc_address: str, validator_mode: bool = True) -> Any:
+    return load_config(
+        env={
+            "DAEMON_HOME": str(home),
+            "DAEMON_RPC_ADDRESS": rpc_address,
+            "VALIDATOR_MODE": "true" if validator_mode else "false",
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("validators", "warned"),
+    [(3, True), (4, False)],
+    ids=["3-validators-need-all-3", "4-validators-need-3"],
+)
+def test_preflight_warns_when_my_downtime_would_cost_the_quorum(
+    anvil: AnvilProcess, tmp_path: Path, validators: int, warned: bool
+) -> None:
+    # Every validator seals: with 3, the quorum is 3 and two remain while this node is down.
+    members = VALIDATORS[:validators]
+    double = WbftDouble(anvil.url, validators=members, node_address=ME).start()
+    published: list[Any] = []
+    try:
+        wait_for_block(double, 1)
+        config = preflight_config(tmp_path, double.url)
+        plan = Plan(name="v2", height=10_000)
+        warn_if_quorum_at_risk(config, plan, publish=published.append)
+    finally:
+        double.close()
+    if not warned:
+        assert published == []
+        return
+    [risk] = published
+    assert isinstance(risk, ValidatorQuorumAtRisk)
+    assert (risk.validators, risk.quorum, risk.active, risk.active_without_me) == (3, 3, 3, 2)
+    assert (risk.address, risk.plan, risk.height) == (ME, "v2", 10_000)
+
+
+def test_validator_mode_needs_the_istanbul_namespace(anvil: AnvilProcess, tmp_path: Path) -> None:
+    # anvil over HTTP answers istanbul_* with -32601, as geth without --http.api istanbul.
+    [problem] = validator_problems(preflight_config(tmp_path, anvil.url))
+    assert "istanbul" in problem
+    assert "--http.api" in problem
+    assert "--ws.api" in problem
+    assert "IPC" in problem
+    # Without VALIDATOR_MODE the same node is a quiet non-WBFT chain.
+    assert validator_problems(preflight_config(tmp_path, anvil.url, validator_mode=False)) == []
+    # A node that serves the namespace passes.
+    double = WbftDouble(anvil.url, validators=VALIDATORS, node_address=ME).start()
+    try:
+        assert validator_problems(preflight_config(tmp_path, double.url)) == []
+    finally:
+        double.close()
+
+
+def test_validator_mode_without_istanbul_fails_every_preflight_and_warns_at_start(
+    root: Path, anvil_bin: Callable[[str], Path], free_port: Callable[[], int]
+) -> None:
+    home = root / "home"
+    layout = Home(root=home, name="anvil", data_dir=home / "data")
+    init_home(layout, anvil_bin("1.5.1"))
+    add_upgrade(layout, "v1.7.1", anvil_bin("1.7.1"))
+    port = free_port()
+    env = validator_env(f"http://127.0.0.1:{port}")  # the node itself, over HTTP
+    daemon = Daemon(home, env, ["--port", str(port), "--block-time", "1"]).start()
+    events = EventLog(daemon.events_endpoint)
+    try:
+        events.wait_for("supervisor.heartbeat", lambda p: p["node_state"] == "RUNNING")
+        write_plan(home, "v1.7.1", 100_000)
+        failed = events.wait_for("plan.preflight_failed", lambda p: p["name"] == "v1.7.1")
+        [problem] = failed["problems"]
+        assert "istanbul" in problem
+        assert "--http.api" in problem
+        assert "IPC" in problem
+
+        def warned() -> bool:
+            return any(
+                "WARNING" in line and "does not serve the istanbul namespace" in line
+                for line in daemon.log_text().splitlines()
+            )
+
+        wait_until(warned, what="a warning about the istanbul namespace")
+        topics = [p["topic"] for p in events.seen]
+        assert "upgrade.started" not in topics
+    finally:
+        events.close()
+    assert daemon.terminate() == 0

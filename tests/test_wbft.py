@@ -1,19 +1,30 @@
 """The WBFT client (SPEC §13.2): exact answer shapes, hostile answers, and the quorum decisions.
 
-Answers come from a scripted RpcClient (no sockets); the end-to-end behaviour against a node is
-in tests/test_validator.py.
+Answers come from a scripted web3 provider (a test double: no sockets) under the real web3
+client and its `istanbul` module; the end-to-end behaviour against a node is in
+tests/test_validator.py.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import pytest
 
 from tests.wbft_proxy import address
-from wemixvisor.chain.rpc import RpcClient, RpcError, RpcMethodNotFound
-from wemixvisor.chain.wbft import (
+from wemixvisor.chain.client import ChainClient, load_web3
+from wemixvisor.chain.rpc import RpcError
+
+# web3 as the daemon imports it: without the recursion limit it would raise in this process.
+load_web3()
+from web3 import Web3  # noqa: E402
+from web3.providers.base import BaseProvider  # noqa: E402
+from web3.types import RPCEndpoint, RPCResponse  # noqa: E402
+
+from wemixvisor.chain.istanbul import Istanbul  # noqa: E402
+from wemixvisor.chain.wbft import (  # noqa: E402
     MAX_VALIDATORS,
     MalformedAnswer,
     NotWbft,
@@ -32,26 +43,33 @@ VALIDATORS = [ME, *OTHERS]
 HASH = "0x" + "ab" * 32
 
 
-class ScriptedRpc(RpcClient):
-    """Answers each method from a table: a value, an exception to raise, or a callable."""
+class ScriptedProvider(BaseProvider):
+    """Test double of a node: answers each method from a table (a value, an exception to
+    raise, or a callable of the params); an unknown method is -32601, as geth answers it."""
 
     def __init__(self, answers: dict[str, Any]) -> None:
-        super().__init__("http://127.0.0.1:1")
+        super().__init__()
         self.answers = answers
         self.calls: list[tuple[str, list[Any]]] = []
 
-    def call(self, method: str, params: list[Any] | None = None) -> Any:
+    def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
         self.calls.append((method, list(params or [])))
         if method not in self.answers:
-            raise RpcMethodNotFound("Method not found")
+            return {"jsonrpc": "2.0", "id": 1, "error": {"code": -32601, "message": "not found"}}
         answer = self.answers[method]
         if isinstance(answer, BaseException):
             raise answer
-        return answer(params or []) if callable(answer) else answer
+        result = answer(params or []) if callable(answer) else answer
+        return {"jsonrpc": "2.0", "id": 1, "result": result}
+
+
+def wbft_on(provider: ScriptedProvider) -> WbftClient:
+    w3 = Web3(provider, middleware=[], external_modules={"istanbul": Istanbul})
+    return WbftClient(ChainClient("scripted", w3=w3))
 
 
 def client(**answers: Any) -> WbftClient:
-    return WbftClient(ScriptedRpc(answers))
+    return wbft_on(ScriptedProvider(answers))
 
 
 def signers(number: int = 7, committers: list[str] | None = None) -> dict[str, Any]:
@@ -131,9 +149,14 @@ def test_commit_signers_of_another_block_than_asked_are_refused() -> None:
         client(istanbul_getCommitSignersFromBlock=signers(7)).commit_signers(8)
 
 
-def test_validators_are_sorted_lower_case_and_a_duplicate_is_refused() -> None:
+def test_validators_keep_the_index_order_lower_case_and_a_duplicate_is_refused() -> None:
     shuffled = [OTHERS[2].upper().replace("0X", "0x"), ME, OTHERS[0], OTHERS[1]]
-    assert client(istanbul_getValidators=shuffled).validators() == sorted(VALIDATORS)
+    assert client(istanbul_getValidators=shuffled).validators() == [
+        OTHERS[2],
+        ME,
+        OTHERS[0],
+        OTHERS[1],
+    ]
     twice = [ME, ME.upper().replace("0X", "0x")]
     with pytest.raises(MalformedAnswer, match="twice"):
         client(istanbul_getValidators=twice).validators()
@@ -142,36 +165,58 @@ def test_validators_are_sorted_lower_case_and_a_duplicate_is_refused() -> None:
 
 
 def test_block_parameters_go_out_as_geth_expects_them() -> None:
-    rpc = ScriptedRpc(
+    rpc = ScriptedProvider(
         {
             "istanbul_getValidators": VALIDATORS,
             "istanbul_isValidator": True,
             "istanbul_status": status({ME: 1}, 10, 20),
         }
     )
-    wbft = WbftClient(rpc)
+    wbft = wbft_on(rpc)
     wbft.validators("latest")
     wbft.validators(None)
     wbft.validators(255)
     wbft.is_validator()
-    wbft.status()
     wbft.status(10, 20)
+    wbft.status(0, 1023)
     assert rpc.calls == [
         ("istanbul_getValidators", ["latest"]),
         ("istanbul_getValidators", [None]),
         ("istanbul_getValidators", ["0xff"]),
         ("istanbul_isValidator", [None]),
-        ("istanbul_status", []),
         ("istanbul_status", ["0xa", "0x14"]),
+        ("istanbul_status", ["0x0", "0x3ff"]),
     ]
-    with pytest.raises(ValueError, match="both"):
-        wbft.status(10, None)
+    # istanbul_status always gets both bounds, at most 1024 blocks apart, in order.
+    for start, end in ((0, 1024), (20, 10), (-1, 5)):
+        with pytest.raises(ValueError, match="1024 blocks"):
+            wbft.status(start, end)
+    assert len(rpc.calls) == 6
     with pytest.raises(ValueError, match="block"):
         wbft.validators(-1)
 
 
+def test_is_validator_false_is_confirmed_with_the_validator_set() -> None:
+    # go-wbft's isValidator swallows errors: its false may mean "could not tell".
+    swallowed = ScriptedProvider(
+        {
+            "istanbul_isValidator": False,
+            "istanbul_nodeAddress": ME,
+            "istanbul_getValidators": [OTHERS[0], ME],
+        }
+    )
+    assert wbft_on(swallowed).is_validator(5) is True
+    assert ("istanbul_getValidators", ["0x5"]) in swallowed.calls
+    outsider = client(
+        istanbul_isValidator=False, istanbul_nodeAddress=ME, istanbul_getValidators=OTHERS
+    )
+    assert outsider.is_validator() is False
+    # The set cannot be read: unknown, not "no".
+    with pytest.raises(RpcError):
+        client(istanbul_isValidator=False, istanbul_nodeAddress=ME).is_validator()
+
+
 def test_is_validator_must_be_a_boolean() -> None:
-    assert client(istanbul_isValidator=False).is_validator(5) is False
     with pytest.raises(MalformedAnswer, match="istanbul_isValidator"):
         client(istanbul_isValidator="true").is_validator()
     with pytest.raises(MalformedAnswer, match="istanbul_isValidator"):
@@ -187,14 +232,14 @@ def test_node_address_must_be_an_address() -> None:
 
 def test_status_is_decoded_and_hostile_status_answers_are_refused() -> None:
     answer = status({ME: 10, OTHERS[0].upper().replace("0X", "0x"): 4})
-    result = client(istanbul_status=answer).status()
+    result = client(istanbul_status=answer).status(0, 63)
     assert result.sealer_activity.total == {ME: 10, OTHERS[0]: 4}
     assert result.block_range.total_blocks == 64
     assert result.round_stats is not None
     assert result.round_stats.round_distribution == {"0": 64}
     # An older node without roundStats is fine.
     legacy = {k: v for k, v in answer.items() if k != "roundStats"}
-    assert client(istanbul_status=legacy).status().round_stats is None
+    assert client(istanbul_status=legacy).status(0, 63).round_stats is None
 
     bad_answers = [
         {**answer, "sealerActivity": {"Total": {ME: 1}}},
@@ -207,7 +252,7 @@ def test_status_is_decoded_and_hostile_status_answers_are_refused() -> None:
     ]
     for bad in bad_answers:
         with pytest.raises(MalformedAnswer, match="istanbul_status"):
-            client(istanbul_status=bad).status()
+            client(istanbul_status=bad).status(0, 63)
 
 
 def test_method_not_found_means_not_wbft_and_other_failures_stay_rpc_errors() -> None:
@@ -217,7 +262,7 @@ def test_method_not_found_means_not_wbft_and_other_failures_stay_rpc_errors() ->
         empty.is_validator,
         empty.validators,
         lambda: empty.commit_signers(1),
-        empty.status,
+        lambda: empty.status(1, 2),
     ):
         with pytest.raises(NotWbft):
             call()
@@ -231,10 +276,17 @@ def test_method_not_found_means_not_wbft_and_other_failures_stay_rpc_errors() ->
 
 
 @pytest.mark.parametrize(
-    ("n", "quorum"), [(0, 0), (1, 1), (2, 2), (3, 2), (4, 3), (5, 4), (6, 4), (7, 5), (21, 14)]
+    ("n", "quorum"),
+    [(1, 1), (2, 2), (3, 3), (4, 3), (5, 4), (6, 5), (7, 5), (8, 6), (9, 7), (10, 7)],
 )
-def test_the_bft_quorum_is_the_ceiling_of_two_thirds(n: int, quorum: int) -> None:
+def test_the_quorum_is_wbfts_quorum_size_not_two_thirds(n: int, quorum: int) -> None:
+    # ceil(n - (n-1)/3): three validators need all three, four need three.
     assert bft_quorum(n) == quorum
+    assert bft_quorum(n) == math.ceil(n - (n - 1) / 3)
+
+
+def test_no_validators_need_no_quorum() -> None:
+    assert bft_quorum(0) == 0
 
 
 def test_a_negative_validator_count_is_an_error() -> None:
@@ -263,12 +315,12 @@ def test_my_downtime_breaks_quorum_only_when_the_rest_fall_below_it() -> None:
 
 
 def test_active_validators_are_those_that_sealed_in_the_window() -> None:
-    answer = client(istanbul_status=status({ME: 3, OTHERS[0]: 0, OTHERS[1]: 1})).status()
+    answer = client(istanbul_status=status({ME: 3, OTHERS[0]: 0, OTHERS[1]: 1})).status(0, 63)
     assert active_validators(VALIDATORS, answer) == {ME, OTHERS[1]}
 
 
 def test_assess_quorum_reads_the_recent_window() -> None:
-    rpc = ScriptedRpc(
+    rpc = ScriptedProvider(
         {
             "istanbul_nodeAddress": ME,
             "istanbul_getValidators": VALIDATORS,
@@ -276,7 +328,7 @@ def test_assess_quorum_reads_the_recent_window() -> None:
             "istanbul_status": status({ME: 5, OTHERS[0]: 5}, 85, 100),
         }
     )
-    me, risk = assess_quorum(WbftClient(rpc), window=16)
+    me, risk = assess_quorum(wbft_on(rpc), window=16)
     assert me == ME
     assert risk.at_risk
     assert ("istanbul_status", ["0x55", "0x64"]) in rpc.calls
@@ -287,6 +339,7 @@ def test_chain_info_on_wbft_and_on_a_chain_without_istanbul() -> None:
         istanbul_nodeAddress=ME,
         istanbul_getValidators=VALIDATORS,
         istanbul_status=status({ME: 12, OTHERS[0]: 7}),
+        eth_blockNumber="0x3f",
     )
     info = read_chain_info(wbft, at=1000.0)
     assert info.wbft is True
@@ -316,7 +369,7 @@ class Chain:
         self.committers = committers
         self.heads = itertools.count(head, step)
 
-    def rpc(self) -> ScriptedRpc:
+    def rpc(self) -> WbftClient:
         def head(_params: list[Any]) -> str:
             return hex(next(self.heads))
 
@@ -324,14 +377,12 @@ class Chain:
             block = int(params[0], 16)
             return signers(block, self.committers.get(block, []))
 
-        return ScriptedRpc(
-            {"eth_blockNumber": head, "istanbul_getCommitSignersFromBlock": signers_of}
-        )
+        return client(eth_blockNumber=head, istanbul_getCommitSignersFromBlock=signers_of)
 
 
 def test_signing_is_found_at_the_first_block_after_h_it_committed() -> None:
     chain = Chain({101: OTHERS, 102: OTHERS, 103: VALIDATORS}, head=100)
-    result = check_signing(WbftClient(chain.rpc()), ME, 100, blocks=20, poll=0)
+    result = check_signing(chain.rpc(), ME, 100, blocks=20, poll=0)
     assert result.signed
     assert result.block == 103
     assert result.blocks_checked == 3
@@ -339,7 +390,7 @@ def test_signing_is_found_at_the_first_block_after_h_it_committed() -> None:
 
 def test_not_signing_after_all_blocks_were_checked() -> None:
     chain = Chain(dict.fromkeys(range(101, 200), OTHERS), head=100, step=5)
-    result = check_signing(WbftClient(chain.rpc()), ME, 100, blocks=20, poll=0)
+    result = check_signing(chain.rpc(), ME, 100, blocks=20, poll=0)
     assert not result.signed
     assert result.blocks_checked == 20
     assert "101-120" in result.reason
@@ -349,7 +400,7 @@ def test_a_stalled_chain_is_judged_on_the_blocks_it_produced_by_the_timeout() ->
     chain = Chain({101: OTHERS}, head=101, step=0)
     ticks = itertools.count(0.0, 1.0)
     result = check_signing(
-        WbftClient(chain.rpc()), ME, 100, blocks=20, timeout=10, poll=0, clock=lambda: next(ticks)
+        chain.rpc(), ME, 100, blocks=20, timeout=10, poll=0, clock=lambda: next(ticks)
     )
     assert not result.signed
     assert result.blocks_checked == 1
@@ -357,7 +408,6 @@ def test_a_stalled_chain_is_judged_on_the_blocks_it_produced_by_the_timeout() ->
 
 
 def test_a_node_that_lost_istanbul_after_the_upgrade_is_not_signing() -> None:
-    rpc = ScriptedRpc({"eth_blockNumber": "0x70"})
-    result = check_signing(WbftClient(rpc), ME, 100, blocks=20, poll=0)
+    result = check_signing(client(eth_blockNumber="0x70"), ME, 100, blocks=20, poll=0)
     assert not result.signed
     assert "istanbul" in result.reason

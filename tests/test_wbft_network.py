@@ -37,7 +37,7 @@ from devtools.wbft import (
     validator_address,
 )
 from devtools.wbft.istanbul import NodeView
-from wemixvisor.chain.rpc import RpcClient
+from wemixvisor.chain.client import ChainClient, load_web3
 from wemixvisor.chain.wbft import WbftClient
 
 BLOCK_TIME = 0.25
@@ -233,14 +233,21 @@ def test_a_refused_namespace_answers_method_not_found(network: WbftNetwork) -> N
 
 
 def test_wemixvisors_own_client_reads_the_double(network: WbftNetwork) -> None:
-    client = WbftClient(RpcClient(network.proxy_url(2)))
-    assert client.node_address() == network.addresses[2]
-    assert client.validators() == sorted(network.addresses)
-    assert client.commit_signers(2).committers == sorted(network.addresses)
-    assert client.status().block_range.end_block >= 3
+    for url in (network.proxy_url(2), network.proxy_ws_url(2)):
+        client = WbftClient(ChainClient(url, timeout=5))
+        assert client.node_address() == network.addresses[2]
+        assert client.validators() == list(network.ledger.validators)  # index order
+        assert client.commit_signers(2).committers == sorted(network.addresses)
+        assert client.recent_status(64).block_range.end_block >= 3
+        # The daemon's client reads a block with WBFT's long extraData through web3's
+        # handling of it (the seal lands in proofOfAuthorityData).
+        seal = client.chain.block(2)["proofOfAuthorityData"]
+        assert len(seal) >= 200
+        client.chain.close()
 
 
 def test_blocks_carry_long_wbft_extradata_a_client_must_accept(network: WbftNetwork) -> None:
+    load_web3()  # web3 as the daemon imports it, keeping this process's recursion limit
     from web3 import Web3
     from web3.exceptions import ExtraDataLengthError
     from web3.middleware import ExtraDataToPOAMiddleware

@@ -29,7 +29,8 @@ from wemixvisor.actors.base import FailureSink, SupervisedActor
 from wemixvisor.actors.workers import Poller, tell_if_alive
 from wemixvisor.bus import Bus
 from wemixvisor.chain import governance as gov
-from wemixvisor.chain.rpc import RpcClient, RpcError
+from wemixvisor.chain.client import ChainClient
+from wemixvisor.chain.rpc import RpcError
 from wemixvisor.chain.wbft import WbftClient, read_chain_info
 from wemixvisor.config import Config
 from wemixvisor.home.layout import Home
@@ -143,7 +144,7 @@ class _OutcomeSink:
 
 def _chain_reader(address: str, timeout: float) -> Callable[[], _ChainRead]:
     """One read of the validator facts, as the chain-facts poller's call."""
-    client = WbftClient(RpcClient(address, timeout=timeout))
+    client = WbftClient(ChainClient(address, timeout=timeout))
 
     def read() -> _ChainRead:
         try:

@@ -1,13 +1,17 @@
-"""HeightActor: follows the chain head over the node's JSON-RPC (SPEC §13.1).
+"""HeightActor: follows the chain head through web3 (SPEC §13.1).
 
-All network I/O runs on one thread of `chain.headwatch`: a `newHeads` subscription for
-a ws(s):// address, else `eth_blockNumber` polling. The thread reports each new head and each
-failed attempt with a message tagged by its generation; the actor keeps the state (head, RPC
-availability, stall), forwards every new head to the orchestrator at once and publishes events.
+All network I/O runs on one thread of `chain.headwatch`: a web3 `newHeads` subscription for a
+ws(s):// address or an IPC path, else `eth_blockNumber` polling over a kept-alive HTTP session.
+The thread reports each new head and each failed attempt with a message tagged by its
+generation; the actor keeps the state (head, RPC availability, stall), forwards every new head
+to the orchestrator at once and publishes events. A node that refuses the subscription is
+polled instead, and the actor says so (a warning and `fallback` in its status). Polling
+tightens near the next plan's trigger height, which the orchestrator tells it (SPEC §16).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -17,11 +21,25 @@ from loguru import logger
 from wemixvisor.actors.base import FailureSink, SupervisedActor
 from wemixvisor.actors.workers import tell_if_alive
 from wemixvisor.bus import Bus
-from wemixvisor.chain.headwatch import HeadPoller, HeadSubscriber, HeadWatcher, StallWatch
+from wemixvisor.chain.client import ChainClient, address_kind
+from wemixvisor.chain.headwatch import (
+    HeadPoller,
+    HeadSubscriber,
+    HeadWatcher,
+    StallWatch,
+    poll_interval,
+)
+from wemixvisor.chain.wbft import WbftClient, istanbul_problem
 from wemixvisor.config import Config
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.config import ConfigChanged
-from wemixvisor.messages.height import GetHeight, HeadObserved, HeightStatus, RpcAvailability
+from wemixvisor.messages.height import (
+    GetHeight,
+    HeadObserved,
+    HeightStatus,
+    NextTrigger,
+    RpcAvailability,
+)
 
 _ORCHESTRATOR = "orchestrator"
 
@@ -38,13 +56,27 @@ class _RpcFailed(msgspec.Struct, frozen=True):
     at: float
 
 
+class _SubscriptionRefused(msgspec.Struct, frozen=True):
+    generation: int
+    error: str
+
+
 class _StallCheck(msgspec.Struct, frozen=True):
     pass
 
 
+class _IstanbulChecked(msgspec.Struct, frozen=True):
+    problem: str | None
+
+
 def rpc_mode(address: str) -> str:
-    """`ws` for a ws(s):// address (newHeads subscription), else `poll` (eth_blockNumber)."""
-    return "ws" if address.startswith(("ws://", "wss://")) else "poll"
+    """`ws` or `ipc` (a newHeads subscription) for a ws(s):// address or an IPC path, else
+    `poll` (eth_blockNumber over http(s))."""
+    try:
+        kind = address_kind(address)
+    except ValueError:
+        return "poll"  # the poller reports the bad address as a failed attempt
+    return "poll" if kind == "http" else kind
 
 
 class HeightActor(SupervisedActor):
@@ -68,6 +100,9 @@ class HeightActor(SupervisedActor):
         self._stall_timer_armed = False
         self._generation = 0
         self._watcher: HeadWatcher | None = None
+        self._trigger: int | None = None  # where the next plan starts: poll fast near it
+        self._fallback: str | None = None  # why a subscription address is polled
+        self._istanbul_problem: str | None = None
 
     # lifecycle
 
@@ -86,8 +121,15 @@ class HeightActor(SupervisedActor):
                 self._on_head(message.height, message.observed_at)
             case _RpcFailed(generation=generation) if generation == self._generation:
                 self._on_failure(message.error, message.at)
-            case _HeadSeen() | _RpcFailed():
+            case _SubscriptionRefused(generation=generation) if generation == self._generation:
+                self._fall_back_to_polling(message.error)
+            case _HeadSeen() | _RpcFailed() | _SubscriptionRefused():
                 pass  # from a watcher that has been replaced
+            case NextTrigger(height=height):
+                self._trigger = height
+                self._tune_polling()
+            case _IstanbulChecked(problem=problem):
+                self._on_istanbul_checked(problem)
             case _StallCheck():
                 self._stall_timer_armed = False
                 self._check_stall()
@@ -113,23 +155,57 @@ class HeightActor(SupervisedActor):
         def on_failure(error: str) -> None:
             tell_if_alive(ref, _RpcFailed(generation, error, time.monotonic()))
 
+        def on_refused(error: str) -> None:
+            tell_if_alive(ref, _SubscriptionRefused(generation, error))
+
         rpc = self._config.rpc
         watcher: HeadWatcher
-        if self._mode == "ws":
+        if self._mode in ("ws", "ipc"):
             watcher = HeadSubscriber(
-                self._address, timeout=rpc.timeout, on_head=on_head, on_failure=on_failure
+                self._address,
+                kind=self._mode,
+                timeout=rpc.timeout,
+                on_head=on_head,
+                on_failure=on_failure,
+                on_refused=on_refused,
             )
         else:
             watcher = HeadPoller(
                 self._address,
                 timeout=rpc.timeout,
-                interval=rpc.poll_interval,
+                interval=poll_interval(rpc.poll_interval, self._height, self._trigger),
                 on_head=on_head,
                 on_failure=on_failure,
             )
         self._watcher = watcher
         watcher.start()
         logger.info("following the head of {} ({})", self._address, self._mode)
+
+    def _fall_back_to_polling(self, error: str) -> None:
+        self._fallback = error
+        self._mode = "poll"
+        logger.warning(
+            "{} refused the newHeads subscription ({}): polling eth_blockNumber every {:g}s"
+            " instead",
+            self._address,
+            error,
+            self._config.rpc.poll_interval,
+        )
+        self._start_watcher()
+
+    def _tune_polling(self) -> None:
+        """Poll at the configured interval far from a plan, fast near its trigger height."""
+        if not isinstance(self._watcher, HeadPoller):
+            return  # a subscription hears every head as it comes
+        wanted = poll_interval(self._config.rpc.poll_interval, self._height, self._trigger)
+        if wanted != self._watcher.interval:
+            logger.info(
+                "polling the head every {:g}s (head {}, next upgrade starts at {})",
+                wanted,
+                self._height,
+                self._trigger,
+            )
+            self._watcher.set_interval(wanted)
 
     def _stop_watcher(self) -> None:
         watcher, self._watcher = self._watcher, None
@@ -140,7 +216,8 @@ class HeightActor(SupervisedActor):
     # reports
 
     def _on_head(self, height: int, observed_at: float) -> None:
-        if not self._available:
+        resumed = not self._available
+        if resumed:
             self._available = True
             self._stall.rpc_resumed(observed_at)
             if self._down_since is not None:
@@ -157,7 +234,10 @@ class HeightActor(SupervisedActor):
             self._bus.tell(_ORCHESTRATOR, HeadObserved(height, observed_at, self._mode))
             self._bus.publish(ev.HeightObserved(height=height, source=self._mode))
             self._stall.head_moved(observed_at)
+            self._tune_polling()
         self._arm_stall_timer()
+        if resumed:
+            self._check_istanbul()  # after the head: the orchestrator must not wait for it
 
     def _on_failure(self, error: str, at: float) -> None:
         self._last_error = error
@@ -170,6 +250,31 @@ class HeightActor(SupervisedActor):
         logger.warning("RPC {} unavailable: {}", self._address, error)
         self._bus.publish(ev.RpcUnavailable(address=self._address, error=error))
         self._bus.tell(_ORCHESTRATOR, RpcAvailability(False, error))
+
+    # validator mode
+
+    def _check_istanbul(self) -> None:
+        """VALIDATOR_MODE: whenever RPC (re)appears (a node restarted with other flags, say),
+        check that it serves `istanbul_*`; a refusal is a warning, never silence (SPEC §13.2)."""
+        if not self._config.node.validator_mode:
+            return
+        address, timeout = self._address, min(self._config.rpc.timeout, 5.0)
+
+        def check(_stopping: threading.Event) -> _IstanbulChecked:
+            chain = ChainClient(address, timeout=timeout)
+            try:
+                return _IstanbulChecked(istanbul_problem(WbftClient(chain)))
+            finally:
+                chain.close()
+
+        self.workers.run("istanbul-check", check)
+
+    def _on_istanbul_checked(self, problem: str | None) -> None:
+        if problem is not None:
+            logger.warning("{}; every plan's preflight fails until it does", problem)
+        elif self._istanbul_problem is not None:
+            logger.info("the node at {} serves istanbul_* now", self._address)
+        self._istanbul_problem = problem
 
     # stall detection
 
@@ -204,16 +309,14 @@ class HeightActor(SupervisedActor):
         rpc = config.rpc
         if rpc.address != self._address:
             logger.info("rpc.address change to {} applies after a restart", rpc.address)
-        if isinstance(self._watcher, HeadPoller) and rpc.poll_interval != self._watcher.interval:
-            logger.info("height poll interval now {:g}s", rpc.poll_interval)
-            self._watcher.set_interval(rpc.poll_interval)
+        self._config = config
+        self._tune_polling()
         if rpc.stall_timeout != self._stall.timeout:
             logger.info("stall timeout now {:g}s", rpc.stall_timeout)
             self._stall.set_timeout(rpc.stall_timeout, time.monotonic())
             self._cancel_stall_timer()
             self._arm_stall_timer()
         # rpc.timeout and rpc.address are not reloadable: the running watcher keeps its own.
-        self._config = config
 
     def _status(self) -> HeightStatus:
         return HeightStatus(
@@ -223,4 +326,8 @@ class HeightActor(SupervisedActor):
             last_error=self._last_error,
             mode=self._mode,
             stalled=self._stall.stalled,
+            poll_interval=(
+                self._watcher.interval if isinstance(self._watcher, HeadPoller) else None
+            ),
+            fallback=self._fallback,
         )

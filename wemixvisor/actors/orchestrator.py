@@ -19,6 +19,7 @@ from loguru import logger
 from wemixvisor.actors.base import FailureSink, SupervisedActor
 from wemixvisor.actors.operator_duties import OperatorDuties, RehearsalDone, RollbackFinished
 from wemixvisor.bus import Bus
+from wemixvisor.chain.headwatch import next_trigger_height
 from wemixvisor.chain.wbft import start_signing_check
 from wemixvisor.config import Config, apply_reloadable
 from wemixvisor.home import state
@@ -26,7 +27,7 @@ from wemixvisor.home.layout import Home, LayoutError, read_current
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.backup import PrestageBackup
 from wemixvisor.messages.config import ConfigChanged
-from wemixvisor.messages.height import HeadObserved, RpcAvailability
+from wemixvisor.messages.height import HeadObserved, NextTrigger, RpcAvailability
 from wemixvisor.messages.node import StartNode
 from wemixvisor.messages.plans import (
     CancelPlan,
@@ -126,6 +127,7 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
 
     def setup(self) -> None:
         self._queue = self._load_queue()
+        self._tell_next_trigger()
         try:
             journal = load_journal(self._journal_file)
         except JournalError as exc:
@@ -458,3 +460,9 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
 
     def _save_queue(self) -> None:
         state.write_queue(self._home, self._queue)
+        self._tell_next_trigger()
+
+    def _tell_next_trigger(self) -> None:
+        # The height actor polls faster near this height (SPEC §16).
+        heights = (entry.plan.height for entry in queue_rules.pending(self._queue))
+        self._bus.tell("height", NextTrigger(next_trigger_height(heights)))

@@ -1,80 +1,68 @@
 """Following the chain head: the helper threads that talk to the node, and the pure decisions.
 
-Two watchers, one per RPC mode, each running on a single helper thread that reports through
-callbacks (the HeightActor turns them into messages to itself):
+Two watchers, each running on a single helper thread that reports through callbacks (the
+HeightActor turns them into messages to itself):
 
-- `HeadPoller` calls `eth_blockNumber` every poll interval over http(s) or IPC (`RpcClient`).
-- `HeadSubscriber` holds one websocket with a `newHeads` subscription, asks `eth_blockNumber`
-  right after each (re)connect so the current head is known at once, and pings the peer so a
-  dead one is noticed within seconds.
+- `HeadPoller` asks `eth_blockNumber` every poll interval through the web3 client (a kept-alive
+  HTTP session; also the fallback for ws and IPC addresses that refuse subscriptions).
+- `HeadSubscriber` holds one web3 `newHeads` subscription (`AsyncWeb3` on web3's websocket or
+  IPC provider), asks `eth_blockNumber` right after each (re)connect so the current head is known
+  at once; websocket keepalive pings notice a dead peer within seconds. A node that refuses the
+  subscription itself is reported (`on_refused`) and the thread ends: the actor polls instead.
 
 Both report a head only when it differs from the one they reported last, or when it is the first
 answer after a failure (so the actor learns RPC is back); they report every failed attempt and
 retry with `Backoff`.
 
-The pure parts — reading a height out of an answer (`parse_height`, `decode_ws_message`), the
-retry schedule (`Backoff`) and stall detection (`StallWatch`) — need no thread or socket.
-
-web3 is deliberately not used here: importing it costs about 40 MB of RSS, half the daemon's idle
-budget (SPEC §16), for two JSON-RPC methods that msgspec and websockets handle directly.
+The pure parts — reading a height (`parse_height`), the retry schedule (`Backoff`), stall
+detection (`StallWatch`) and how often to poll near an upgrade (`poll_interval`) — need no
+thread or socket.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
-import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-import msgspec
 from loguru import logger
 
-from wemixvisor.chain.rpc import (
-    MAX_QUANTITY,
-    MalformedAnswer,
-    RpcClient,
-    RpcError,
-    describe_value,
-    parse_quantity,
-)
+from wemixvisor.chain.client import ChainClient, load_web3, rpc_failure
+from wemixvisor.chain.rpc import MAX_QUANTITY, MalformedAnswer, RpcError, parse_quantity
 
 if TYPE_CHECKING:
-    from websockets.sync.client import ClientConnection
+    from web3 import AsyncWeb3
 
 __all__ = [
+    "FAST_POLL_INTERVAL",
     "MAX_HEIGHT",
+    "NEAR_TRIGGER_BLOCKS",
     "Backoff",
     "HeadPoller",
     "HeadSubscriber",
     "HeadWatcher",
     "MalformedAnswer",
     "StallWatch",
-    "WsMessage",
-    "decode_ws_message",
+    "next_trigger_height",
     "parse_height",
+    "poll_interval",
 ]
+
+T = TypeVar("T")
 
 MAX_HEIGHT: Final = MAX_QUANTITY
 """The largest height a well-formed answer can carry (16 hex digits, geth's uint64)."""
 
-# A newHeads notification is a block header of about 1 KB: anything near this size is hostile.
-_WS_MAX_MESSAGE: Final = 1 << 20
-# Keepalive: a peer that stops answering pings is declared dead after interval + timeout.
-_WS_PING_INTERVAL: Final = 2.0
-_WS_CLOSE_TIMEOUT: Final = 1.0
-_SUBSCRIBE_ID: Final = 1
-_BLOCK_NUMBER_ID: Final = 2
-_MAX_SUBSCRIPTION_ID_CHARS: Final = 200
-_SUBSCRIBE_REQUEST: Final = msgspec.json.encode(
-    {"jsonrpc": "2.0", "id": _SUBSCRIBE_ID, "method": "eth_subscribe", "params": ["newHeads"]}
-).decode()
-_BLOCK_NUMBER_REQUEST: Final = msgspec.json.encode(
-    {"jsonrpc": "2.0", "id": _BLOCK_NUMBER_ID, "method": "eth_blockNumber", "params": []}
-).decode()
+NEAR_TRIGGER_BLOCKS: Final = 5
+"""Within this many blocks before the next plan's trigger height, polling tightens."""
+
+FAST_POLL_INTERVAL: Final = 0.05
+"""The poll interval near a trigger height: a 0.1 s block is seen within half its time."""
 
 HeadCallback = Callable[[int, float], None]
 """Called with (height, time.monotonic() when the answer arrived)."""
@@ -88,6 +76,25 @@ def parse_height(value: object) -> int:
     Anything else raises MalformedAnswer: an upgrade must never be triggered by a guessed height.
     """
     return parse_quantity(value, "a block height")
+
+
+def next_trigger_height(plan_heights: Iterable[int]) -> int | None:
+    """The first head at which an upgrade starts: H-1 of the lowest pending plan (SPEC §5)."""
+    lowest = min(plan_heights, default=None)
+    return None if lowest is None else max(lowest - 1, 0)
+
+
+def poll_interval(base: float, head: int | None, trigger: int | None) -> float:
+    """How often to poll: `base` far from any plan, `FAST_POLL_INTERVAL` (never slower than
+    `base`) while the head is within NEAR_TRIGGER_BLOCKS of the next trigger height, up to it.
+
+    An unknown head or no plan polls at `base`; past the trigger the upgrade has started.
+    """
+    if head is None or trigger is None:
+        return base
+    if trigger - NEAR_TRIGGER_BLOCKS <= head <= trigger:
+        return min(base, FAST_POLL_INTERVAL)
+    return base
 
 
 @dataclass(frozen=True)
@@ -161,53 +168,6 @@ class StallWatch:
         return now - self._since
 
 
-class _Header(msgspec.Struct):
-    # Only the number is read; msgspec skips the other header fields without building them.
-    number: Any = None
-
-
-class _Params(msgspec.Struct):
-    subscription: Any = None
-    result: _Header | None = None
-
-
-class WsMessage(msgspec.Struct):
-    """One message on the subscription socket: an answer (`id`) or a notification (`method`)."""
-
-    id: Any = None
-    result: Any = None
-    error: Any = None
-    method: str | None = None
-    params: _Params | None = None
-
-
-_ws_decoder: Final = msgspec.json.Decoder(WsMessage)
-
-
-def decode_ws_message(raw: str | bytes) -> WsMessage:
-    """Decode one websocket message; MalformedAnswer for anything that is not JSON-RPC."""
-    try:
-        return _ws_decoder.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise MalformedAnswer(f"malformed message on the subscription: {exc}") from None
-
-
-def _call_name(request_id: object) -> str:
-    # Compared, never hashed: a hostile id may be a list or an object.
-    if request_id == _SUBSCRIBE_ID:
-        return "eth_subscribe"
-    if request_id == _BLOCK_NUMBER_ID:
-        return "eth_blockNumber"
-    return "subscription"
-
-
-def _error_text(error: object) -> str:
-    if isinstance(error, dict):
-        code, message = describe_value(error.get("code")), describe_value(error.get("message"))
-        return f"JSON-RPC error {code}: {message}"
-    return f"JSON-RPC error {describe_value(error)}"
-
-
 class HeadWatcher(abc.ABC):
     """One helper thread following the head; subclasses implement `_run`.
 
@@ -234,8 +194,6 @@ class HeadWatcher(abc.ABC):
         self._stop = threading.Event()
         # Set to cut a wait short: on stop, or when the poll interval changes.
         self._wake = threading.Event()
-        # Guards what `_interrupt` reads from the thread that calls `stop`.
-        self._lock = threading.Lock()
         self._reported: int | None = None
         self._thread = threading.Thread(
             target=self._main, name=f"height-{self.source}", daemon=True
@@ -262,7 +220,8 @@ class HeadWatcher(abc.ABC):
         crashes = 0
         while not self._stop.is_set():
             try:
-                self._run()
+                if self._run():
+                    return
             except Exception as exc:  # noqa: BLE001 - the head must stay followed whatever broke
                 # Not an RPC failure but a fault here or in a library: logged in full, reported
                 # like a failed attempt, and the loop starts over instead of the thread dying.
@@ -272,8 +231,9 @@ class HeadWatcher(abc.ABC):
                 self._sleep(self._backoff.delay(crashes))
 
     @abc.abstractmethod
-    def _run(self) -> None:
-        """Follow the head until stopped or an error ends this attempt (the loop retries)."""
+    def _run(self) -> bool:
+        """Follow the head until stopped or an error ends this attempt (the loop retries);
+        True when the watcher is done for good."""
 
     def _interrupt(self) -> None:  # noqa: B027  (optional hook: polling has nothing to unblock)
         """Unblock a blocking read so that `stop` takes effect at once (override)."""
@@ -298,7 +258,7 @@ class HeadWatcher(abc.ABC):
 
 
 class HeadPoller(HeadWatcher):
-    """`eth_blockNumber` every `interval` seconds over http(s) or IPC."""
+    """`eth_blockNumber` every `interval` seconds through the web3 client."""
 
     source = "poll"
 
@@ -315,7 +275,7 @@ class HeadPoller(HeadWatcher):
         super().__init__(
             address, timeout=timeout, on_head=on_head, on_failure=on_failure, backoff=backoff
         )
-        self._client = RpcClient(address, timeout=timeout)
+        self._client = ChainClient(address, timeout=timeout)
         self._interval = interval
 
     @property
@@ -328,143 +288,144 @@ class HeadPoller(HeadWatcher):
         self._interval = interval
         self._wake.set()
 
-    def _run(self) -> None:
+    def _run(self) -> bool:
         failures = 0
-        while not self._stop.is_set():
-            began = time.monotonic()
-            try:
-                answer = self._client.call("eth_blockNumber")
-                observed_at = time.monotonic()
-                height = parse_height(answer)
-            except RpcError as exc:
-                failures += 1
-                self._failed(f"eth_blockNumber: {exc}")
-                self._sleep(self._backoff.delay(failures))
-                continue
-            failures = 0
-            self._answered(height, observed_at)
-            # A fixed rate, not a fixed pause: detection lags a new head by at most one interval.
-            self._sleep(began + self._interval - time.monotonic())
+        try:
+            while not self._stop.is_set():
+                began = time.monotonic()
+                try:
+                    height = self._client.block_number()
+                    observed_at = time.monotonic()
+                except RpcError as exc:
+                    failures += 1
+                    self._failed(f"eth_blockNumber: {exc}")
+                    self._sleep(self._backoff.delay(failures))
+                    continue
+                failures = 0
+                self._answered(height, observed_at)
+                # A fixed rate, not a fixed pause: detection lags a new head by one interval.
+                self._sleep(began + self._interval - time.monotonic())
+        finally:
+            self._client.close()
+        return True
+
+
+class SubscriptionRefused(RpcError):
+    """The node answered `eth_subscribe` with an error: it will not notify new heads."""
 
 
 class HeadSubscriber(HeadWatcher):
-    """A `newHeads` subscription over one websocket, reconnected with backoff when it fails."""
+    """A web3 `newHeads` subscription over ws(s) or IPC, reconnected with backoff."""
 
-    source = "ws"
-
-    # The open websocket, read by `stop` from another thread to cut a blocked read short.
-    _ws: ClientConnection | None = None
-    _got_head = False
+    def __init__(
+        self,
+        address: str,
+        *,
+        kind: str,
+        timeout: float,
+        on_head: HeadCallback,
+        on_failure: FailureCallback,
+        on_refused: FailureCallback,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.source = kind
+        super().__init__(
+            address, timeout=timeout, on_head=on_head, on_failure=on_failure, backoff=backoff
+        )
+        self._kind = kind
+        self._on_refused = on_refused
+        self._got_head = False
+        # The running session, for `stop` (another thread) to cancel a blocked read.
+        self._lock = threading.Lock()
+        self._session_task: tuple[asyncio.AbstractEventLoop, asyncio.Task[None]] | None = None
 
     def _interrupt(self) -> None:
         with self._lock:
-            ws = self._ws
-        if ws is not None:
-            # Shutting the socket down wakes a blocked recv at once, without the close handshake
-            # that a dead peer would make us wait for.
-            with contextlib.suppress(OSError):
-                ws.socket.shutdown(socket.SHUT_RDWR)
+            running = self._session_task
+        if running is not None:
+            loop, task = running
+            # A loop that has just closed raises RuntimeError: the session is over anyway.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(task.cancel)
 
-    def _run(self) -> None:
-        # Imported here: websockets costs ~4 MB of RSS that a polling daemon need not pay.
-        from websockets.exceptions import ConnectionClosed, WebSocketException  # noqa: PLC0415
-
+    def _run(self) -> bool:
         failures = 0
         while not self._stop.is_set():
             self._got_head = False
             try:
-                self._session()
+                asyncio.run(self._session())
                 continue  # returns only when stopping
-            except MalformedAnswer as exc:
-                error = str(exc)
-            except RpcError as exc:
-                error = str(exc)
-            except ConnectionClosed as exc:
-                error = f"connection lost: {exc}"
-            except (OSError, WebSocketException) as exc:
-                error = f"{type(exc).__name__}: {exc}"
+            except asyncio.CancelledError:
+                if self._stop.is_set():
+                    return True
+                error = "subscription cancelled"
+            except SubscriptionRefused as exc:
+                if not self._stop.is_set():
+                    self._on_refused(str(exc))
+                return True
+            except Exception as exc:  # noqa: BLE001 - web3 and websockets raise many kinds
+                error = str(rpc_failure(self.address, exc))
             if self._stop.is_set():
-                return
+                return True
             # A session that delivered a head was a success: the retry schedule starts over.
             failures = 1 if self._got_head else failures + 1
             self._failed(error)
             self._sleep(self._backoff.delay(failures))
+        return True
 
-    def _session(self) -> None:
+    async def _session(self) -> None:
         """Connect, subscribe, read heads; return when stopping, raise on any failure."""
-        from websockets.sync.client import connect  # noqa: PLC0415
+        providers = load_web3()
 
-        with connect(
-            self.address,
-            open_timeout=self.timeout,
-            ping_interval=_WS_PING_INTERVAL,
-            ping_timeout=self.timeout,
-            close_timeout=_WS_CLOSE_TIMEOUT,
-            max_size=_WS_MAX_MESSAGE,
-            compression=None,
-            proxy=None,
-        ) as ws:
-            with self._lock:
-                self._ws = ws
+        task = asyncio.current_task()
+        assert task is not None
+        with self._lock:
+            self._session_task = (asyncio.get_running_loop(), task)
+        try:
+            if self._stop.is_set():
+                return
+            w3 = providers.persistent_web3(self.address, self._kind, self.timeout)
             try:
-                if self._stop.is_set():
-                    return
-                self._follow(ws)
+                await self._within("no connection", w3.provider.connect())
+                await self._follow(w3)
             finally:
-                with self._lock:
-                    self._ws = None
+                await providers.disconnect(w3.provider)
+        finally:
+            with self._lock:
+                self._session_task = None
 
-    def _follow(self, ws: ClientConnection) -> None:
+    async def _follow(self, w3: AsyncWeb3[Any]) -> None:
+        from web3.exceptions import Web3RPCError  # noqa: PLC0415
+        from web3.types import RPCEndpoint  # noqa: PLC0415
+
         # Subscribe first, then ask the head: no block can fall between the two.
-        ws.send(_SUBSCRIBE_REQUEST)
-        ws.send(_BLOCK_NUMBER_REQUEST)
-        subscription: str | None = None
-        awaiting = {_SUBSCRIBE_ID, _BLOCK_NUMBER_ID}
-        answer_deadline = time.monotonic() + self.timeout
-        while True:
-            if awaiting:
-                remaining = answer_deadline - time.monotonic()
-                try:
-                    raw = ws.recv(timeout=max(remaining, 0.0))
-                except TimeoutError:
-                    calls = " and ".join(_call_name(request) for request in sorted(awaiting))
-                    raise RpcError(f"no answer to {calls} within {self.timeout:g}s") from None
-            else:
-                # Silence is fine here (no blocks); a dead peer fails the keepalive pings.
-                raw = ws.recv()
+        try:
+            await self._within("no answer to eth_subscribe", w3.eth.subscribe("newHeads"))
+        except Web3RPCError as exc:
+            raise SubscriptionRefused(str(rpc_failure(self.address, exc))) from None
+        answer = await self._within(
+            "no answer to eth_blockNumber",
+            w3.manager.coro_request(RPCEndpoint("eth_blockNumber"), []),
+        )
+        self._head(parse_height(answer), time.monotonic())
+        async for message in w3.socket.process_subscriptions():
             observed_at = time.monotonic()
-            message = decode_ws_message(raw)
-            if message.error is not None:
-                raise RpcError(f"{_call_name(message.id)}: {_error_text(message.error)}")
-            if message.method == "eth_subscription":
-                params = message.params
-                if params is None:
-                    raise MalformedAnswer("newHeads notification without params")
-                if subscription is None or params.subscription != subscription:
-                    continue  # not ours (yet): geth answers eth_subscribe before notifying
-                if params.result is None:
-                    raise MalformedAnswer("newHeads notification without a header")
-                self._head(parse_height(params.result.number), observed_at)
-            elif message.id == _SUBSCRIBE_ID and _SUBSCRIBE_ID in awaiting:
-                subscription = self._subscription_id(message.result)
-                awaiting.discard(_SUBSCRIBE_ID)
-            elif message.id == _BLOCK_NUMBER_ID and _BLOCK_NUMBER_ID in awaiting:
-                awaiting.discard(_BLOCK_NUMBER_ID)
-                self._head(parse_height(message.result), observed_at)
-            else:
-                raise MalformedAnswer(
-                    f"unexpected message on the subscription (id {describe_value(message.id)}, "
-                    f"method {describe_value(message.method)})"
-                )
+            header = message.get("result") if isinstance(message, dict) else None
+            number = header.get("number") if isinstance(header, dict) else None
+            # web3 turned the (checked) hex number into an int.
+            if isinstance(number, bool) or not isinstance(number, int):
+                raise MalformedAnswer("newHeads notification without a block number")
+            if not 0 <= number <= MAX_HEIGHT:
+                raise MalformedAnswer(f"newHeads block number out of range: {number}")
+            self._head(number, observed_at)
+        raise RpcError("the subscription ended: connection closed")
+
+    async def _within(self, what: str, step: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(step, self.timeout)
+        except TimeoutError:
+            raise RpcError(f"{self.address}: {what} within {self.timeout:g}s") from None
 
     def _head(self, height: int, observed_at: float) -> None:
         self._got_head = True
         self._answered(height, observed_at)
-
-    @staticmethod
-    def _subscription_id(result: object) -> str:
-        if isinstance(result, str) and 0 < len(result) <= _MAX_SUBSCRIPTION_ID_CHARS:
-            return result
-        raise MalformedAnswer(
-            f"eth_subscribe answered {describe_value(result)}, not a subscription id"
-        )

@@ -1,15 +1,16 @@
-"""WBFT chain facts over the node's `istanbul_*` JSON-RPC namespace (SPEC §13.2).
+"""WBFT chain facts over the node's `istanbul_*` namespace (SPEC §13.2).
 
-`WbftClient` wraps an `RpcClient` and turns each answer into a typed result, checked strictly:
-an answer of the wrong shape (keys in the wrong case, a missing field, an address that is not
-20 hex bytes, a list longer than any real validator set) raises `MalformedAnswer` naming the
-method and the problem. A node without the namespace answers "method not found", raised as
-`NotWbft`: callers switch the validator features off quietly on it.
+`WbftClient` calls the `istanbul` web3 module (`wemixvisor.chain.istanbul` names each method,
+`istanbul_answers` checks each answer) through the daemon's `ChainClient`. A node without the
+namespace answers "method not found", raised as `NotWbft`: without VALIDATOR_MODE callers
+switch the validator features off quietly on it; with it, `istanbul_problem` turns it into the
+preflight failure and warning that name the two fixes.
 
-The decisions are pure functions over those results: the BFT quorum, whether this node's
-downtime would leave the chain short of it, and the summary that `status` shows. The signing
-check after an upgrade (`check_signing`, started by `start_signing_check` from the saga's
-post-upgrade hook) runs on a thread of its own and only ever alerts.
+The decisions are pure functions over those results: the BFT quorum (`bft_quorum`, WBFT's
+QuorumSize), whether this node's downtime would leave the chain short of it, and the summary
+that `status` shows. The signing check after an upgrade (`check_signing`, started by
+`start_signing_check` from the saga's post-upgrade hook) runs on a thread of its own and only
+ever alerts.
 """
 
 from __future__ import annotations
@@ -17,29 +18,37 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 import msgspec
 from loguru import logger
 
-from wemixvisor.chain.rpc import (
-    MalformedAnswer,
-    RpcClient,
-    RpcError,
-    RpcMethodNotFound,
-    parse_quantity,
+from wemixvisor.chain.client import ChainClient
+from wemixvisor.chain.istanbul_answers import (
+    MAX_STATUS_BLOCKS,
+    MAX_VALIDATORS,
+    BlockRange,
+    CommitSigners,
+    RoundStats,
+    SealerActivity,
+    WbftStatus,
+    block_param,
 )
+from wemixvisor.chain.rpc import MalformedAnswer, RpcError, RpcMethodNotFound
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.governance import ChainInfo, SealingActivity
 
 if TYPE_CHECKING:
+    from wemixvisor.chain.istanbul import Istanbul
     from wemixvisor.config import Config
 
 __all__ = [
+    "MAX_STATUS_BLOCKS",
     "MAX_VALIDATORS",
     "QUORUM_WINDOW",
     "SIGNING_CHECK_BLOCKS",
     "SIGNING_CHECK_TIMEOUT",
+    "STATUS_WINDOW",
     "BlockRange",
     "CommitSigners",
     "MalformedAnswer",
@@ -54,13 +63,13 @@ __all__ = [
     "assess_quorum",
     "bft_quorum",
     "check_signing",
+    "istanbul_problem",
     "quorum_risk",
     "read_chain_info",
     "start_signing_check",
 ]
 
-MAX_VALIDATORS: Final = 1024
-"""More addresses than any real validator set: a longer list in an answer is refused."""
+T = TypeVar("T")
 
 SIGNING_CHECK_BLOCKS: Final = 20
 """After an upgrade at H, the node must appear among the committers of one of blocks
@@ -74,69 +83,13 @@ QUORUM_WINDOW: Final = 16
 """The recent blocks whose sealers count as active validators for the quorum warning: short, so
 that a validator that went down a minute ago no longer counts."""
 
-# Block numbers and counts: msgspec bounds stop at int64, far beyond any real chain.
-_MAX_NUMBER: Final = 2**63 - 1
-_ADDRESS_RE: Final = r"^0x[0-9a-fA-F]{40}$"
-_HASH_RE: Final = r"^0x[0-9a-fA-F]{64}$"
-
-Address = Annotated[str, msgspec.Meta(pattern=_ADDRESS_RE)]
-Hash = Annotated[str, msgspec.Meta(pattern=_HASH_RE)]
-BlockNumber = Annotated[int, msgspec.Meta(ge=0, le=_MAX_NUMBER)]
-Count = Annotated[int, msgspec.Meta(ge=0, le=_MAX_NUMBER)]
-Addresses = Annotated[list[Address], msgspec.Meta(max_length=MAX_VALIDATORS)]
-CountByAddress = Annotated[dict[Address, Count], msgspec.Meta(max_length=MAX_VALIDATORS)]
+STATUS_WINDOW: Final = 64
+"""The blocks whose sealing `status` shows (go-wbft's own default range)."""
 
 
 class NotWbft(RpcMethodNotFound):
-    """The node does not serve `istanbul_*`: not a WBFT chain; the features switch off."""
-
-
-class CommitSigners(msgspec.Struct, frozen=True, rename="pascal"):
-    """`istanbul_getCommitSignersFromBlock`: who proposed and who committed one block.
-
-    On the wire the keys are capitalised (`Number`, `Hash`, `Author`, `Committers`); addresses
-    are lower-cased after decoding.
-    """
-
-    number: BlockNumber
-    hash: Hash
-    author: Address
-    committers: Addresses
-
-
-class SealerActivity(msgspec.Struct, frozen=True, rename="camel"):
-    """Seal signatures per validator over a block range, by seal type."""
-
-    total: CountByAddress
-    prepared: CountByAddress = msgspec.field(default_factory=dict)
-    committed: CountByAddress = msgspec.field(default_factory=dict)
-    prev_prepared: CountByAddress = msgspec.field(default_factory=dict)
-    prev_committed: CountByAddress = msgspec.field(default_factory=dict)
-
-
-class BlockRange(msgspec.Struct, frozen=True, rename="camel"):
-    """The blocks an `istanbul_status` answer covers."""
-
-    start_block: BlockNumber
-    end_block: BlockNumber
-    total_blocks: BlockNumber
-
-
-class RoundStats(msgspec.Struct, frozen=True, rename="camel"):
-    """How many blocks were decided in each consensus round (round number as a string key)."""
-
-    round_distribution: Annotated[dict[str, Count], msgspec.Meta(max_length=4096)] = msgspec.field(
-        default_factory=dict
-    )
-
-
-class WbftStatus(msgspec.Struct, frozen=True, rename="camel"):
-    """`istanbul_status`: sealing activity of each validator over a recent block range."""
-
-    sealer_activity: SealerActivity
-    author: CountByAddress
-    block_range: BlockRange
-    round_stats: RoundStats | None = None
+    """The node does not serve `istanbul_*`: not a WBFT chain, or the namespace is not enabled
+    on this transport (geth serves it over HTTP/WS only when `--http.api`/`--ws.api` name it)."""
 
 
 class QuorumRisk(msgspec.Struct, frozen=True, kw_only=True):
@@ -158,39 +111,15 @@ class SigningResult(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
 
 
-def _convert(method: str, value: Any, type_: Any) -> Any:
-    try:
-        return msgspec.convert(value, type_, strict=True)
-    except msgspec.ValidationError as exc:
-        raise MalformedAnswer(f"{method}: unexpected answer: {exc}") from None
-
-
-def _lower_keys(counts: dict[str, int]) -> dict[str, int]:
-    lowered: dict[str, int] = {}
-    for address, count in counts.items():
-        # Two spellings of one address are one validator: their counts add up.
-        key = address.lower()
-        lowered[key] = lowered.get(key, 0) + count
-    return lowered
-
-
-def _block_param(block: int | str | None) -> int | str | None:
-    if block is None or block == "latest":
-        return block
-    if isinstance(block, bool) or not isinstance(block, int) or not 0 <= block <= _MAX_NUMBER:
-        raise ValueError(f"block must be a number ≥ 0, 'latest' or None, got {block!r}")
-    return hex(block)
-
-
 class WbftClient:
     """The `istanbul_*` methods of one node; blocking, so actors use it from helper threads."""
 
-    def __init__(self, rpc: RpcClient) -> None:
-        self.rpc = rpc
+    def __init__(self, chain: ChainClient) -> None:
+        self.chain = chain
 
-    def _call(self, method: str, params: list[Any] | None = None) -> Any:
+    def _call(self, method: str, use: Callable[[Istanbul], T]) -> T:
         try:
-            return self.rpc.call(method, params)
+            return self.chain.istanbul(use)
         except NotWbft:
             raise
         except RpcMethodNotFound as exc:
@@ -198,83 +127,71 @@ class WbftClient:
 
     def node_address(self) -> str:
         """`istanbul_nodeAddress`: the address this node signs with (lower-case)."""
-        address: str = _convert("istanbul_nodeAddress", self._call("istanbul_nodeAddress"), Address)
-        return address.lower()
+        return self._call("istanbul_nodeAddress", lambda ist: ist.node_address())
 
     def is_validator(self, block: int | None = None) -> bool:
-        """`istanbul_isValidator(block|null)`: whether this node validates at `block` (or now)."""
-        answer: bool = _convert(
-            "istanbul_isValidator",
-            self._call("istanbul_isValidator", [_block_param(block)]),
-            bool,
-        )
-        return answer
+        """Whether this node validates at `block` (or now).
+
+        `istanbul_isValidator` swallows errors: its `false` can mean "could not tell", so a
+        `false` is confirmed against `istanbul_getValidators` before it is believed.
+        """
+        param = block_param(block)
+        if self._call("istanbul_isValidator", lambda ist: ist.is_validator(param)):
+            return True
+        return self.node_address() in self.validators("latest" if block is None else block)
 
     def validators(self, block: int | str | None = "latest") -> list[str]:
-        """`istanbul_getValidators(block|"latest"|null)`: the validator set, sorted, lower-case.
-
-        A list naming one validator twice is refused: it would inflate the quorum arithmetic.
-        """
-        method = "istanbul_getValidators"
-        answer: list[str] = _convert(method, self._call(method, [_block_param(block)]), Addresses)
-        lowered = sorted(address.lower() for address in answer)
-        if len(set(lowered)) != len(lowered):
-            raise MalformedAnswer(f"{method}: the validator list names an address twice")
-        return lowered
+        """`istanbul_getValidators(block|"latest"|null)`: the validator set in validator-index
+        order (as the node gives it, never sorted: slots are taken from it), lower-case."""
+        param = block_param(block)
+        return self._call("istanbul_getValidators", lambda ist: ist.get_validators(param))
 
     def commit_signers(self, block: int) -> CommitSigners:
         """`istanbul_getCommitSignersFromBlock(block)`: the block's author and committers."""
         method = "istanbul_getCommitSignersFromBlock"
-        signers: CommitSigners = _convert(
-            method, self._call(method, [_block_param(block)]), CommitSigners
-        )
+        param = block_param(block)
+        assert param is not None
+        signers = self._call(method, lambda ist: ist.get_commit_signers_from_block(param))
         if signers.number != block:
             raise MalformedAnswer(f"{method}: asked for block {block}, got {signers.number}")
-        return CommitSigners(
-            number=signers.number,
-            hash=signers.hash.lower(),
-            author=signers.author.lower(),
-            committers=sorted({address.lower() for address in signers.committers}),
-        )
+        return signers
 
-    def status(self, start: int | None = None, end: int | None = None) -> WbftStatus:
-        """`istanbul_status(start?, end?)`: sealing activity over blocks start…end (both or
-        neither; the node's default is its last 64 blocks)."""
-        method = "istanbul_status"
-        if (start is None) != (end is None):
-            raise ValueError("istanbul_status takes both start and end, or neither")
-        params = [] if start is None else [_block_param(start), _block_param(end)]
-        status: WbftStatus = _convert(method, self._call(method, params), WbftStatus)
-        block_range = status.block_range
-        if block_range.end_block < block_range.start_block:
-            raise MalformedAnswer(f"{method}: blockRange ends before it starts")
-        activity = status.sealer_activity
-        return WbftStatus(
-            sealer_activity=SealerActivity(
-                total=_lower_keys(activity.total),
-                prepared=_lower_keys(activity.prepared),
-                committed=_lower_keys(activity.committed),
-                prev_prepared=_lower_keys(activity.prev_prepared),
-                prev_committed=_lower_keys(activity.prev_committed),
-            ),
-            author=_lower_keys(status.author),
-            block_range=block_range,
-            round_stats=status.round_stats,
-        )
+    def status(self, start: int, end: int) -> WbftStatus:
+        """`istanbul_status(start, end)`: sealing activity over blocks start…end. Always both
+        bounds (the node's default range fails before the WBFT fork), at most
+        MAX_STATUS_BLOCKS blocks (go-wbft refuses more)."""
+        if not 0 <= start <= end or end - start + 1 > MAX_STATUS_BLOCKS:
+            raise ValueError(
+                f"istanbul_status takes 0 ≤ start ≤ end and at most {MAX_STATUS_BLOCKS} blocks,"
+                f" got {start}..{end}"
+            )
+        first, last = block_param(start), block_param(end)
+        assert first is not None
+        assert last is not None
+        return self._call("istanbul_status", lambda ist: ist.status(first, last))
+
+    def recent_status(self, blocks: int) -> WbftStatus:
+        """`istanbul_status` over the last `blocks` blocks up to the head."""
+        head = self.head()
+        return self.status(max(head - blocks + 1, 0), head)
 
     def head(self) -> int:
         """`eth_blockNumber`."""
-        return parse_quantity(self.rpc.call("eth_blockNumber"), "an eth_blockNumber height")
+        return self.chain.block_number()
 
 
 # decisions
 
 
 def bft_quorum(validators: int) -> int:
-    """The BFT quorum ⌈2n/3⌉ of n validators: how many must take part to decide a block."""
+    """WBFT's quorum of n validators, ⌈n - (n-1)/3⌉: how many must take part to decide a
+    block. Not ⌈2n/3⌉: 3 validators need all 3, 4 need 3, 6 need 5, 7 need 5."""
     if validators < 0:
         raise ValueError(f"a validator count cannot be negative: {validators}")
-    return -(-2 * validators // 3)
+    if validators == 0:
+        return 0
+    # n - (n-1)/3 rounded up is n minus (n-1)/3 rounded down: exact in integers.
+    return validators - (validators - 1) // 3
 
 
 def active_validators(validators: list[str], status: WbftStatus) -> set[str]:
@@ -288,8 +205,8 @@ def quorum_risk(validators: list[str], active: set[str], me: str) -> QuorumRisk:
     """Would the chain lose its quorum while this node (`me`) is down?
 
     At risk when `me` is a validator and the active validators other than `me` are fewer than
-    ⌈2n/3⌉: the chain then stops until this node is back. A node that is not a validator
-    never puts the quorum at risk.
+    the quorum (`bft_quorum`): the chain then stops until this node is back. A node that is
+    not a validator never puts the quorum at risk.
     """
     members = {address.lower() for address in validators}
     active_members = {address.lower() for address in active} & members
@@ -317,7 +234,7 @@ def read_chain_info(client: WbftClient, *, at: float | None = None) -> ChainInfo
     except NotWbft:
         return ChainInfo(wbft=False, checked_at=checked_at)
     validators = client.validators("latest")
-    status = client.status()
+    status = client.recent_status(STATUS_WINDOW)
     me = address.lower()
     window = status.block_range
     sealing = SealingActivity(
@@ -410,9 +327,29 @@ def assess_quorum(client: WbftClient, window: int = QUORUM_WINDOW) -> tuple[str,
     in the last `window` blocks. Raises RpcError (NotWbft on a non-WBFT chain)."""
     me = client.node_address()
     validators = client.validators("latest")
-    head = client.head()
-    status = client.status(max(head - window + 1, 0), head)
+    status = client.recent_status(window)
     return me, quorum_risk(validators, active_validators(validators, status), me)
+
+
+def istanbul_problem(client: WbftClient) -> str | None:
+    """In VALIDATOR_MODE: why the validator checks cannot run, or None when `istanbul_*`
+    answers (or the node does not answer at all: the other checks report that).
+
+    "Method not found" is then an error, never silence (SPEC §13.2): geth serves `istanbul`
+    over HTTP and WS only when `--http.api`/`--ws.api` name it; its IPC file serves everything.
+    """
+    try:
+        client.node_address()
+    except NotWbft as exc:
+        return (
+            f"VALIDATOR_MODE=true but the node at {client.chain.address} does not serve the"
+            f" istanbul namespace ({exc}): add istanbul to the node's --http.api / --ws.api, or"
+            " point DAEMON_RPC_ADDRESS at the node's IPC file (e.g. <datadir>/gstable.ipc),"
+            " which serves every namespace"
+        )
+    except RpcError:
+        return None
+    return None
 
 
 class UpgradeFacts(Protocol):
@@ -452,11 +389,14 @@ def start_signing_check(
             logger.info("upgrade {}: not a validator; signing not checked", upgrade.name)
         return
     height = upgrade.height
-    client = WbftClient(RpcClient(config.rpc.address, timeout=min(config.rpc.timeout, 2.0)))
+    client = WbftClient(ChainClient(config.rpc.address, timeout=min(config.rpc.timeout, 2.0)))
     poll = min(max(config.rpc.poll_interval, 0.1), 1.0)
 
     def run() -> None:
-        result = check_signing(client, address, height, poll=poll)
+        try:
+            result = check_signing(client, address, height, poll=poll)
+        finally:
+            client.chain.close()
         if result.signed and result.block is not None:
             logger.info("validator {} signs again: committed block {}", address, result.block)
             publish(ev.ValidatorSigning(address=address, height=height, block=result.block))

@@ -13,7 +13,7 @@ class HeadObserved(msgspec.Struct, frozen=True):
 
     height: int
     observed_at: float
-    source: str  # "ws" or "poll"
+    source: str  # "ws", "ipc" (subscriptions) or "poll"
 
 
 class RpcAvailability(msgspec.Struct, frozen=True):
@@ -34,5 +34,14 @@ class HeightStatus(msgspec.Struct, frozen=True):
     observed_age: float | None  # seconds since the last new head
     rpc_available: bool
     last_error: str | None
-    mode: str  # "ws" or "poll"
+    mode: str  # "ws", "ipc" (newHeads subscription) or "poll"
     stalled: bool
+    poll_interval: float | None = None  # seconds between polls (None: subscribed)
+    fallback: str | None = None  # why a ws/IPC address is polled: the subscription was refused
+
+
+class NextTrigger(msgspec.Struct, frozen=True):
+    """Told by the orchestrator whenever its queue changes: the head at which the next plan
+    starts (H-1 of the lowest pending plan), or None. Polling tightens near it (SPEC §16)."""
+
+    height: int | None

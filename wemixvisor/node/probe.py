@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from wemixvisor.chain.rpc import RpcClient, RpcError
+from wemixvisor.chain.client import ChainClient
+from wemixvisor.chain.rpc import RpcError
 
 PROBE_INTERVAL = 0.01
 """Seconds between two RPC attempts while the node starts."""
@@ -17,14 +18,17 @@ def confirm_startup(
     """Block until the node answers RPC at `address` ("rpc") or STARTSECS passed
     ("startsecs"); with the seconds it took. None when `stopping` was set first."""
     began = time.monotonic()
-    client = RpcClient(address, timeout=0.5)
-    while not stopping.is_set():
-        if time.monotonic() - began >= startsecs:
-            return "startsecs", time.monotonic() - began
-        try:
-            client.call("eth_blockNumber")
-        except RpcError:
-            stopping.wait(PROBE_INTERVAL)
-            continue
-        return "rpc", time.monotonic() - began
-    return None
+    client = ChainClient(address, timeout=0.5)
+    try:
+        while not stopping.is_set():
+            if time.monotonic() - began >= startsecs:
+                return "startsecs", time.monotonic() - began
+            try:
+                client.block_number()
+            except RpcError:
+                stopping.wait(PROBE_INTERVAL)
+                continue
+            return "rpc", time.monotonic() - began
+        return None
+    finally:
+        client.close()

@@ -15,8 +15,9 @@ from pathlib import Path
 from loguru import logger
 
 from wemixvisor.backup.store import BackupError, upgrade_space_problem
-from wemixvisor.chain.rpc import RpcClient, RpcError
-from wemixvisor.chain.wbft import WbftClient, assess_quorum
+from wemixvisor.chain.client import ChainClient
+from wemixvisor.chain.rpc import RpcError
+from wemixvisor.chain.wbft import WbftClient, assess_quorum, istanbul_problem
 from wemixvisor.config import Config
 from wemixvisor.home.layout import Home, LayoutError, check_binary
 from wemixvisor.messages.events import Event, ValidatorQuorumAtRisk
@@ -48,7 +49,8 @@ def check_plan(
 
     Without `quick`, the new binary is also run (`version`, else `--version`) to prove it
     executes on this machine. Without `binary_due` an absent binary is no problem (it is still
-    to be downloaded); without `space`, the backup's free space is not checked.
+    to be downloaded); without `space`, the backup's free space is not checked. In
+    VALIDATOR_MODE the node must serve `istanbul_*` (checked without `quick`).
     """
     problems: list[str] = []
     try:
@@ -82,6 +84,8 @@ def check_plan(
             shortage = f"cannot size the backup: {exc}"
         if shortage is not None:
             problems.append(shortage)
+    if not quick:
+        problems += validator_problems(config)
     return problems
 
 
@@ -91,6 +95,19 @@ def registration_problems(home: Home, config: Config, plan: Plan) -> list[str]:
     problem yet: its download reports how it went."""
     downloading = config.upgrade.allow_download_binaries and plan_has_binaries(plan)
     return check_plan(home, config, plan, quick=True, binary_due=not downloading, space=False)
+
+
+def validator_problems(config: Config) -> list[str]:
+    """VALIDATOR_MODE: the node must serve `istanbul_*` (SPEC §13.2); "method not found" fails
+    every plan's preflight, naming the two fixes, until the namespace answers."""
+    if not config.node.validator_mode:
+        return []
+    client = ChainClient(config.rpc.address, timeout=min(config.rpc.timeout, 5.0))
+    try:
+        problem = istanbul_problem(WbftClient(client))
+    finally:
+        client.close()
+    return [] if problem is None else [problem]
 
 
 def fetch_missing_binary(
@@ -133,18 +150,20 @@ def fetch_missing_binary(
 def warn_if_quorum_at_risk(config: Config, plan: Plan, *, publish: Callable[[Event], None]) -> None:
     """Validator mode: publish `validator.quorum_at_risk` when this node's downtime at the
     plan's height would leave fewer active validators (judged by who sealed recently,
-    `istanbul_status`) than the BFT quorum ⌈2n/3⌉ (SPEC §13.2).
+    `istanbul_status`) than WBFT's quorum ⌈n - (n-1)/3⌉ (SPEC §13.2).
 
     A warning, never a preflight failure: the upgrade stays scheduled. Quiet on a chain without
     `istanbul_*` and when the node does not answer (the regular checks report that).
     """
     if not config.node.validator_mode:
         return
-    client = WbftClient(RpcClient(config.rpc.address, timeout=min(config.rpc.timeout, 5.0)))
+    chain = ChainClient(config.rpc.address, timeout=min(config.rpc.timeout, 5.0))
     try:
-        me, risk = assess_quorum(client)
+        me, risk = assess_quorum(WbftClient(chain))
     except RpcError:
         return
+    finally:
+        chain.close()
     if not risk.at_risk:
         return
     logger.warning(

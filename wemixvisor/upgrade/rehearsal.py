@@ -35,7 +35,8 @@ from loguru import logger
 
 from wemixvisor.backup import store as backups
 from wemixvisor.backup.manifest import find_plan_backup
-from wemixvisor.chain.rpc import RpcClient, RpcError, parse_quantity
+from wemixvisor.chain.client import ChainClient
+from wemixvisor.chain.rpc import RpcError
 from wemixvisor.config import Config
 from wemixvisor.home.layout import Home
 from wemixvisor.messages import events as ev
@@ -361,26 +362,42 @@ def _run(
         (scratch / _RECORD).write_bytes(msgspec.json.encode(record))
     on_started(port, expected)
     address = f"http://127.0.0.1:{port}" if kind == "port" else str(ipc)
-    client = RpcClient(address, timeout=1.0)
+    client = ChainClient(address, timeout=1.0)
+    try:
+        return process, _wait_answer(
+            client, process, config, expected=expected, started=started, stopping=stopping
+        )
+    finally:
+        client.close()
+
+
+def _wait_answer(
+    client: ChainClient,
+    process: subprocess.Popen[bytes],
+    config: Config,
+    *,
+    expected: int | None,
+    started: float,
+    stopping: threading.Event,
+) -> RehearsalOutcome:
+    """Until the rehearsed binary answers at the copied head, exits, or its time is up."""
     timeout = config.upgrade.rehearsal_timeout
     head: int | None = None
     while True:
         code = process.poll()
         if code is not None:
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
-            return process, RehearsalOutcome(False, head=head, reason=f"the binary exited ({how})")
+            return RehearsalOutcome(False, head=head, reason=f"the binary exited ({how})")
         with contextlib.suppress(RpcError):
-            head = parse_quantity(client.call("eth_blockNumber"))
+            head = client.block_number()
         if answered_enough(head, expected):
-            return process, RehearsalOutcome(
-                True, head=head, start_seconds=time.monotonic() - started
-            )
+            return RehearsalOutcome(True, head=head, start_seconds=time.monotonic() - started)
         if stopping.is_set():
-            return process, RehearsalOutcome(False, head=head, reason="the daemon is stopping")
+            return RehearsalOutcome(False, head=head, reason="the daemon is stopping")
         if time.monotonic() - started >= timeout:
             if head is None:
                 reason = f"RPC did not answer within {timeout:g}s"
             else:
                 reason = f"head {head} did not reach the copied head {expected} in {timeout:g}s"
-            return process, RehearsalOutcome(False, head=head, reason=reason)
+            return RehearsalOutcome(False, head=head, reason=reason)
         stopping.wait(POLL_INTERVAL)

@@ -19,7 +19,8 @@ from pathlib import Path
 from loguru import logger
 
 from wemixvisor.bus import Bus
-from wemixvisor.chain.rpc import RpcClient, RpcError
+from wemixvisor.chain.client import ChainClient
+from wemixvisor.chain.rpc import RpcError
 from wemixvisor.chain.wbft import NotWbft, WbftClient
 from wemixvisor.config import Config
 from wemixvisor.home.layout import Home, switch_current
@@ -207,7 +208,8 @@ class UpgradeSaga:
         Two local calls of a few milliseconds, bounded tightly: the old binary must not import
         blocks beyond H while they run. A node that cannot tell leaves both unknown.
         """
-        client = WbftClient(RpcClient(self.config.rpc.address, timeout=VALIDATOR_QUERY_TIMEOUT))
+        chain = ChainClient(self.config.rpc.address, timeout=VALIDATOR_QUERY_TIMEOUT)
+        client = WbftClient(chain)
         try:
             self.journal.validator_address = client.node_address()
             self.journal.validator = client.is_validator()
@@ -216,6 +218,8 @@ class UpgradeSaga:
         except RpcError as exc:
             self.journal.validator = None
             logger.info("upgrade {}: validator status unknown ({})", self.plan.name, exc)
+        finally:
+            chain.close()
 
     def _judge_overshoot(self) -> ev.UpgradeOvershoot | None:
         """The old binary's head right before the stop, from the chain (the head the

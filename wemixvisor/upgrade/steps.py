@@ -7,7 +7,6 @@ aborts or rolls back.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,8 @@ from loguru import logger
 
 from wemixvisor.backup import store as backups
 from wemixvisor.bus import Bus
-from wemixvisor.chain.rpc import RpcClient, RpcError
+from wemixvisor.chain.client import ChainClient
+from wemixvisor.chain.rpc import RpcError
 from wemixvisor.config import Config
 from wemixvisor.home.fsutil import atomic_write_bytes
 from wemixvisor.home.layout import Home, LayoutError
@@ -83,7 +83,11 @@ class StepContext:
 
 def read_head(address: str, timeout: float) -> int | None:
     """The node's head by one `eth_blockNumber` call, None when it does not answer in time."""
-    return _hex_height(_call_quietly(RpcClient(address, timeout=timeout), "eth_blockNumber"))
+    client = ChainClient(address, timeout=timeout)
+    try:
+        return _head_quietly(client)
+    finally:
+        client.close()
 
 
 def stop_node(ctx: StepContext) -> None:
@@ -229,14 +233,14 @@ def verify(ctx: StepContext) -> None:
     copy_plan(ctx)
     deadline = time.monotonic() + config.upgrade.verify_timeout
     alive_for = min(config.node.startsecs, config.upgrade.verify_timeout)
-    client = RpcClient(config.rpc.address, timeout=min(config.rpc.timeout, 1.0))
+    client = ChainClient(config.rpc.address, timeout=min(config.rpc.timeout, 1.0))
     changes = ctx.node.watch()
     try:
         status, asked_at = ctx.node.status(), time.monotonic()
         while True:
             _check_alive(status, ctx.start_requested_at)
             if ctx.first_answer_at is None and status.state in _UP:
-                head = _hex_height(_call_quietly(client, "eth_blockNumber"))
+                head = _head_quietly(client)
                 if head is not None:
                     ctx.first_answer_at = time.monotonic()
                     ctx.first_head = head
@@ -263,6 +267,7 @@ def verify(ctx: StepContext) -> None:
                 status, asked_at = ctx.node.status(), time.monotonic()
     finally:
         ctx.node.unwatch(changes)
+        client.close()
 
 
 def _check_alive(status: NodeStatus, since: float) -> None:
@@ -305,15 +310,8 @@ def _tell_backup(bus: Bus, message: Any) -> bool:
     return True
 
 
-def _call_quietly(client: RpcClient, method: str) -> Any:
+def _head_quietly(client: ChainClient) -> int | None:
     try:
-        return client.call(method)
+        return client.block_number()
     except RpcError:
         return None
-
-
-def _hex_height(value: Any) -> int | None:
-    if isinstance(value, str) and value.startswith("0x") and 2 < len(value) <= 18:
-        with contextlib.suppress(ValueError):
-            return int(value, 16)
-    return None

@@ -17,6 +17,7 @@ from typing import Final
 import msgspec
 from loguru import logger
 
+from wemixvisor.chain.client import ChainClient
 from wemixvisor.chain.governance.abi import dialect
 from wemixvisor.chain.governance.decode import (
     AbiError,
@@ -30,7 +31,7 @@ from wemixvisor.chain.governance.decode import (
     quantity,
 )
 from wemixvisor.chain.governance.fold import MAX_TRACKED, OPEN, ContractBatch
-from wemixvisor.chain.rpc import RpcClient, RpcError
+from wemixvisor.chain.rpc import RpcError
 
 LOG_RANGE: Final = 2000
 """Blocks per `eth_getLogs` call: a catch-up from block 0 goes in steps of this size."""
@@ -71,7 +72,7 @@ class LogFollower:
         confirmations: int,
         on_batch: BatchCallback,
     ) -> None:
-        self._client = RpcClient(address, timeout=timeout)
+        self._client = ChainClient(address, timeout=timeout)
         self._contracts = contracts
         self._confirmations = max(confirmations, 0)
         self._on_batch = on_batch
@@ -98,7 +99,7 @@ class LogFollower:
     def poll(self) -> None:
         """Process every contract up to the confirmed head, in LOG_RANGE steps (raises RpcError,
         or AbiError when the node's answers are not what they must be)."""
-        head = quantity(self._client.call("eth_blockNumber"), "eth_blockNumber")
+        head = quantity(self._client.request("eth_blockNumber"), "eth_blockNumber")
         confirmed = head - self._confirmations
         timestamp: int | None = None
         for contract in self._contracts:
@@ -129,9 +130,7 @@ class LogFollower:
                 contract.next_block = to_block + 1
 
     def _timestamp(self, block: int) -> int:
-        answer = self._client.call("eth_getBlockByNumber", [hex(block), False])
-        if not isinstance(answer, dict):
-            raise AbiError(f"block {block}: the answer is not a block")
+        answer = self._client.block(block)
         return quantity(answer.get("timestamp"), f"block {block} timestamp")
 
     def _read(
@@ -142,7 +141,7 @@ class LogFollower:
         head: int,
         timestamp: int | None,
     ) -> ContractBatch:
-        answer = self._client.call(
+        answer = self._client.request(
             "eth_getLogs",
             [
                 {
@@ -205,7 +204,7 @@ class LogFollower:
         )
 
     def _eth_call(self, address: str, data: str, block: str) -> bytes:
-        answer = self._client.call("eth_call", [{"to": address, "data": data}, block])
+        answer = self._client.request("eth_call", [{"to": address, "data": data}, block])
         try:
             return hex_bytes(answer, "eth_call answer")
         except AbiError as exc:

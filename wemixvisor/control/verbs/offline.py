@@ -16,7 +16,8 @@ from types import TracebackType
 from typing import Any
 
 from wemixvisor.backup import store as backups
-from wemixvisor.chain.rpc import RpcClient, RpcError, parse_quantity
+from wemixvisor.chain.client import ChainClient
+from wemixvisor.chain.rpc import RpcError
 from wemixvisor.config import Config
 from wemixvisor.control.protocol import ControlError, ErrorCode
 from wemixvisor.control.verbs.base import DaemonState, PlanSnapshot, PruneOutcome, Registration
@@ -59,10 +60,15 @@ HEAD_TIMEOUT = 2.0
 def chain_head(config: Config) -> tuple[int | None, str | None]:
     """The node's head height, or None and why it is unknown (the node may well be down)."""
     try:
-        result = RpcClient(config.rpc.address, timeout=HEAD_TIMEOUT).call("eth_blockNumber")
-        return parse_quantity(result, "an eth_blockNumber answer"), None
-    except (RpcError, ValueError) as exc:
+        client = ChainClient(config.rpc.address, timeout=HEAD_TIMEOUT)
+    except ValueError as exc:
         return None, str(exc)
+    try:
+        return client.block_number(), None
+    except RpcError as exc:
+        return None, str(exc)
+    finally:
+        client.close()
 
 
 class OfflineContext:
