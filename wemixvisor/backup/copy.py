@@ -13,6 +13,7 @@ import ctypes
 import errno
 import fcntl
 import functools
+import operator
 import os
 import shutil
 import stat
@@ -49,49 +50,63 @@ def scan(root: Path) -> list[ManifestEntry]:
     deletes files) are left out; sockets, fifos and devices are not data and are skipped.
     """
     entries: list[ManifestEntry] = []
+    append = entries.append
     pending = [""]
     while pending:
         rel_dir = pending.pop()
         try:
             with os.scandir(root / rel_dir if rel_dir else root) as listing:
-                children = sorted(listing, key=lambda child: child.name)
+                children = list(listing)
         except (FileNotFoundError, NotADirectoryError):
             if not rel_dir:
                 raise BackupError(f"{root} does not exist or is not a directory") from None
             continue
+        children.sort(key=_name)
+        prefix = f"{rel_dir}/" if rel_dir else ""
         subdirs: list[str] = []
+        # The hot loop of the work at H (one stat per entry): plain mode masks, no helpers.
         for child in children:
-            rel = f"{rel_dir}/{child.name}" if rel_dir else child.name
-            try:
-                rel.encode()
-            except UnicodeEncodeError:
-                raise BackupError(f"cannot back up {root / rel!r}: its name is not UTF-8") from None
+            name = child.name
+            rel = prefix + name
+            if not name.isascii():
+                try:
+                    name.encode()
+                except UnicodeEncodeError:
+                    raise BackupError(
+                        f"cannot back up {root / rel!r}: its name is not UTF-8"
+                    ) from None
             try:
                 info = child.stat(follow_symlinks=False)
-                kind = info.st_mode
-                if stat.S_ISLNK(kind):
-                    entry = ManifestEntry(rel, "symlink", target=os.readlink(child.path))
-                elif stat.S_ISDIR(kind):
-                    entry = ManifestEntry(
-                        rel, "dir", mtime_ns=info.st_mtime_ns, mode=stat.S_IMODE(kind)
+                mode = info.st_mode
+                kind = mode & _FORMAT
+                if kind == _REGULAR:
+                    append(
+                        ManifestEntry(
+                            rel,
+                            "file",
+                            info.st_size,
+                            info.st_mtime_ns,
+                            mode & 0o7777,
+                            None,
+                            info.st_ino,
+                        )
                     )
+                elif kind == _DIRECTORY:
+                    append(ManifestEntry(rel, "dir", 0, info.st_mtime_ns, mode & 0o7777))
                     subdirs.append(rel)
-                elif stat.S_ISREG(kind):
-                    entry = ManifestEntry(
-                        rel,
-                        "file",
-                        info.st_size,
-                        info.st_mtime_ns,
-                        stat.S_IMODE(kind),
-                        ino=info.st_ino,
-                    )
-                else:
-                    continue
+                elif kind == _SYMLINK:
+                    append(ManifestEntry(rel, "symlink", target=os.readlink(child.path)))
             except FileNotFoundError:
                 continue
-            entries.append(entry)
         pending.extend(reversed(subdirs))
     return entries
+
+
+_FORMAT = 0o170000
+_REGULAR = stat.S_IFREG
+_DIRECTORY = stat.S_IFDIR
+_SYMLINK = stat.S_IFLNK
+_name = operator.attrgetter("name")
 
 
 def _same(want: ManifestEntry, have: ManifestEntry, *, inode: bool = False) -> bool:
@@ -120,11 +135,17 @@ class Delta:
     copy: list[ManifestEntry]  # files to copy, new or changed
     dirs: list[ManifestEntry]  # every directory of the source (modes and mtimes to set)
     freed_bytes: int  # bytes of the copy's files that are replaced or removed
+    fresh: set[str]  # paths of `copy` with no file in the copy yet (created, not overwritten)
 
     @property
     def copy_bytes(self) -> int:
         """Bytes to copy."""
         return sum(entry.size for entry in self.copy)
+
+    @property
+    def new_inodes(self) -> int:
+        """Files, directories and links the copy gains."""
+        return len(self.fresh) + len(self.make_dirs) + len(self.links)
 
     @property
     def net_bytes(self) -> int:
@@ -143,9 +164,11 @@ def plan_delta(
     removed_dirs: set[str] = set()
     freed = 0
     for entry in have:
+        source = wanted.get(entry.path)
+        if source == entry:
+            continue  # the very same entry (a record of the same source): nothing to do
         parent = entry.path.rpartition("/")[0]
         inside_removed = bool(parent) and parent in removed_dirs
-        source = wanted.get(entry.path)
         gone = source is None or source.kind != entry.kind
         if gone or inside_removed:
             if entry.kind == "dir":
@@ -162,8 +185,13 @@ def plan_delta(
     links: list[ManifestEntry] = []
     copy: list[ManifestEntry] = []
     dirs: list[ManifestEntry] = []
+    created: set[str] = set()
     for entry in wanted.values():
         existing = kept.get(entry.path)
+        if existing == entry:
+            if entry.kind == "dir":
+                dirs.append(entry)
+            continue
         parent = entry.path.rpartition("/")[0]
         fresh = (
             existing is None
@@ -179,7 +207,9 @@ def plan_delta(
                 links.append(entry)
         elif fresh or existing is None or not _same(entry, existing, inode=inode):
             copy.append(entry)
-    return Delta(remove, make_dirs, links, copy, dirs, freed)
+            if fresh:
+                created.add(entry.path)
+    return Delta(remove, make_dirs, links, copy, dirs, freed, created)
 
 
 def verify_against(root: Path, entries: Iterable[ManifestEntry]) -> list[str]:
@@ -257,7 +287,7 @@ class _Copier:
                 if self.live:
                     return None
                 raise BackupError(f"{source} is not a regular file")
-            dst = _open_for_overwrite(dest) if exists else _create(dest)
+            dst = _open_for_overwrite(dest) if exists else _create_or_overwrite(dest)
             try:
                 copied = self._copy_data(src, dst, info.st_size)
                 os.ftruncate(dst, copied)
@@ -326,6 +356,13 @@ class _Copier:
 def _create(dest: Path) -> int:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     return os.open(dest, flags, 0o600)
+
+
+def _create_or_overwrite(dest: Path) -> int:
+    try:
+        return _create(dest)
+    except FileExistsError:
+        return _open_for_overwrite(dest)  # a copy the record did not list: overwritten
 
 
 def _open_for_overwrite(dest: Path) -> int:
@@ -434,9 +471,8 @@ def stage(
     if have is None:
         have = scan(dest)
     delta = plan_delta(want, have, inode=recorded)
-    total = sum(entry.size for entry in want if entry.kind == "file")
-    new_files = sum(1 for entry in delta.copy if entry.kind == "file")
-    check_space(space_dir, delta.net_bytes, available, files=new_files)
+    total = sum(entry.size for entry in want)  # only files have a size
+    check_space(space_dir, delta.net_bytes, available, files=delta.new_inodes)
     copier = _Copier(
         progress=progress,
         cancel=cancel,
@@ -466,12 +502,11 @@ def stage(
         path.symlink_to(entry.target)
         touched.add(path.parent)
     progress(copier.base, total)
-    staged_files = {entry.path for entry in have if entry.kind == "file"}
     copied: dict[str, ManifestEntry | None] = {}
     for entry in delta.copy:
         copier.check_cancel()
         path = dest / entry.path
-        exists = entry.path in staged_files
+        exists = entry.path not in delta.fresh
         copied[entry.path] = copier.copy_file(entry, source / entry.path, path, exists=exists)
         if copied[entry.path] is None and exists:
             # Gone from the running node: its old copy goes too, or no record would list it.
@@ -488,10 +523,13 @@ def stage(
         os.chmod(dest, stat.S_IMODE(root.st_mode))
     _flush(dest, copier.copied, touched)
     progress(copier.base + copier.done, max(total, copier.base + copier.done))
-    held = (copied.get(entry.path, entry) for entry in want)
+    staged: list[ManifestEntry] = want
+    if copied:
+        held = [copied.get(entry.path, entry) for entry in want]
+        staged = [entry for entry in held if entry is not None]
     return StageResult(
         entries=want,
-        staged=[entry for entry in held if entry is not None],
+        staged=staged,
         total_bytes=total,
         changed_bytes=copier.done,
         seconds=time.monotonic() - began,

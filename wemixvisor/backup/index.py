@@ -25,8 +25,12 @@ from wemixvisor.backup.manifest import (
     ID_STAMP,
     MANIFEST,
     BackupSummary,
+    Manifest,
+    ManifestEntry,
     decode_summary,
+    load_manifest,
     read_capped_manifest,
+    write_manifest,
 )
 from wemixvisor.messages.backup import BackupInfo
 
@@ -89,6 +93,21 @@ class BackupIndex:
             self._known = found
             return listed
 
+    def note(self, path: Path, manifest: Manifest) -> None:
+        """`manifest` was just written to `path`: known without reading it back."""
+        summary = BackupSummary(
+            id=manifest.id,
+            label=manifest.label,
+            created_at=manifest.created_at,
+            total_bytes=manifest.total_bytes,
+            file_count=manifest.file_count,
+            complete=manifest.complete,
+            kind=manifest.kind,
+            plan=manifest.plan,
+        )
+        with self._lock:
+            self._known[path.name] = (_stamp(path / MANIFEST), summary)
+
 
 _indexes: dict[Path, BackupIndex] = {}
 _indexes_guard = threading.Lock()
@@ -101,6 +120,42 @@ def index_of(backups_dir: Path) -> BackupIndex:
         if index is None:
             index = _indexes[backups_dir] = BackupIndex(backups_dir)
         return index
+
+
+_records: dict[Path, tuple[_Stamp | None, list[ManifestEntry]]] = {}
+_records_guard = threading.Lock()
+
+
+def save_manifest(target: Path, manifest: Manifest) -> None:
+    """Write `manifest` into backup `target` and note it: in the index, and (a pre-staging's
+    record) in memory, so that the work at H does not read it back from disk."""
+    write_manifest(target, manifest)
+    index_of(target.parent).note(target, manifest)
+    with _records_guard:
+        _records.pop(target, None)
+        if manifest.staged:
+            _records[target] = (_stamp(target / MANIFEST), manifest.entries)
+
+
+def staged_record(path: Path) -> list[ManifestEntry] | None:
+    """The record a pre-staging left in the copy's manifest, when it can be trusted: written
+    for this very directory after a mirror that ended. None: scan the copy instead.
+
+    Taken from memory when this process wrote that very manifest file, else read (and
+    validated) from disk.
+    """
+    stamp = _stamp(path / MANIFEST)
+    with _records_guard:
+        known = _records.get(path)
+    if known is not None and stamp is not None and known[0] == stamp:
+        return known[1]
+    try:
+        manifest = load_manifest(path)
+    except BackupError:
+        return None
+    if manifest.complete or not manifest.staged or manifest.id != path.name:
+        return None
+    return manifest.entries
 
 
 def _created_from_name(name: str) -> float:

@@ -37,6 +37,8 @@ from wemixvisor.backup.index import (
     find_plan_backup,
     list_backups,
     list_set_aside,
+    save_manifest,
+    staged_record,
     staging_copies,
 )
 from wemixvisor.backup.manifest import (
@@ -52,7 +54,6 @@ from wemixvisor.backup.manifest import (
     new_backup_id,
     read_manifest,
     upgrade_label,
-    write_manifest,
 )
 from wemixvisor.backup.restore import restore_backup
 from wemixvisor.backup.retention import (
@@ -197,7 +198,7 @@ def _write_incomplete(
         seconds=0.0 if result is None else result.seconds,
         staged=result is not None,
     )
-    write_manifest(target, manifest)
+    save_manifest(target, manifest)
 
 
 def start_backup(
@@ -246,7 +247,7 @@ def complete_backup(
         seconds=result.seconds if seconds is None else seconds,
         stopped_seconds=stopped_seconds,
     )
-    write_manifest(target, manifest)
+    save_manifest(target, manifest)
     return manifest
 
 
@@ -325,18 +326,6 @@ def create_backup(
     )
 
 
-def _staged_record(path: Path) -> list[ManifestEntry] | None:
-    """The record a pre-staging left in the copy's manifest, when it can be trusted: written
-    for this very directory after a mirror that ended. None: scan the copy instead."""
-    try:
-        manifest = load_manifest(path)
-    except BackupError:
-        return None
-    if manifest.complete or not manifest.staged or manifest.id != path.name:
-        return None
-    return manifest.entries
-
-
 def discard_staging(backups_dir: Path, *, keep: str | None, needed: set[str]) -> list[str]:
     """Remove the pre-staged copies of plans other than `keep`, except the `needed` ids; the
     ids removed."""
@@ -363,7 +352,7 @@ def _take_staging_copy(backups_dir: Path, data_dir: Path, plan_name: str) -> Pat
     if chosen is None or mine:
         return chosen
     label = upgrade_label(plan_name)
-    record = _staged_record(chosen)
+    record = staged_record(chosen)
     target = backups_dir / new_backup_id(backups_dir, label)
     # A crash between the rename and the manifest leaves a copy whose manifest names another
     # directory: it is then scanned, not trusted.
@@ -380,7 +369,7 @@ def _take_staging_copy(backups_dir: Path, data_dir: Path, plan_name: str) -> Pat
         plan=plan_name,
         staged=record is not None,
     )
-    write_manifest(target, manifest)
+    save_manifest(target, manifest)
     return target
 
 
@@ -417,7 +406,7 @@ def prestage_upgrade_backup(
             plan=plan_name,
         )
     else:
-        record = _staged_record(target)
+        record = staged_record(target)
         if record is not None:
             # The copy is about to change: its record must not outlive that if this stops.
             _write_incomplete(target, label=label, source=data_dir, kind="upgrade", plan=plan_name)
@@ -485,7 +474,7 @@ def finish_upgrade_backup(
                 created_at=found[1].created_at,
             )
         else:
-            record = _staged_record(staged)
+            record = staged_record(staged)
         target = backups_dir / ident
         # The manifest still names the old directory: a crash from here on leaves a copy that
         # the next attempt scans rather than trusts. Made durable with the copy.
