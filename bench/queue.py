@@ -211,7 +211,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
             measured_so_far.append(measured)
             print(
                 f"  round {round_no + 1}, {plans} plans: ready {measured.ready * 1000:.0f} ms, "
-                f"listed {measured.listed * 1000:.0f} ms, CPU/s {measured.cpu[:6]} ..., "
+                f"listed {measured.listed * 1000:.0f} ms, "
+                f"CPU % per s {[round(c) for c in measured.cpu[:6]]}…, "
                 f"staged {measured.staged_bytes / MIB:.1f} MiB",
                 flush=True,
             )
