@@ -395,6 +395,12 @@ def _syncfs() -> Callable[[int], int] | None:
     return function
 
 
+def sync_filesystem(path: Path) -> bool:
+    """Flush every pending write of the filesystem holding `path` (syncfs); False when the
+    system has no syncfs (then the caller fsyncs what it wrote)."""
+    return _libc_syncfs(path)
+
+
 def _libc_syncfs(path: Path) -> bool:
     syncfs = _syncfs()
     if syncfs is None:

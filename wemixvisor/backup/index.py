@@ -14,6 +14,7 @@ import re
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -126,10 +127,12 @@ _records: dict[Path, tuple[_Stamp | None, list[ManifestEntry]]] = {}
 _records_guard = threading.Lock()
 
 
-def save_manifest(target: Path, manifest: Manifest) -> None:
-    """Write `manifest` into backup `target` and note it: in the index, and (a pre-staging's
-    record) in memory, so that the work at H does not read it back from disk."""
-    write_manifest(target, manifest)
+def save_manifest(
+    target: Path, manifest: Manifest, *, sync: Callable[[Path], bool] | None = None
+) -> None:
+    """Write `manifest` into backup `target` (`write_manifest`) and note it: in the index,
+    and (a pre-staging's record) in memory, so that the work at H does not read it back."""
+    write_manifest(target, manifest, sync=sync)
     index_of(target.parent).note(target, manifest)
     with _records_guard:
         _records.pop(target, None)

@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
 
 from wemixvisor.backup.errors import BackupError, BackupNotFound
-from wemixvisor.home.fsutil import ReadRefused, atomic_write_bytes, read_capped
+from wemixvisor.home.fsutil import (
+    ReadRefused,
+    atomic_write_bytes,
+    fsync_dir,
+    read_capped,
+    removed_on_failure,
+)
 
 MANIFEST = "manifest.json"
 DATA = "data"
@@ -136,12 +144,41 @@ def backup_dir(backups_dir: Path, backup_id: str) -> Path:
     return path
 
 
-def write_manifest(target: Path, manifest: Manifest) -> None:
+def write_manifest(
+    target: Path, manifest: Manifest, *, sync: Callable[[Path], bool] | None = None
+) -> None:
+    """Replace the manifest of backup `target` atomically and durably.
+
+    With `sync` (one flush of the whole filesystem, False when the system has none), the new
+    file is renamed into place first and flushed with its rename in that one call: the
+    manifest is what makes a backup complete, and one lost in a crash leaves the backup
+    incomplete, never wrong. Otherwise each is fsynced.
+    """
     try:
         raw = msgspec.json.encode(manifest)
     except (UnicodeEncodeError, msgspec.EncodeError) as exc:
         raise BackupError(f"cannot write the manifest of {target.name}: {exc}") from None
-    atomic_write_bytes(target / MANIFEST, raw, mode=0o600)
+    path = target / MANIFEST
+    if sync is None:
+        atomic_write_bytes(path, raw, mode=0o600)
+        return
+    tmp = target / f".{MANIFEST}.{secrets.token_hex(4)}.tmp"
+    with removed_on_failure(tmp):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(raw)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    if not sync(target):
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(target)
 
 
 def read_capped_manifest(path: Path, limit: int = MAX_MANIFEST_BYTES) -> bytes:

@@ -28,6 +28,7 @@ from wemixvisor.backup.copy import (
     plan_delta,
     scan,
     stage,
+    sync_filesystem,
     tree_bytes,
     verify_against,
 )
@@ -247,7 +248,8 @@ def complete_backup(
         seconds=result.seconds if seconds is None else seconds,
         stopped_seconds=stopped_seconds,
     )
-    save_manifest(target, manifest)
+    # One flush of the filesystem (the copy's was flushed by `stage`) rather than two fsyncs.
+    save_manifest(target, manifest, sync=sync_filesystem)
     return manifest
 
 
