@@ -330,20 +330,26 @@ def _fake_backup(store: Path, ident: str, *, complete: bool, plan: str | None = 
     (target / "manifest.json").write_bytes(msgspec.json.encode(manifest))
 
 
-def test_pruning_keeps_the_newest_and_what_an_upgrade_still_needs(tmp_path: Path) -> None:
+def test_pruning_keeps_the_newest_upgrade_backups_and_what_an_upgrade_still_needs(
+    tmp_path: Path,
+) -> None:
     home = Home(root=tmp_path / "home", name="anvil", data_dir=tmp_path / "home" / "data")
     home.state_dir.mkdir(parents=True)
+    home.data_dir.mkdir()
     store = tmp_path / "backups"
     for day in range(1, 6):
-        _fake_backup(store, f"2026010{day}T000000Z-manual", complete=True)
+        _fake_backup(store, f"2026010{day}T000000Z-pre-v0.{day}", complete=True, plan=f"v0.{day}")
+    _fake_backup(store, "20260101T000000Z-before-maintenance", complete=True)
     _fake_backup(store, "20260106T000000Z-killed", complete=False)
     (store / "20260106T000001Z-no-manifest" / "data").mkdir(parents=True)
     _fake_backup(store, "20260107T000000Z-pre-v2", complete=False, plan="v2")
     _fake_backup(store, "20260107T000000Z-pre-v3", complete=False, plan="v3")
     (store / "not-a-backup").mkdir()
+    for day in range(1, 4):  # data dirs moved aside by three restores
+        write(tmp_path / "home" / f"data.pre-restore-2026010{day}T120000Z" / "f", b"old")
     # An unfinished upgrade names the oldest backup; plan v2 is still pending, v3 was cancelled.
     journal = {"plan": {"name": "v1", "height": 10}, "step": "rolling_back"}
-    journal["backup"] = "20260101T000000Z-manual"
+    journal["backup"] = "20260101T000000Z-pre-v0.1"
     atomic_write_bytes(home.state_dir / "journal.json", msgspec.json.encode(journal))
     write_queue(
         home,
@@ -354,28 +360,38 @@ def test_pruning_keeps_the_newest_and_what_an_upgrade_still_needs(tmp_path: Path
             ]
         ),
     )
+    listed = {info.id: info for info in backups.list_backups(store, home.data_dir)}
+    aside = listed["data.pre-restore-20260101T120000Z"]
+    assert (aside.kind, aside.total_bytes, aside.file_count) == ("pre-restore", 3, 1)
 
     protected = backups.protected_backups(home, store)
-    removed = backups.prune_backups(store, 2, protected)
+    removed = backups.prune_backups(store, 2, protected, data_dir=home.data_dir)
 
     assert removed == [
-        "20260102T000000Z-manual",
-        "20260103T000000Z-manual",
+        "20260102T000000Z-pre-v0.2",
+        "20260103T000000Z-pre-v0.3",
         "20260106T000000Z-killed",
         "20260106T000001Z-no-manifest",
         "20260107T000000Z-pre-v3",
+        "data.pre-restore-20260101T120000Z",
     ]
     assert sorted(p.name for p in store.iterdir()) == [
-        "20260101T000000Z-manual",
-        "20260104T000000Z-manual",
-        "20260105T000000Z-manual",
+        "20260101T000000Z-before-maintenance",
+        "20260101T000000Z-pre-v0.1",
+        "20260104T000000Z-pre-v0.4",
+        "20260105T000000Z-pre-v0.5",
         "20260107T000000Z-pre-v2",
         "not-a-backup",
     ]
-    # Once the upgrade is over, its backup is one more old one.
+    assert sorted(p.name for p in home.root.glob("data.pre-restore-*")) == [
+        "data.pre-restore-20260102T120000Z",
+        "data.pre-restore-20260103T120000Z",
+    ]
+    # Once the upgrade is over, its backup is one more old one; the operator's stays.
     (home.state_dir / "journal.json").unlink()
     removed = backups.prune_backups(store, 2, backups.protected_backups(home, store))
-    assert removed == ["20260101T000000Z-manual"]
+    assert removed == ["20260101T000000Z-pre-v0.1"]
+    assert (store / "20260101T000000Z-before-maintenance").is_dir()
 
 
 def test_an_unreadable_journal_stops_pruning(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from wemixvisor.bus import Bus
 from wemixvisor.config import Config, load_config
 from wemixvisor.home.layout import Home, init_home
 from wemixvisor.messages.backup import (
+    BackupAccepted,
     CreateBackup,
     FinishBackup,
     ListBackups,
@@ -186,9 +187,9 @@ def test_one_operation_at_a_time_and_the_upgrade_waits_for_its_turn(
     actor = BackupActor.start(config=config, home=home, bus=bus)
     bus.register("backup", actor)
 
-    first: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+    first: pykka.ThreadingFuture[BackupAccepted] = pykka.ThreadingFuture()
     actor.tell(CreateBackup(label="first", done=first))
-    backup_id = first.get(timeout=5)
+    backup_id = first.get(timeout=5).operation
     # The bulk is copied while the node runs; the create then waits for the node to stop.
     deadline = time.monotonic() + 10
     while node.ask(GetNodeStatus(), timeout=5).state is not NodeState.STOPPING:
@@ -260,9 +261,9 @@ def test_progress_events_are_rate_limited(tmp_path: Path, anvil_bin_1_5_1: Path)
     node.tell(_Stopped(None))
     bus.register("node", node)
     actor = BackupActor.start(config=config, home=home, bus=bus)
-    done: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+    done: pykka.ThreadingFuture[BackupAccepted] = pykka.ThreadingFuture()
     actor.tell(CreateBackup(label="tiny", done=done))
-    ident = done.get(timeout=5)
+    ident = done.get(timeout=5).operation
     wait_event(events, "backup.completed", lambda e: e.id == ident)
     progress = [
         e
@@ -286,9 +287,9 @@ def test_while_an_upgrade_holds_the_node_create_and_restore_are_refused_busy(
     node.tell(_Stopped(None))
     bus.register("node", node)
     actor = BackupActor.start(config=config, home=home, bus=bus)
-    made: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+    made: pykka.ThreadingFuture[BackupAccepted] = pykka.ThreadingFuture()
     actor.tell(CreateBackup(label="before", done=made))
-    backup_id = made.get(timeout=5)
+    backup_id = made.get(timeout=5).operation
     wait_event(events, "backup.completed", lambda e: e.id == backup_id)
 
     leased: pykka.ThreadingFuture[NodeLease] = pykka.ThreadingFuture()
@@ -308,9 +309,9 @@ def test_while_an_upgrade_holds_the_node_create_and_restore_are_refused_busy(
     assert node.ask("starts", timeout=5) == []
 
     node.tell(ReleaseNodeLease("upgrade v2"))
-    after: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+    after: pykka.ThreadingFuture[BackupAccepted] = pykka.ThreadingFuture()
     actor.tell(CreateBackup(label="after", done=after))
-    wait_event(events, "backup.completed", lambda e: e.id == after.get(timeout=5))
+    wait_event(events, "backup.completed", lambda e: e.id == after.get(timeout=5).operation)
     assert node.ask("lease", timeout=5) is None
 
 
@@ -370,9 +371,9 @@ def test_a_restore_brings_the_chain_back_to_the_backup_and_it_serves_again(chain
     wait_for_rpc(url, timeout=15)
     wait_head(url, 2)
 
-    done: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+    done: pykka.ThreadingFuture[BackupAccepted] = pykka.ThreadingFuture()
     actor.tell(CreateBackup(label="at-n", done=done))
-    backup_id = done.get(timeout=5)
+    backup_id = done.get(timeout=5).operation
     completed = wait_event(events, "backup.completed", lambda e: e.id == backup_id, timeout=30)
     assert completed.total_bytes > 0
     # The create stopped the node for its last pass (anvil writes its state on SIGTERM) and

@@ -83,15 +83,46 @@ def test_create_list_restore_and_prune_without_a_daemon(
     [aside] = [p for p in home.iterdir() if p.name.startswith("data.pre-restore-")]
     assert (aside / "geth" / "chaindata" / "000003.ldb").read_bytes() == b"later"
 
-    # Retention: a second backup with keep=1 prunes the first one.
+    # The operator's backups are theirs: retention keeps them whatever DAEMON_BACKUP_KEEP says.
     monkeypatch.setenv("DAEMON_BACKUP_KEEP", "1")
     assert main(["backup", "create"]) == 0
-    out = capsys.readouterr().out
-    assert f"pruned: {first}" in out
-    [second] = backup_ids(home)
+    assert "pruned" not in capsys.readouterr().out
+    [second] = [ident for ident in backup_ids(home) if ident != first]
     assert second.endswith("-manual")
     assert main(["backup", "prune"]) == 0
     assert capsys.readouterr().out.strip() == "removed: nothing"
+    assert backup_ids(home) == sorted([first, second])
+    # The data dir the restore set aside is listed, and `backup delete` removes any of them.
+    assert main(["backup", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert aside.name in listing
+    assert "set aside by a restore" in listing
+    assert main(["backup", "delete", first]) == 0
+    assert capsys.readouterr().out.strip() == f"deleted {first} ({home / 'backups' / first})"
+    assert backup_ids(home) == [second]
+    assert main(["backup", "delete", first]) == 1
+    assert f"no backup {first}" in capsys.readouterr().err
+    assert main(["backup", "delete", aside.name]) == 0
+    assert not aside.exists()
+    assert backup_ids(home) == [second]
+
+
+def test_backup_delete_refuses_hostile_ids_and_touches_nothing(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["backup", "create", "--label", "keep-me"]) == 0
+    capsys.readouterr()
+    before = sorted(str(p) for p in home.parent.rglob("*"))
+    for hostile in ["../data", "/etc", "..", "a\x00b", "x" * 10_000, "../home/data"]:
+        assert main(["backup", "delete", hostile]) == 1
+        err = capsys.readouterr().err
+        assert "invalid backup id" in err
+        assert len(err) < 400
+    assert main(["backup", "delete", "20260101T000000Z-unknown"]) == 1
+    assert "no backup" in capsys.readouterr().err
+    assert main(["backup", "delete", "data"]) == 1
+    assert "no backup" in capsys.readouterr().err
+    assert sorted(str(p) for p in home.parent.rglob("*")) == before
 
 
 def test_bad_ids_and_labels_are_refused_with_clear_errors(

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from wemixvisor.control.protocol import (
     MAX_REQUEST_BYTES,
     REQUEST_TYPES,
+    ControlError,
     DecodeFailure,
     ErrorCode,
     Logs,
@@ -40,6 +41,7 @@ SPEC_VERBS = {
     "backup_list",
     "backup_restore",
     "backup_prune",
+    "backup_delete",
     "config_show",
     "config_reload",
     "governance_proposals",
@@ -186,6 +188,7 @@ def test_every_verb_carries_what_a_front_end_needs_to_describe_it() -> None:
         "list_upgrades",
         "backup_list",
         "backup_prune",
+        "backup_delete",
     }
     types = [t for verb in VERBS.values() for t in (verb.request_type, verb.reply_type)]
     schemas, components = msgspec.json.schema_components(types)
@@ -260,3 +263,21 @@ def test_the_events_verb_reads_the_journal_page_by_page(tmp_path: Any) -> None:
         assert failure(msgspec.json.encode({"id": 5, "type": "events", **wrong})).code == (
             ErrorCode.BAD_REQUEST
         )
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["../x", "/etc/passwd", "a\x00b", "x" * 10_000, "..", ".", "", "a/b"],
+)
+def test_backup_delete_refuses_ids_that_are_not_plain_names(hostile: str) -> None:
+    verb = VERBS["backup_delete"]
+
+    class Untouched:
+        def delete_backup(self, backup_id: str) -> str:
+            raise AssertionError(f"asked to delete {backup_id!r}")
+
+    request = decode({"id": 1, "type": "backup_delete", "backup_id": hostile})
+    with pytest.raises(ControlError) as refused:
+        verb.execute(Untouched(), request)
+    assert refused.value.code is ErrorCode.BAD_REQUEST
+    assert len(str(refused.value)) < 200

@@ -10,7 +10,6 @@ upgrade holds the node, such requests are refused as busy.
 from __future__ import annotations
 
 import collections
-import contextlib
 import secrets
 import threading
 import time
@@ -28,6 +27,7 @@ from wemixvisor.config import Config, apply_reloadable
 from wemixvisor.home.layout import Home
 from wemixvisor.messages.backup import (
     CreateBackup,
+    DeleteBackup,
     FinishBackup,
     ListBackups,
     PrestageBackup,
@@ -59,6 +59,8 @@ def _kind_of(request: Any) -> Kind:
             return Kind.RESTORE if upgrade is None else Kind.ROLLBACK_RESTORE
         case PruneBackups():
             return Kind.PRUNE
+        case DeleteBackup():
+            return Kind.DELETE
     raise TypeError(f"not a backup operation: {request!r}")
 
 
@@ -84,7 +86,8 @@ class BackupActor(SupervisedActor):
         self._available = available
         self._op: jobs.Operation | None = None
         self._waiting: collections.deque[tuple[Any, str]] = collections.deque()
-        self._prestage_wanted: list[str] = []
+        # The one staging copy's next owner, copied once nothing else runs or waits.
+        self._prestage_wanted: PrestageBackup | None = None
         self._shutting_down = threading.Event()
 
     def teardown(self) -> None:
@@ -106,6 +109,7 @@ class BackupActor(SupervisedActor):
                 | FinishBackup()
                 | RestoreBackup()
                 | PruneBackups()
+                | DeleteBackup()
             ):
                 self._request(message)
             case _OperationDone(op_id=op_id):
@@ -123,11 +127,11 @@ class BackupActor(SupervisedActor):
     def _list(self) -> None:
         """Reading every manifest can take a while: a job answers the ask."""
         reply = self.reply_later()
-        backup_dir = self._config.backup.dir
+        backup_dir, data_dir = self._config.backup.dir, self._config.node.data_dir
 
         def job(_stopping: threading.Event) -> None:
             try:
-                listed = backups.list_backups(backup_dir)
+                listed = backups.list_backups(backup_dir, data_dir)
             except Exception as exc:  # noqa: BLE001 - the asker gets whatever went wrong
                 jobs.fail(reply, exc)
             else:
@@ -151,8 +155,9 @@ class BackupActor(SupervisedActor):
             case PrestageBackup() if self._config.backup.skip:
                 return
             case FinishBackup(plan_name=plan_name):
-                with contextlib.suppress(ValueError):
-                    self._prestage_wanted.remove(plan_name)
+                wanted = self._prestage_wanted
+                if wanted is not None and wanted.plan_name == plan_name:
+                    self._prestage_wanted = None
             case CreateBackup(label=label, done=done):
                 try:
                     op_id = backups.new_backup_id(self._config.backup.dir, label)
@@ -179,8 +184,8 @@ class BackupActor(SupervisedActor):
                 self._waiting.append((request, op_id))
             case Admission.QUEUE_FIRST:
                 self._waiting.appendleft((request, op_id))
-            case Admission.LATER if request.plan_name not in self._prestage_wanted:
-                self._prestage_wanted.append(request.plan_name)
+            case Admission.LATER:
+                self._prestage_wanted = request  # the latest owner wins: one copy
             case Admission.REFUSE:
                 error = self._busy_error()
                 jobs.fail(request.done, error)
@@ -194,8 +199,8 @@ class BackupActor(SupervisedActor):
             return
         op.cancel.set()
         finishing = isinstance(request, FinishBackup) and request.plan_name == op.plan
-        if op.plan is not None and not finishing and op.plan not in self._prestage_wanted:
-            self._prestage_wanted.append(op.plan)
+        if not finishing and self._prestage_wanted is None:
+            self._prestage_wanted = PrestageBackup(op.plan)
 
     def _next(self) -> None:
         if self._op is not None:
@@ -203,8 +208,9 @@ class BackupActor(SupervisedActor):
         if self._waiting:
             request, op_id = self._waiting.popleft()
             self._start(request, op_id)
-        elif self._prestage_wanted:
-            self._start(PrestageBackup(self._prestage_wanted.pop(0)), "")
+        elif self._prestage_wanted is not None:
+            wanted, self._prestage_wanted = self._prestage_wanted, None
+            self._start(wanted, "")
 
     # jobs
 
@@ -217,7 +223,9 @@ class BackupActor(SupervisedActor):
                 op = jobs.Operation(op_id, Kind.FULL)
                 body = jobs.create_body(ctx, op, request)
             case PrestageBackup(plan_name=plan_name):
-                op = jobs.Operation(f"prestage-{plan_name}", Kind.PRESTAGE, plan=plan_name)
+                op = jobs.Operation(
+                    f"prestage-{plan_name or 'none'}", Kind.PRESTAGE, plan=plan_name
+                )
                 body = jobs.prestage_body(ctx, op)
             case FinishBackup(plan_name=plan_name):
                 op = jobs.Operation(f"upgrade-{plan_name}", Kind.UPGRADE, plan=plan_name)
@@ -225,6 +233,9 @@ class BackupActor(SupervisedActor):
             case RestoreBackup():
                 op = jobs.Operation(op_id, _kind_of(request))
                 body = jobs.restore_body(ctx, op, request)
+            case DeleteBackup():
+                op = jobs.Operation(f"delete-{secrets.token_hex(3)}", Kind.DELETE)
+                body = jobs.delete_body(ctx, request)
             case _:
                 op = jobs.Operation(f"prune-{secrets.token_hex(3)}", Kind.PRUNE)
                 body = jobs.prune_body(ctx, request)

@@ -2,7 +2,8 @@
 
 The actor keeps the queue (state/plans.json) and decides *when*; each saga runs as a job (it
 waits for the node, runs hooks, copies data) and reports back with a message. Preflight checks
-run as jobs too: they execute the new binary.
+run as ONE job at a time over every plan whose check is due (they execute the new binaries);
+the one pre-staged backup copy is asked for the plan `staging_owner` names.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from loguru import logger
 
 from wemixvisor.actors.base import FailureSink, SupervisedActor
 from wemixvisor.actors.operator_duties import OperatorDuties, RehearsalDone, RollbackFinished
+from wemixvisor.actors.workers import tell_if_alive
+from wemixvisor.backup.staging import staging_owner
 from wemixvisor.bus import Bus
 from wemixvisor.chain.headwatch import next_trigger_height
 from wemixvisor.chain.wbft import start_signing_check
@@ -40,11 +43,7 @@ from wemixvisor.messages.plans import (
 from wemixvisor.plans import queue as queue_rules
 from wemixvisor.plans.queue import Plan, PlanError, PlanStatus, QueueState, RegisterOutcome
 from wemixvisor.upgrade.journal import Journal, JournalError, Step, load_journal
-from wemixvisor.upgrade.preflight import (
-    check_plan,
-    fetch_missing_binary,
-    warn_if_quorum_at_risk,
-)
+from wemixvisor.upgrade.preflight import preflight_plans
 from wemixvisor.upgrade.saga import Outcome, SagaResult, UpgradeSaga
 
 PREFLIGHT_RECHECK = 60.0  # seconds between re-checks of a plan whose preflight failed
@@ -91,6 +90,13 @@ class _PreflightDue(msgspec.Struct, frozen=True):
     name: str
 
 
+class _PreflightsEnded(msgspec.Struct, frozen=True):
+    """The preflight job checked (or, stopping, gave up on) the plans it was given."""
+
+
+_UNDECIDED = "\0undecided"  # no staging owner told to the backup actor yet
+
+
 class OrchestratorActor(OperatorDuties, SupervisedActor):
     """Registers plans, watches the head, and starts the upgrade saga once the old binary
     holds H-1 (the new binary's first block is H)."""
@@ -116,7 +122,10 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
         self._saga: UpgradeSaga | None = None
         self._preflight_ok: dict[str, bool] = {}
         self._checked_ahead: set[str] = set()
-        self._preflights: dict[str, int] = {}  # preflight threads running, per plan
+        self._preflight_due: dict[str, Plan] = {}  # plans waiting for the preflight job
+        self._preflight_running: set[str] = set()  # plans the running job has yet to report
+        self._preflight_job = False
+        self._staging_owner: str | None = _UNDECIDED
         self._waiting_for_download: set[str] = set()
         self._init_operator_duties()
         self._latency: collections.deque[tuple[int, float, float]] = collections.deque(
@@ -144,7 +153,7 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
         self._remove_rehearsal_leftovers()
         for entry in queue_rules.pending(self._queue):
             self._preflight(entry.plan)
-            self._prestage(entry.plan)
+        self._schedule_prestage()
         # After a restart of this actor, plans told to the one before may be lost.
         self._bus.tell("files", ResendPlans())
 
@@ -178,6 +187,10 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
                 self._on_saga_finished(result)
             case _PreflightDone():
                 self._on_preflight(message)
+            case _PreflightsEnded():
+                self._preflight_job = False
+                self._preflight_running.clear()
+                self._run_preflights()
             case _NetworkCheck():
                 self._on_network_check(message)
             case _PreflightDue(name=name):
@@ -241,10 +254,9 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
             )
             self._checked_ahead.discard(plan.name)
             self._preflight(plan)
-            if not entry.late:
-                self._prestage(plan)
         if changed:
             self._save_queue()
+            self._schedule_prestage()
         if message.done is not None:
             message.done.set(answers)
         self._maybe_start()
@@ -260,6 +272,8 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
             error = None
             self._save_queue()
             self.timers.cancel(f"preflight-{message.name}")
+            self._preflight_due.pop(message.name, None)
+            self._schedule_prestage()
             self._bus.publish(
                 ev.PlanCancelled(
                     name=entry.plan.name, height=entry.plan.height, source=message.source
@@ -281,7 +295,9 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
             if near and plan.name not in self._checked_ahead:
                 self._checked_ahead.add(plan.name)
                 self._preflight(plan)
-                self._prestage(plan)
+                self._refresh_prestage(plan)
+        if self._config.backup.prestage_horizon > 0:
+            self._schedule_prestage()
         self._maybe_start()
 
     def _maybe_start(self) -> None:
@@ -293,7 +309,8 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
         name = entry.plan.name
         if self._held_back_for_rehearsal(entry):
             return
-        if self._preflights.get(name) and not self._home.upgrade_bin(name).exists():
+        checking = name in self._preflight_running or name in self._preflight_due
+        if checking and not self._home.upgrade_bin(name).exists():
             # Its download started hours ago and is still running: the upgrade starts when it
             # ends (late, but on the right binary) rather than failing for a missing binary.
             if name not in self._waiting_for_download:
@@ -370,6 +387,7 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
                 # What an operator's rollback needs: the binary before, and the backup.
                 entry.from_target, entry.backup = journal.from_target, journal.backup
             self._finish_entry(entry, status, result.detail)
+        self._schedule_prestage()
         self._maybe_start()
 
     def _on_network_check(self, check: _NetworkCheck) -> None:
@@ -398,27 +416,53 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
     # preflight
 
     def _preflight(self, plan: Plan) -> None:
-        self._preflights[plan.name] = self._preflights.get(plan.name, 0) + 1
-        home, config, publish = self._home, self._config, self._bus.publish
+        """Have `plan` checked by the preflight job (the running one's next round)."""
+        self._preflight_due[plan.name] = plan
+        self._run_preflights()
 
-        def check(_stopping: threading.Event) -> _PreflightDone:
+    def _run_preflights(self) -> None:
+        """One job checks every plan due, lowest height first, and reports each: however many
+        plans are queued, one thread and one measurement of the data dir per round."""
+        if self._preflight_job or not self._preflight_due:
+            return
+        plans = sorted(self._preflight_due.values(), key=lambda plan: plan.height)
+        self._preflight_due = {}
+        self._preflight_running = {plan.name for plan in plans}
+        self._preflight_job = True
+        home, config, publish, me = self._home, self._config, self._bus.publish, self.actor_ref
+
+        def report(plan: Plan, problems: list[str]) -> None:
+            tell_if_alive(me, _PreflightDone(plan.name, plan.height, problems))
+
+        def check(stopping: threading.Event) -> _PreflightsEnded:
             # A missing binary is downloaded here, in this job, from registration on: the
             # saga at H only re-checks (quick) and never downloads.
-            problems = fetch_missing_binary(home, config, plan, publish=publish)
-            problems += check_plan(home, config, plan)
-            warn_if_quorum_at_risk(config, plan, publish=publish)
-            return _PreflightDone(plan.name, plan.height, problems)
+            preflight_plans(home, config, plans, publish=publish, report=report, stopping=stopping)
+            return _PreflightsEnded()
 
-        self.workers.run(f"preflight-{plan.name}", check)
+        self.workers.run("preflight", check)
 
-    def _prestage(self, plan: Plan) -> None:
-        """Have the bulk of the plan's backup copied now, while the node runs, so that at H only
-        what changed since is copied. A late plan runs at once: nothing to pre-stage."""
-        if not self._config.backup.skip:
+    def _schedule_prestage(self) -> None:
+        """Tell the backup actor which plan the one pre-staged copy is for, when that changed:
+        it copies the bulk while the node runs (relabelling the copy of a plan that went), so
+        that at H only what changed since is copied."""
+        if self._config.backup.skip:
+            return
+        horizon = self._config.backup.prestage_horizon
+        if horizon > 0 and self._head is None:
+            return  # cannot tell yet whether the next plan is within the horizon
+        owner = staging_owner(self._queue.plans, self._head, horizon)
+        if owner != self._staging_owner:
+            self._staging_owner = owner
+            self._bus.tell("backup", PrestageBackup(owner))
+
+    def _refresh_prestage(self, plan: Plan) -> None:
+        """Shortly before H: bring the plan's staging copy up to date once more."""
+        if not self._config.backup.skip and self._staging_owner == plan.name:
             self._bus.tell("backup", PrestageBackup(plan.name))
 
     def _on_preflight(self, result: _PreflightDone) -> None:
-        self._preflights[result.name] = max(self._preflights.get(result.name, 1) - 1, 0)
+        self._preflight_running.discard(result.name)
         if result.name in self._waiting_for_download:
             self._waiting_for_download.discard(result.name)
             self._maybe_start()

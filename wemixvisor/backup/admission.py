@@ -21,6 +21,7 @@ class Kind(enum.StrEnum):
     RESTORE = "restore"  # `backup restore`
     ROLLBACK_RESTORE = "rollback_restore"  # an upgrade's rollback restores its backup
     PRUNE = "prune"
+    DELETE = "delete"  # `backup delete`
 
 
 class Admission(enum.StrEnum):

@@ -13,6 +13,7 @@ import ctypes
 import errno
 import fcntl
 import functools
+import operator
 import os
 import shutil
 import stat
@@ -49,52 +50,76 @@ def scan(root: Path) -> list[ManifestEntry]:
     deletes files) are left out; sockets, fifos and devices are not data and are skipped.
     """
     entries: list[ManifestEntry] = []
+    append = entries.append
     pending = [""]
     while pending:
         rel_dir = pending.pop()
         try:
             with os.scandir(root / rel_dir if rel_dir else root) as listing:
-                children = sorted(listing, key=lambda child: child.name)
+                children = list(listing)
         except (FileNotFoundError, NotADirectoryError):
             if not rel_dir:
                 raise BackupError(f"{root} does not exist or is not a directory") from None
             continue
+        children.sort(key=_name)
+        prefix = f"{rel_dir}/" if rel_dir else ""
         subdirs: list[str] = []
+        # The hot loop of the work at H (one stat per entry): plain mode masks, no helpers.
         for child in children:
-            rel = f"{rel_dir}/{child.name}" if rel_dir else child.name
-            try:
-                rel.encode()
-            except UnicodeEncodeError:
-                raise BackupError(f"cannot back up {root / rel!r}: its name is not UTF-8") from None
+            name = child.name
+            rel = prefix + name
+            if not name.isascii():
+                try:
+                    name.encode()
+                except UnicodeEncodeError:
+                    raise BackupError(
+                        f"cannot back up {root / rel!r}: its name is not UTF-8"
+                    ) from None
             try:
                 info = child.stat(follow_symlinks=False)
-                kind = info.st_mode
-                if stat.S_ISLNK(kind):
-                    entry = ManifestEntry(rel, "symlink", target=os.readlink(child.path))
-                elif stat.S_ISDIR(kind):
-                    entry = ManifestEntry(
-                        rel, "dir", mtime_ns=info.st_mtime_ns, mode=stat.S_IMODE(kind)
+                mode = info.st_mode
+                kind = mode & _FORMAT
+                if kind == _REGULAR:
+                    append(
+                        ManifestEntry(
+                            rel,
+                            "file",
+                            info.st_size,
+                            info.st_mtime_ns,
+                            mode & 0o7777,
+                            None,
+                            info.st_ino,
+                        )
                     )
+                elif kind == _DIRECTORY:
+                    append(ManifestEntry(rel, "dir", 0, info.st_mtime_ns, mode & 0o7777))
                     subdirs.append(rel)
-                elif stat.S_ISREG(kind):
-                    entry = ManifestEntry(
-                        rel, "file", info.st_size, info.st_mtime_ns, stat.S_IMODE(kind)
-                    )
-                else:
-                    continue
+                elif kind == _SYMLINK:
+                    append(ManifestEntry(rel, "symlink", target=os.readlink(child.path)))
             except FileNotFoundError:
                 continue
-            entries.append(entry)
         pending.extend(reversed(subdirs))
     return entries
 
 
-def _same(want: ManifestEntry, have: ManifestEntry) -> bool:
-    """Whether `have` (in the copy) already is `want` (in the source)."""
+_FORMAT = 0o170000
+_REGULAR = stat.S_IFREG
+_DIRECTORY = stat.S_IFDIR
+_SYMLINK = stat.S_IFLNK
+_name = operator.attrgetter("name")
+
+
+def _same(want: ManifestEntry, have: ManifestEntry, *, inode: bool = False) -> bool:
+    """Whether `have` (in the copy) already is `want` (in the source).
+
+    `inode`: `have` is the record of an earlier copy of the same source (not a scan of the
+    copy), whose inode must match too: a file replaced by another one is copied again.
+    """
     if want.kind != have.kind:
         return False
     if want.kind == "file":
-        return (want.size, want.mtime_ns, want.mode) == (have.size, have.mtime_ns, have.mode)
+        same = (want.size, want.mtime_ns, want.mode) == (have.size, have.mtime_ns, have.mode)
+        return same and (not inode or want.ino == have.ino)
     if want.kind == "symlink":
         return want.target == have.target
     return True
@@ -110,6 +135,7 @@ class Delta:
     copy: list[ManifestEntry]  # files to copy, new or changed
     dirs: list[ManifestEntry]  # every directory of the source (modes and mtimes to set)
     freed_bytes: int  # bytes of the copy's files that are replaced or removed
+    fresh: set[str]  # paths of `copy` with no file in the copy yet (created, not overwritten)
 
     @property
     def copy_bytes(self) -> int:
@@ -117,22 +143,32 @@ class Delta:
         return sum(entry.size for entry in self.copy)
 
     @property
+    def new_inodes(self) -> int:
+        """Files, directories and links the copy gains."""
+        return len(self.fresh) + len(self.make_dirs) + len(self.links)
+
+    @property
     def net_bytes(self) -> int:
         """How much more disk the copy needs afterwards (never below 0)."""
         return max(self.copy_bytes - self.freed_bytes, 0)
 
 
-def plan_delta(want: Iterable[ManifestEntry], have: Iterable[ManifestEntry]) -> Delta:
+def plan_delta(
+    want: Iterable[ManifestEntry], have: Iterable[ManifestEntry], *, inode: bool = False
+) -> Delta:
     """The mirror plan: compare the source's entries with the copy's (size + mtime_ns + mode
-    for files, target for symlinks, kind for everything) and list what to do."""
+    for files, and the inode with `inode`; target for symlinks, kind for everything) and list
+    what to do."""
     wanted = {entry.path: entry for entry in want}
     remove: list[ManifestEntry] = []
     removed_dirs: set[str] = set()
     freed = 0
     for entry in have:
+        source = wanted.get(entry.path)
+        if source == entry:
+            continue  # the very same entry (a record of the same source): nothing to do
         parent = entry.path.rpartition("/")[0]
         inside_removed = bool(parent) and parent in removed_dirs
-        source = wanted.get(entry.path)
         gone = source is None or source.kind != entry.kind
         if gone or inside_removed:
             if entry.kind == "dir":
@@ -142,15 +178,20 @@ def plan_delta(want: Iterable[ManifestEntry], have: Iterable[ManifestEntry]) -> 
             if not inside_removed:
                 remove.append(entry)
             continue
-        if entry.kind == "file" and source is not None and not _same(source, entry):
+        if entry.kind == "file" and source is not None and not _same(source, entry, inode=inode):
             freed += entry.size
     kept = {entry.path: entry for entry in have}
     make_dirs: list[ManifestEntry] = []
     links: list[ManifestEntry] = []
     copy: list[ManifestEntry] = []
     dirs: list[ManifestEntry] = []
+    created: set[str] = set()
     for entry in wanted.values():
         existing = kept.get(entry.path)
+        if existing == entry:
+            if entry.kind == "dir":
+                dirs.append(entry)
+            continue
         parent = entry.path.rpartition("/")[0]
         fresh = (
             existing is None
@@ -164,9 +205,11 @@ def plan_delta(want: Iterable[ManifestEntry], have: Iterable[ManifestEntry]) -> 
         elif entry.kind == "symlink":
             if fresh or existing is None or not _same(entry, existing):
                 links.append(entry)
-        elif fresh or existing is None or not _same(entry, existing):
+        elif fresh or existing is None or not _same(entry, existing, inode=inode):
             copy.append(entry)
-    return Delta(remove, make_dirs, links, copy, dirs, freed)
+            if fresh:
+                created.add(entry.path)
+    return Delta(remove, make_dirs, links, copy, dirs, freed, created)
 
 
 def verify_against(root: Path, entries: Iterable[ManifestEntry]) -> list[str]:
@@ -205,8 +248,9 @@ class _Copier:
     progress: Progress
     cancel: threading.Event | None
     live: bool
-    total: int = 0
-    done: int = 0
+    total: int = 0  # bytes of the whole tree: progress shows how much of it is in the copy
+    base: int = 0  # bytes already in the copy before this mirror
+    done: int = 0  # bytes copied by this mirror
     copied: list[Path] = field(default_factory=list)
     reflink: bool = True
     copy_range: bool = True
@@ -215,40 +259,50 @@ class _Copier:
         if self.cancel is not None and self.cancel.is_set():
             raise BackupCancelled("cancelled")
 
-    def copy_file(self, source: Path, dest: Path, *, exists: bool = True) -> None:
+    def copy_file(
+        self, entry: ManifestEntry, source: Path, dest: Path, *, exists: bool = True
+    ) -> ManifestEntry | None:
         """Copy one regular file (not following symlinks) with its mode and mtime; `exists`
-        False says that `dest` is known not to exist yet."""
+        False says that `dest` is known not to exist yet.
+
+        Returns the record of what was copied (size, the mtime given to the copy, mode, and
+        the source's inode), which the next mirror compares the source with instead of
+        scanning the copy; None when a running node removed the file meanwhile.
+        """
         try:
             src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             if self.live:
-                return  # deleted by the running node; the next mirror sees it gone
+                return None  # deleted by the running node; the next mirror sees it gone
             raise
         except OSError as exc:
             if exc.errno != errno.ELOOP:
                 raise
             if self.live:
-                return  # replaced by a symlink meanwhile; the next mirror sees what it is
+                return None  # replaced by a symlink meanwhile; the next mirror sees it
             raise BackupError(f"{source} turned into a symlink while copying") from None
         try:
             info = os.fstat(src)
             if not stat.S_ISREG(info.st_mode):
                 if self.live:
-                    return
+                    return None
                 raise BackupError(f"{source} is not a regular file")
-            dst = _open_for_overwrite(dest) if exists else _create(dest)
+            dst = _open_for_overwrite(dest) if exists else _create_or_overwrite(dest)
             try:
-                os.ftruncate(dst, self._copy_data(src, dst, info.st_size))
+                copied = self._copy_data(src, dst, info.st_size)
+                os.ftruncate(dst, copied)
                 mtime = info.st_mtime_ns
                 if self.live and time.time_ns() - mtime < _RACY_NS:
                     mtime -= 1
-                os.fchmod(dst, stat.S_IMODE(info.st_mode))
+                mode = stat.S_IMODE(info.st_mode)
+                os.fchmod(dst, mode)
                 os.utime(dst, ns=(info.st_atime_ns, mtime))
             finally:
                 os.close(dst)
         finally:
             os.close(src)
         self.copied.append(dest)
+        return ManifestEntry(entry.path, "file", copied, mtime, mode, ino=info.st_ino)
 
     def _copy_data(self, src: int, dst: int, size: int) -> int:
         """Copy from the start of `src` over `dst`; the bytes copied."""
@@ -296,12 +350,19 @@ class _Copier:
 
     def _advance(self, count: int) -> None:
         self.done += count
-        self.progress(self.done, max(self.total, self.done))
+        self.progress(self.base + self.done, max(self.total, self.base + self.done))
 
 
 def _create(dest: Path) -> int:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     return os.open(dest, flags, 0o600)
+
+
+def _create_or_overwrite(dest: Path) -> int:
+    try:
+        return _create(dest)
+    except FileExistsError:
+        return _open_for_overwrite(dest)  # a copy the record did not list: overwritten
 
 
 def _open_for_overwrite(dest: Path) -> int:
@@ -332,6 +393,12 @@ def _syncfs() -> Callable[[int], int] | None:
     except (OSError, AttributeError):
         return None
     return function
+
+
+def sync_filesystem(path: Path) -> bool:
+    """Flush every pending write of the filesystem holding `path` (syncfs); False when the
+    system has no syncfs (then the caller fsyncs what it wrote)."""
+    return _libc_syncfs(path)
 
 
 def _libc_syncfs(path: Path) -> bool:
@@ -366,12 +433,19 @@ def _flush(root: Path, copied: list[Path], touched_dirs: set[Path]) -> None:
 
 @dataclass(frozen=True)
 class StageResult:
-    """What one mirror did: the source's entries at that time and the bytes copied."""
+    """What one mirror did: the source's entries at that time, the record of what the copy
+    holds now (what the next mirror compares with), and the bytes copied."""
 
     entries: list[ManifestEntry]
+    staged: list[ManifestEntry]
     total_bytes: int
     changed_bytes: int
     seconds: float
+
+    @property
+    def file_count(self) -> int:
+        """Regular files in the source."""
+        return sum(1 for entry in self.entries if entry.kind == "file")
 
 
 def stage(
@@ -381,6 +455,7 @@ def stage(
     live: bool,
     space_dir: Path,
     entries: list[ManifestEntry] | None = None,
+    have: list[ManifestEntry] | None = None,
     progress: Progress = lambda done, total: None,
     cancel: threading.Event | None = None,
     available: int | None = None,
@@ -388,29 +463,42 @@ def stage(
     """Mirror `source` into `dest`: copy new and changed files, remove what is gone.
 
     `live` means the source may change meanwhile (the node runs): vanishing files are skipped
-    and recently modified ones are marked so that the next mirror copies them again.
+    and recently modified ones are recorded so that the next mirror copies them again.
     `entries` gives the source's entries instead of scanning it (a restore copies what its
-    manifest lists). Free space on `space_dir` is checked first, for the net growth.
+    manifest lists). `have` is the record an earlier mirror into `dest` returned (`staged`):
+    it stands for the copy, which is then not scanned, and files are compared by inode too.
+    Free space (bytes and inodes) on `space_dir` is checked first, for the net growth.
+    Progress counts the bytes of the whole tree that are in the copy.
     """
     began = time.monotonic()
     want = scan(source) if entries is None else entries
     dest.mkdir(parents=True, exist_ok=True, mode=0o700)
-    have = scan(dest)
-    delta = plan_delta(want, have)
-    check_space(space_dir, delta.net_bytes, available)
-    copier = _Copier(progress=progress, cancel=cancel, live=live, total=delta.copy_bytes)
+    recorded = have is not None
+    if have is None:
+        have = scan(dest)
+    delta = plan_delta(want, have, inode=recorded)
+    total = sum(entry.size for entry in want)  # only files have a size
+    check_space(space_dir, delta.net_bytes, available, files=delta.new_inodes)
+    copier = _Copier(
+        progress=progress,
+        cancel=cancel,
+        live=live,
+        total=total,
+        base=total - delta.copy_bytes,
+    )
     touched: set[Path] = {dest}
     for entry in delta.remove:
         copier.check_cancel()
         path = dest / entry.path
         if entry.kind == "dir":
-            shutil.rmtree(path)
+            shutil.rmtree(path, ignore_errors=recorded and not os.path.lexists(path))
         else:
-            path.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         touched.add(path.parent)
     for entry in delta.make_dirs:
         path = dest / entry.path
-        path.mkdir(mode=0o700)
+        path.mkdir(mode=0o700, exist_ok=recorded)
         touched.add(path.parent)
     for entry in delta.links:
         path = dest / entry.path
@@ -419,12 +507,17 @@ def stage(
         assert entry.target is not None
         path.symlink_to(entry.target)
         touched.add(path.parent)
-    progress(0, delta.copy_bytes)
-    staged_files = {entry.path for entry in have if entry.kind == "file"}
+    progress(copier.base, total)
+    copied: dict[str, ManifestEntry | None] = {}
     for entry in delta.copy:
         copier.check_cancel()
         path = dest / entry.path
-        copier.copy_file(source / entry.path, path, exists=entry.path in staged_files)
+        exists = entry.path not in delta.fresh
+        copied[entry.path] = copier.copy_file(entry, source / entry.path, path, exists=exists)
+        if copied[entry.path] is None and exists:
+            # Gone from the running node: its old copy goes too, or no record would list it.
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         touched.add(path.parent)
     # Deepest first: setting a parent's mtime must come after its children changed it.
     for entry in reversed(delta.dirs):
@@ -435,10 +528,15 @@ def stage(
         root = source.stat()
         os.chmod(dest, stat.S_IMODE(root.st_mode))
     _flush(dest, copier.copied, touched)
-    progress(copier.done, max(delta.copy_bytes, copier.done))
+    progress(copier.base + copier.done, max(total, copier.base + copier.done))
+    staged: list[ManifestEntry] = want
+    if copied:
+        held = [copied.get(entry.path, entry) for entry in want]
+        staged = [entry for entry in held if entry is not None]
     return StageResult(
         entries=want,
-        total_bytes=sum(entry.size for entry in want if entry.kind == "file"),
+        staged=staged,
+        total_bytes=total,
         changed_bytes=copier.done,
         seconds=time.monotonic() - began,
     )

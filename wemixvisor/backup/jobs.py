@@ -23,7 +23,14 @@ from wemixvisor.config import Config
 from wemixvisor.home import state
 from wemixvisor.home.layout import Home
 from wemixvisor.messages import events as ev
-from wemixvisor.messages.backup import CreateBackup, FinishBackup, PruneBackups, RestoreBackup
+from wemixvisor.messages.backup import (
+    BackupAccepted,
+    CreateBackup,
+    DeleteBackup,
+    FinishBackup,
+    PruneBackups,
+    RestoreBackup,
+)
 from wemixvisor.messages.node import NodeState
 from wemixvisor.node.client import NodeClient, NodeUnavailable
 from wemixvisor.plans.queue import PlanError, PlanStatus
@@ -121,8 +128,8 @@ def create_body(ctx: JobContext, op: Operation, request: CreateBackup) -> Body:
         if status.lease is not None:
             fail(request.done, backups.BackupBusy(f"busy: the node is held by {status.lease}"))
             return None
-        answer(request.done, op.id)
         running = status.state not in _STOPPED
+        answer(request.done, BackupAccepted(op.id, stops_node=running))
         try:
             manifest = backups.create_backup(
                 config.node.data_dir,
@@ -154,9 +161,12 @@ def create_body(ctx: JobContext, op: Operation, request: CreateBackup) -> Body:
 
 
 def prestage_body(ctx: JobContext, op: Operation) -> Body:
-    """The bulk of a plan's backup, copied while the node runs; gives way when cancelled."""
+    """The bulk of the next plan's backup, copied while the node runs, into the one staging
+    copy; gives way when cancelled. Without a plan, the staging copy is removed."""
     config, bus, home, available = ctx.config, ctx.bus, ctx.home, ctx.available
-    plan_name = op.plan or ""
+    if op.plan is None:
+        return _discard_body(ctx)
+    plan_name = op.plan
     label = backups.upgrade_label(plan_name)
 
     def body() -> Settle | None:
@@ -211,6 +221,26 @@ def prestage_body(ctx: JobContext, op: Operation) -> Body:
         )
         bus.publish(staged)
         bus.tell("orchestrator", staged)  # a plan's rehearsal runs on this copy (SPEC §19)
+        return None
+
+    return body
+
+
+def _discard_body(ctx: JobContext) -> Body:
+    """No plan needs a pre-staged copy (cancelled, failed, none left): the copy goes, unless
+    an unfinished upgrade still needs it."""
+    config, bus, home = ctx.config, ctx.bus, ctx.home
+
+    def body() -> Settle | None:
+        try:
+            needed = backups.journal_needs(home, config.backup.dir)
+            removed = backups.discard_staging(config.backup.dir, keep=None, needed=needed)
+        except (backups.BackupError, OSError) as exc:
+            logger.error("removing the pre-staged copy failed: {}", describe(exc))
+            return None
+        if removed:
+            logger.info("removed pre-staged copies no plan needs: {}", ", ".join(removed))
+            bus.publish(ev.BackupPruned(removed=removed))
         return None
 
     return body
@@ -334,6 +364,32 @@ def prune_body(ctx: JobContext, request: PruneBackups) -> Body:
     return body
 
 
+def delete_body(ctx: JobContext, request: DeleteBackup) -> Body:
+    """`backup delete`: any backup, unless an unfinished upgrade needs it."""
+    config, bus, home = ctx.config, ctx.bus, ctx.home
+
+    def body() -> Settle | None:
+        try:
+            needed = backups.journal_needs(home, config.backup.dir)
+            path = backups.delete_backup(
+                config.backup.dir,
+                request.backup_id,
+                data_dir=config.node.data_dir,
+                needed=needed,
+            )
+        except (ValueError, backups.BackupError) as exc:
+            error: Exception = exc
+            return lambda: fail(request.done, error)
+        except OSError as exc:
+            failure = backups.BackupError(f"cannot delete {request.backup_id}: {describe(exc)}")
+            return lambda: fail(request.done, failure)
+        logger.info("deleted backup {} ({})", request.backup_id, path)
+        bus.publish(ev.BackupDeleted(id=request.backup_id, path=str(path)))
+        return lambda: answer(request.done, str(path))
+
+    return body
+
+
 def describe(exc: BaseException) -> str:
     """An error as the operator reads it (an OSError without its errno noise)."""
     if isinstance(exc, OSError) and exc.strerror:
@@ -348,13 +404,15 @@ def _report_failure(bus: Bus, op_id: str, label: str, kind: str, exc: BaseExcept
 
 
 def _report_completed(bus: Bus, manifest: backups.Manifest) -> None:
+    stopped = manifest.stopped_seconds
     logger.info(
-        "backup {} complete: {} bytes in {} files, {} copied in {:.2f}s",
+        "backup {} complete: {} bytes in {} files, {} copied in {:.2f}s{}",
         manifest.id,
         manifest.total_bytes,
         manifest.file_count,
         manifest.changed_bytes,
         manifest.seconds,
+        "" if stopped is None else f"; the node was stopped for {stopped:.3f}s",
     )
     bus.publish(
         ev.BackupCompleted(
@@ -364,13 +422,16 @@ def _report_completed(bus: Bus, manifest: backups.Manifest) -> None:
             changed_bytes=manifest.changed_bytes,
             seconds=manifest.seconds,
             kind=manifest.kind,
+            node_stopped_seconds=manifest.stopped_seconds,
         )
     )
 
 
 def _prune(config: Config, home: Home, bus: Bus) -> list[str]:
     protected = backups.protected_backups(home, config.backup.dir)
-    removed = backups.prune_backups(config.backup.dir, config.backup.keep, protected)
+    removed = backups.prune_backups(
+        config.backup.dir, config.backup.keep, protected, data_dir=config.node.data_dir
+    )
     if removed:
         logger.info("pruned backups {}", ", ".join(removed))
         bus.publish(ev.BackupPruned(removed=removed))

@@ -8,19 +8,25 @@ is never restored.
 
 from __future__ import annotations
 
-import calendar
 import os
 import re
+import secrets
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
 
 from wemixvisor.backup.errors import BackupError, BackupNotFound
-from wemixvisor.home.fsutil import ReadRefused, atomic_write_bytes, read_capped
-from wemixvisor.messages.backup import BackupInfo
+from wemixvisor.home.fsutil import (
+    ReadRefused,
+    atomic_write_bytes,
+    fsync_dir,
+    read_capped,
+    removed_on_failure,
+)
 
 MANIFEST = "manifest.json"
 DATA = "data"
@@ -30,7 +36,8 @@ MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 ID_STAMP = "%Y%m%dT%H%M%SZ"
 """The UTC time at the start of a backup id (`strftime` format)."""
 _LABEL_RE = re.compile(r"\A[A-Za-z0-9._-]{1,72}\Z")
-_ID_RE = re.compile(r"\A[0-9]{8}T[0-9]{6}Z-[A-Za-z0-9._-]{1,80}\Z")
+ID_RE = re.compile(r"\A[0-9]{8}T[0-9]{6}Z-[A-Za-z0-9._-]{1,80}\Z")
+"""What a backup id looks like; the backups directory's other entries are not backups."""
 
 
 EntryKind = Literal["file", "dir", "symlink"]
@@ -46,6 +53,7 @@ class ManifestEntry(msgspec.Struct, frozen=True):
     mtime_ns: int = 0
     mode: Annotated[int, msgspec.Meta(ge=0, le=0o7777)] = 0
     target: str | None = None  # symlinks only
+    ino: NonNegative = 0  # files: the source's inode when scanned (a replaced file differs)
 
 
 class Manifest(msgspec.Struct, kw_only=True):
@@ -67,6 +75,8 @@ class Manifest(msgspec.Struct, kw_only=True):
     plan: str | None = None
     changed_bytes: NonNegative = 0
     seconds: float = 0.0
+    staged: bool = False  # incomplete, and `entries` records what the copy holds
+    stopped_seconds: float | None = None  # how long the node was stopped for this backup
 
 
 class BackupSummary(msgspec.Struct, kw_only=True):
@@ -83,7 +93,8 @@ class BackupSummary(msgspec.Struct, kw_only=True):
 
 
 _decode_manifest = msgspec.json.Decoder(Manifest).decode
-_decode_summary = msgspec.json.Decoder(BackupSummary).decode
+decode_summary = msgspec.json.Decoder(BackupSummary).decode
+"""A manifest's JSON as its BackupSummary (the entries are skipped)."""
 
 
 def check_label(label: str) -> str:
@@ -118,7 +129,7 @@ def backup_dir(backups_dir: Path, backup_id: str) -> Path:
     An id is a single plain name (never `..`, a slash or an absolute path), and the directory
     must be a real one, not a symlink planted in the backups directory.
     """
-    if not isinstance(backup_id, str) or not _ID_RE.fullmatch(backup_id):
+    if not isinstance(backup_id, str) or not ID_RE.fullmatch(backup_id):
         raise BackupNotFound(
             f"invalid backup id {backup_id!r}: expected <YYYYmmddTHHMMSSZ>-<label> as listed by"
             " `wemixvisor backup list`"
@@ -133,15 +144,45 @@ def backup_dir(backups_dir: Path, backup_id: str) -> Path:
     return path
 
 
-def write_manifest(target: Path, manifest: Manifest) -> None:
+def write_manifest(
+    target: Path, manifest: Manifest, *, sync: Callable[[Path], bool] | None = None
+) -> None:
+    """Replace the manifest of backup `target` atomically and durably.
+
+    With `sync` (one flush of the whole filesystem, False when the system has none), the new
+    file is renamed into place first and flushed with its rename in that one call: the
+    manifest is what makes a backup complete, and one lost in a crash leaves the backup
+    incomplete, never wrong. Otherwise each is fsynced.
+    """
     try:
         raw = msgspec.json.encode(manifest)
     except (UnicodeEncodeError, msgspec.EncodeError) as exc:
         raise BackupError(f"cannot write the manifest of {target.name}: {exc}") from None
-    atomic_write_bytes(target / MANIFEST, raw, mode=0o600)
+    path = target / MANIFEST
+    if sync is None:
+        atomic_write_bytes(path, raw, mode=0o600)
+        return
+    tmp = target / f".{MANIFEST}.{secrets.token_hex(4)}.tmp"
+    with removed_on_failure(tmp):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(raw)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    if not sync(target):
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(target)
 
 
-def _read_capped(path: Path, limit: int) -> bytes:
+def read_capped_manifest(path: Path, limit: int = MAX_MANIFEST_BYTES) -> bytes:
+    """The bytes of the manifest file `path`; BackupError when missing, unreadable or too big."""
     try:
         return read_capped(path, limit, follow_symlinks=False)
     except FileNotFoundError:
@@ -188,7 +229,7 @@ def load_manifest(backup_path: Path) -> Manifest:
     Refused: a manifest over 64 MiB, unparsable or truncated JSON, fields of the wrong type,
     paths outside the tree, totals that do not add up, an id that is not the directory's.
     """
-    raw = _read_capped(backup_path / MANIFEST, MAX_MANIFEST_BYTES)
+    raw = read_capped_manifest(backup_path / MANIFEST)
     try:
         manifest = _decode_manifest(raw)
     except msgspec.DecodeError as exc:
@@ -214,83 +255,3 @@ def read_manifest(backup_path: Path) -> Manifest | None:
     except BackupError:
         return None
     return manifest if manifest.complete else None
-
-
-def _summary(path: Path) -> BackupSummary | None:
-    try:
-        return _decode_summary(_read_capped(path / MANIFEST, MAX_MANIFEST_BYTES))
-    except (BackupError, msgspec.DecodeError):
-        return None
-
-
-def _backup_dirs(backups_dir: Path) -> list[Path]:
-    try:
-        children = list(os.scandir(backups_dir))
-    except FileNotFoundError:
-        return []
-    return sorted(
-        Path(child.path)
-        for child in children
-        if _ID_RE.fullmatch(child.name) and child.is_dir(follow_symlinks=False)
-    )
-
-
-def _created_from_name(name: str) -> float:
-    try:
-        return float(calendar.timegm(time.strptime(name[:16], ID_STAMP)))
-    except ValueError:
-        return 0.0
-
-
-def list_backups(backups_dir: Path) -> list[BackupInfo]:
-    """Every backup directory, oldest first; incomplete ones included (complete=False)."""
-    infos: list[BackupInfo] = []
-    for path in _backup_dirs(backups_dir):
-        summary = _summary(path)
-        if summary is None:
-            infos.append(
-                BackupInfo(
-                    id=path.name,
-                    label=path.name[17:],
-                    created_at=_created_from_name(path.name),
-                    complete=False,
-                    total_bytes=0,
-                    file_count=0,
-                    path=str(path),
-                )
-            )
-            continue
-        infos.append(
-            BackupInfo(
-                id=path.name,
-                label=summary.label,
-                created_at=summary.created_at,
-                # A manifest naming another directory is a pre-staged copy caught between its
-                # rename and its final manifest: still the plan's, but not complete.
-                complete=summary.complete and summary.id == path.name,
-                total_bytes=summary.total_bytes,
-                file_count=summary.file_count,
-                path=str(path),
-                kind=summary.kind,
-                plan=summary.plan,
-            )
-        )
-    infos.sort(key=lambda info: (info.created_at, info.id))
-    return infos
-
-
-def find_plan_backup(
-    backups_dir: Path, plan_name: str, *, complete: bool, since: float = 0.0
-) -> tuple[Path, BackupSummary] | None:
-    """The newest backup made for `plan_name` with that completeness (and, for complete ones,
-    created at or after `since`)."""
-    best: tuple[Path, BackupSummary] | None = None
-    for path in _backup_dirs(backups_dir):
-        summary = _summary(path)
-        if summary is None or summary.plan != plan_name or summary.complete != complete:
-            continue
-        if complete and summary.created_at < since:
-            continue
-        if best is None or (summary.created_at, path.name) >= (best[1].created_at, best[0].name):
-            best = (path, summary)
-    return best

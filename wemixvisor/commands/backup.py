@@ -1,9 +1,10 @@
-"""`wemixvisor backup create [--label L] | list | restore ID | prune`: backups of the node's data.
+"""`wemixvisor backup create [--label L] | list | restore ID | prune | delete ID`: backups of the
+node's data.
 
 With a daemon running, every action is its control verb, sent through the control socket;
 `create` and `restore` are accepted at once with an operation id and then followed through the
 daemon's backup.* events (`backup_follow`; `--no-wait` returns at once). Without a daemon,
-`list` and `prune` run the same verbs on the files (`OfflineContext`), and `create` and
+`list`, `prune` and `delete` run the same verbs on the files (`OfflineContext`), and `create` and
 `restore` copy here with a progress bar, holding the daemon's lock so that no daemon starts
 meanwhile; they refuse while a node runs unsupervised: a copy of a running node's data is not
 consistent, and its data cannot be swapped under it.
@@ -32,13 +33,20 @@ from wemixvisor.commands.common import (
 )
 from wemixvisor.control.protocol import (
     BackupCreate,
+    BackupDelete,
     BackupList,
     BackupPrune,
     BackupRestore,
     ControlError,
     new_request_id,
 )
-from wemixvisor.control.verbs import BACKUP_CREATE, BACKUP_LIST, BACKUP_PRUNE, BACKUP_RESTORE
+from wemixvisor.control.verbs import (
+    BACKUP_CREATE,
+    BACKUP_DELETE,
+    BACKUP_LIST,
+    BACKUP_PRUNE,
+    BACKUP_RESTORE,
+)
 from wemixvisor.control.verbs.offline import OfflineContext, describe
 from wemixvisor.control.verbs.render import size
 from wemixvisor.home.layout import Home
@@ -49,7 +57,8 @@ _DAEMON_STARTED = "a daemon started meanwhile; run the command again"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the `backup` verb with its `create`, `list`, `restore` and `prune` actions."""
+    """Add the `backup` verb with its `create`, `list`, `restore`, `prune` and `delete`
+    actions."""
     parser = subparsers.add_parser(
         "backup",
         help="create, list, restore or prune backups of the node's data dir",
@@ -94,14 +103,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     prune = actions.add_parser(
         "prune",
-        help="remove incomplete backups and all but DAEMON_BACKUP_KEEP complete ones",
+        help="remove incomplete backups and all but DAEMON_BACKUP_KEEP upgrade backups",
         description=(
-            "Never removes the backup an unfinished upgrade needs, nor the pre-staged copy of "
-            "a pending plan."
+            "Keeps the DAEMON_BACKUP_KEEP newest complete upgrade backups and as many data dirs "
+            "set aside by restores. Never removes a backup made with `backup create` (delete "
+            "those with `backup delete`), the backup an unfinished upgrade needs, nor the "
+            "pre-staged copy of a pending plan."
         ),
     )
     _add_common(prune)
     prune.set_defaults(handler=run_prune)
+
+    delete = actions.add_parser(
+        "delete",
+        help="remove one backup, whatever its kind",
+        description=(
+            "Remove a backup (or a data dir a restore set aside) as `backup list` shows it; "
+            "refused while an unfinished upgrade needs it."
+        ),
+    )
+    delete.add_argument("backup_id", metavar="ID", help="a backup id as `backup list` shows it")
+    _add_common(delete)
+    delete.set_defaults(handler=run_delete)
 
 
 def _add_common(parser: argparse.ArgumentParser, *, wait: bool = False) -> None:
@@ -222,6 +245,17 @@ def run_prune(args: argparse.Namespace, ctx: CliContext) -> int:
     else:
         reply, _ = run_offline(ctx, BACKUP_PRUNE, request, locked=_DAEMON_STARTED)
     print_reply(BACKUP_PRUNE, reply, as_json=args.json)
+    return 0
+
+
+def run_delete(args: argparse.Namespace, ctx: CliContext) -> int:
+    """Remove one backup, through the daemon when one runs, else here."""
+    request = BackupDelete(id=new_request_id(), backup_id=args.backup_id)
+    if daemon_runs(Home.from_config(ctx.config)):
+        reply = call(ctx, BACKUP_DELETE, request, args.timeout)
+    else:
+        reply, _ = run_offline(ctx, BACKUP_DELETE, request, locked=_DAEMON_STARTED)
+    print_reply(BACKUP_DELETE, reply, as_json=args.json)
     return 0
 
 

@@ -104,14 +104,14 @@ def follow_operation(
     try:
         with open_client(ctx, timeout) as client:
             if isinstance(backup_request, BackupCreate):
-                operation = request(client, BACKUP_CREATE, backup_request).operation
+                accepted = request(client, BACKUP_CREATE, backup_request)
+                operation, said = accepted.operation, BACKUP_CREATE.render(accepted)
             else:
-                operation = request(client, BACKUP_RESTORE, backup_request).operation
+                restoring = request(client, BACKUP_RESTORE, backup_request)
+                operation, said = restoring.operation, BACKUP_RESTORE.render(restoring)
             if not as_json:
-                print(
-                    f"{backup_request.verb.replace('_', ' ')}: operation {operation}",
-                    file=sys.stderr,
-                )
+                # Said before the copy starts: a running node is about to be stopped.
+                print(said, file=sys.stderr)
             created = operation if isinstance(backup_request, BackupCreate) else None
             return _follow(subscriber, client, operation, created=created, as_json=as_json)
     finally:
@@ -176,9 +176,11 @@ def _describe_end(topic: str, payload: dict[str, Any]) -> str:
             f"restored {payload.get('backup_id')} in {seconds:.1f}s; "
             f"the data it replaced is in {payload.get('aside')}"
         )
+    stopped = payload.get("node_stopped_seconds")
+    node = "" if stopped is None else f"; the node was stopped for {float(stopped):.3f}s"
     return (
-        f"backup {payload.get('id')} complete: {size(int(payload.get('total_bytes') or 0))}, "
-        f"{size(int(payload.get('changed_bytes') or 0))} copied ({seconds:.1f}s)"
+        f"backup {payload.get('id')} complete: {size(int(payload.get('total_bytes') or 0))} of "
+        f"data, {size(int(payload.get('changed_bytes') or 0))} copied in {seconds:.1f}s{node}"
     )
 
 

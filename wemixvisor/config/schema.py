@@ -215,8 +215,16 @@ class BackupConfig(msgspec.Struct, frozen=True, kw_only=True):
     keep: Annotated[
         int,
         Setting(
-            "DAEMON_BACKUP_KEEP", "int", 3, "complete backups kept by pruning", reloadable=True,
-            minimum=1, maximum=10_000,
+            "DAEMON_BACKUP_KEEP", "int", 3, "complete upgrade backups kept by pruning",
+            reloadable=True, minimum=1, maximum=10_000,
+        ),
+    ]
+    prestage_horizon: Annotated[
+        int,
+        Setting(
+            "DAEMON_BACKUP_PRESTAGE_HORIZON", "int", 0,
+            "pre-stage the next plan's backup only within this many blocks of its height"
+            " (0: as soon as it is next)", reloadable=True, minimum=0, maximum=100_000_000,
         ),
     ]
 

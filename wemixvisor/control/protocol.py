@@ -26,6 +26,7 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "REQUEST_TYPES",
     "BackupCreate",
+    "BackupDelete",
     "BackupList",
     "BackupPrune",
     "BackupRestore",
@@ -188,7 +189,14 @@ class BackupRestore(Request, tag="backup_restore", frozen=True):
 
 
 class BackupPrune(Request, tag="backup_prune", frozen=True):
-    """Remove incomplete backups and all but the configured number of complete ones."""
+    """Remove incomplete backups and all but the configured number of complete upgrade
+    backups (and moved-aside data dirs); never an operator's."""
+
+
+class BackupDelete(Request, tag="backup_delete", frozen=True):
+    """Remove backup `backup_id` (any kind, also a moved-aside data dir)."""
+
+    backup_id: str
 
 
 class ConfigShow(Request, tag="config_show", frozen=True):
@@ -233,6 +241,7 @@ REQUEST_TYPES: Final[dict[str, type[Request]]] = {
         BackupList,
         BackupRestore,
         BackupPrune,
+        BackupDelete,
         ConfigShow,
         ConfigReload,
         GovernanceProposals,

@@ -9,18 +9,28 @@ import msgspec
 
 
 class CreateBackup(msgspec.Struct, frozen=True):
-    """Make a full backup now; `done` gets the operation id (str) or raises."""
+    """Make a full backup now; `done` gets a BackupAccepted or raises."""
 
     label: str = "manual"
     done: Any = None
 
 
+class BackupAccepted(msgspec.Struct, frozen=True):
+    """A `backup create` that started: its operation id, and whether the node runs (it is
+    then stopped for the last pass only)."""
+
+    operation: str
+    stops_node: bool
+
+
 class PrestageBackup(msgspec.Struct, frozen=True):
-    """Copy the bulk of the data dir now, while the node runs, for plan `plan_name`.
+    """The one pre-staged copy is for plan `plan_name` from now on: copy the bulk of the data
+    dir (or refresh the copy, relabelled if it was another plan's) while the node runs.
 
-    At the upgrade height only what changed since is copied (FinishBackup)."""
+    At the upgrade height only what changed since is copied (FinishBackup). None: no plan
+    needs a copy now; the staging copy of any plan not running is removed."""
 
-    plan_name: str
+    plan_name: str | None
 
 
 class FinishBackup(msgspec.Struct, frozen=True):
@@ -47,7 +57,7 @@ class BackupInfo(msgspec.Struct, frozen=True):
     total_bytes: int
     file_count: int
     path: str
-    kind: str = "full"  # "full" (on request) or "upgrade" (pre-staged for `plan`)
+    kind: str = "full"  # "full" (on request), "upgrade" (for `plan`), "pre-restore" (set aside)
     plan: str | None = None
 
 
@@ -65,8 +75,18 @@ class RestoreBackup(msgspec.Struct, frozen=True):
     upgrade: str | None = None
 
 
+class DeleteBackup(msgspec.Struct, frozen=True):
+    """Remove backup (or moved-aside data dir) `backup_id`, whatever its kind; `done` gets
+    the removed path (str) or raises (ValueError, BackupNotFound, BackupError when an
+    unfinished upgrade needs it, BackupBusy)."""
+
+    backup_id: str
+    done: Any = None
+
+
 class PruneBackups(msgspec.Struct, frozen=True):
-    """Remove incomplete backups and all but DAEMON_BACKUP_KEEP complete ones, never one an
-    unfinished journal needs. `done` gets the list of removed ids."""
+    """Remove incomplete backups and all but DAEMON_BACKUP_KEEP complete upgrade backups (and
+    moved-aside data dirs), never an operator's, never one an unfinished journal needs.
+    `done` gets the list of removed ids."""
 
     done: Any = None

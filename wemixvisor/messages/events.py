@@ -353,6 +353,7 @@ class BackupCompleted(Event, tag="backup.completed", frozen=True):
     changed_bytes: int  # what this operation copied; small for an upgrade backup pre-staged
     seconds: float
     kind: str = "full"
+    node_stopped_seconds: float | None = None  # `backup create` of a running node: its stop
 
 
 class BackupStaged(Event, tag="backup.staged", frozen=True):
@@ -386,6 +387,11 @@ class BackupRestored(Event, tag="backup.restored", frozen=True):
 
 class BackupPruned(Event, tag="backup.pruned", frozen=True):
     removed: list[str]
+
+
+class BackupDeleted(Event, tag="backup.deleted", frozen=True):
+    id: str  # removed by the operator (`backup delete`)
+    path: str
 
 
 # governance.* / validator.*

@@ -11,6 +11,7 @@ import os
 import select
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -397,11 +398,34 @@ class TreeSampler:
         return cpu, rss
 
 
+_versions: dict[tuple[int, int, int, int, int], str] = {}
+_versions_guard = threading.Lock()
+
+
 def detect_version(binary: Path, timeout: float = 5.0) -> str | None:
     """The node's version line: `<bin> version`, else `<bin> --version`; None if neither works.
 
-    geth-family nodes answer `version`; anvil only knows `--version`.
+    geth-family nodes answer `version`; anvil only knows `--version`. Cached by the file's
+    identity (device, inode, size, mtime, mode): each binary runs once, however many plans
+    name it and however often they are checked; a replaced or re-written binary runs again.
+    A failure is not cached (it may have been a timeout on a busy machine).
     """
+    try:
+        info = os.stat(binary)
+    except OSError:
+        return None
+    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_mode)
+    with _versions_guard:
+        if key in _versions:
+            return _versions[key]
+    version = _run_version(binary, timeout)
+    if version is not None:
+        with _versions_guard:
+            _versions[key] = version
+    return version
+
+
+def _run_version(binary: Path, timeout: float) -> str | None:
     for argv in ([str(binary), "version"], [str(binary), "--version"]):
         try:
             done = subprocess.run(

@@ -1,20 +1,29 @@
 """Preflight checks of a plan (SPEC §5): everything that can be known hours before H.
 
-`quick` checks are stat calls only, cheap enough to repeat at H itself right before the node is
-stopped: the node is never stopped for an upgrade that cannot start. Downloading a missing binary
-(`fetch_missing_binary`) belongs to the early checks only; `check_plan` never downloads.
+`quick` checks are a few stat calls, cheap enough to repeat at H itself right before the node
+is stopped: the node is never stopped for an upgrade that cannot start. What costs more (the
+binary's version, the data dir's size for the space check) is done by the early checks and
+taken from their last result. Downloading a missing binary (`fetch_missing_binary`) belongs to
+the early checks only; `check_plan` never downloads. `preflight_plans` checks many plans in one
+go: the data dir is measured once for all of them.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from loguru import logger
 
-from wemixvisor.backup.store import BackupError, upgrade_space_problem
+from wemixvisor.backup.store import (
+    BackupError,
+    DataUsage,
+    Free,
+    free_space,
+    upgrade_space_problem,
+)
 from wemixvisor.chain.client import ChainClient
 from wemixvisor.chain.rpc import RpcError
 from wemixvisor.chain.wbft import WbftClient, assess_quorum, istanbul_problem
@@ -28,6 +37,10 @@ from wemixvisor.upgrade.download import DownloadError, download_binary, plan_has
 
 _fetch_locks: dict[Path, threading.Lock] = {}
 _fetch_locks_guard = threading.Lock()
+# The space verdict of each plan's last early check, for the quick check at H: (home, plan
+# name, height) → the problem, or None when the backup fits.
+_space_verdicts: dict[tuple[Path, str, int], str | None] = {}
+_space_guard = threading.Lock()
 
 
 def custom_preupgrade_path(home: Home, config: Config) -> Path | None:
@@ -44,13 +57,18 @@ def check_plan(
     quick: bool = False,
     binary_due: bool = True,
     space: bool = True,
+    usage: DataUsage | None = None,
+    free: Free | None = None,
 ) -> list[str]:
     """Problems that would make the upgrade fail; an empty list means ready.
 
-    Without `quick`, the new binary is also run (`version`, else `--version`) to prove it
-    executes on this machine. Without `binary_due` an absent binary is no problem (it is still
-    to be downloaded); without `space`, the backup's free space is not checked. In
-    VALIDATOR_MODE the node must serve `istanbul_*` (checked without `quick`).
+    Without `quick`, the new binary is also run (`version`, else `--version`, cached per
+    binary file) to prove it executes on this machine, and the backup's space (bytes and
+    inodes) is measured; `usage` and `free` give the data dir's size and the free space when
+    already measured. `quick` takes the space verdict of the plan's last early check. Without
+    `binary_due` an absent binary is no problem (it is still to be downloaded); without
+    `space`, the backup's space is not checked. In VALIDATOR_MODE the node must serve
+    `istanbul_*` (checked without `quick`).
     """
     problems: list[str] = []
     try:
@@ -78,10 +96,7 @@ def check_plan(
         except LayoutError as exc:
             problems.append(f"custom pre-upgrade script: {exc}")
     if space and not config.backup.skip:
-        try:
-            shortage = upgrade_space_problem(home.data_dir, config.backup.dir, plan.name)
-        except (BackupError, OSError) as exc:
-            shortage = f"cannot size the backup: {exc}"
+        shortage = _space_verdict(home, config, plan, quick=quick, usage=usage, free=free)
         if shortage is not None:
             problems.append(shortage)
     if not quick:
@@ -108,6 +123,59 @@ def validator_problems(config: Config) -> list[str]:
     finally:
         client.close()
     return [] if problem is None else [problem]
+
+
+def _space_verdict(
+    home: Home,
+    config: Config,
+    plan: Plan,
+    *,
+    quick: bool,
+    usage: DataUsage | None,
+    free: Free | None,
+) -> str | None:
+    key = (home.root, plan.name, plan.height)
+    if quick:
+        with _space_guard:
+            if key in _space_verdicts:
+                return _space_verdicts[key]
+    try:
+        shortage = upgrade_space_problem(
+            home.data_dir, config.backup.dir, plan.name, usage=usage, free=free
+        )
+    except (BackupError, OSError) as exc:
+        shortage = f"cannot size the backup: {exc}"
+    with _space_guard:
+        _space_verdicts[key] = shortage
+    return shortage
+
+
+def preflight_plans(
+    home: Home,
+    config: Config,
+    plans: Sequence[Plan],
+    *,
+    publish: Callable[[Event], None],
+    report: Callable[[Plan, list[str]], None],
+    stopping: threading.Event,
+) -> None:
+    """The early checks of `plans`, in order, each reported as soon as it is done: a missing
+    binary downloaded, the checks of `check_plan`, the validator quorum warning. The data dir
+    is measured once for all of them; stops between two plans once `stopping` is set."""
+    usage: DataUsage | None = None
+    free: Free | None = None
+    for plan in plans:
+        if stopping.is_set():
+            return
+        problems = fetch_missing_binary(home, config, plan, publish=publish)
+        if usage is None and not config.backup.skip:
+            try:
+                usage, free = DataUsage(home.data_dir), free_space(config.backup.dir)
+            except (BackupError, OSError):
+                usage, free = None, None  # check_plan reports it per plan
+        problems += check_plan(home, config, plan, usage=usage, free=free)
+        warn_if_quorum_at_risk(config, plan, publish=publish)
+        report(plan, problems)
 
 
 def fetch_missing_binary(

@@ -34,7 +34,7 @@ import psutil
 from loguru import logger
 
 from wemixvisor.backup import store as backups
-from wemixvisor.backup.manifest import find_plan_backup
+from wemixvisor.backup.index import find_plan_backup
 from wemixvisor.chain.client import ChainClient
 from wemixvisor.chain.rpc import RpcError
 from wemixvisor.config import Config

@@ -27,6 +27,7 @@ from wemixvisor.control.verbs.dispatch import Dispatcher
 from wemixvisor.control.verbs.offline import OfflineContext
 from wemixvisor.control.verbs.registry import (
     BACKUP_CREATE,
+    BACKUP_DELETE,
     BACKUP_LIST,
     BACKUP_PRUNE,
     BACKUP_RESTORE,
@@ -52,6 +53,7 @@ from wemixvisor.control.verbs.upgrades import plan_row, upgrade_status
 __all__ = [
     "ASK_TIMEOUT",
     "BACKUP_CREATE",
+    "BACKUP_DELETE",
     "BACKUP_LIST",
     "BACKUP_PRUNE",
     "BACKUP_RESTORE",

@@ -1,8 +1,9 @@
-"""The backup verbs: `backup_create`, `backup_list`, `backup_restore`, `backup_prune`.
+"""The backup verbs: `backup_create`, `backup_list`, `backup_restore`, `backup_prune`,
+`backup_delete`.
 
 Creating and restoring are the backup actor's long operations (daemon only: without a daemon
-the operator tool copies with its own progress bar); listing and pruning run against a
-BackupContext, the daemon's or the offline one.
+the operator tool copies with its own progress bar); listing, pruning and deleting run against
+a BackupContext, the daemon's or the offline one.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import time
 
 import pykka
 
-from wemixvisor.backup.store import BackupError, backup_id
+from wemixvisor.backup.store import BackupError, backup_id, check_backup_id
 from wemixvisor.control.protocol import (
     BackupCreate,
+    BackupDelete,
     BackupList,
     BackupPrune,
     BackupRestore,
@@ -25,13 +27,20 @@ from wemixvisor.control.verbs.daemon import ControlContext
 from wemixvisor.control.verbs.render import render_backups
 from wemixvisor.control.verbs.replies import (
     BackupCreateReply,
+    BackupDeleteReply,
     BackupListReply,
     BackupPruneReply,
     BackupRestoreReply,
 )
-from wemixvisor.messages.backup import CreateBackup, RestoreBackup
+from wemixvisor.messages.backup import BackupAccepted, CreateBackup, RestoreBackup
 
-__all__ = ["BackupCreateVerb", "BackupListVerb", "BackupPruneVerb", "BackupRestoreVerb"]
+__all__ = [
+    "BackupCreateVerb",
+    "BackupDeleteVerb",
+    "BackupListVerb",
+    "BackupPruneVerb",
+    "BackupRestoreVerb",
+]
 
 _MAX_BACKUP_ID_CHARS = 200
 
@@ -51,12 +60,20 @@ class BackupCreateVerb(Verb[ControlContext, BackupCreate, BackupCreateReply]):
             backup_id(label, time.time())
         except BackupError as exc:
             raise ControlError(ErrorCode.BAD_REQUEST, str(exc)) from None
-        done: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+        done: pykka.ThreadingFuture[BackupAccepted] = pykka.ThreadingFuture()
         ctx.tell("backup", CreateBackup(label=label, done=done))
-        operation = ctx.wait_done("backup", done)
-        return BackupCreateReply(operation=str(operation), label=label)
+        accepted: BackupAccepted = ctx.wait_done("backup", done)
+        return BackupCreateReply(
+            operation=accepted.operation, label=label, stops_node=accepted.stops_node
+        )
 
     def render(self, reply: BackupCreateReply) -> str:
+        if reply.stops_node:
+            return (
+                f"backup started (operation {reply.operation}): the node runs, so its data is "
+                "copied while it runs, then the node is stopped for the changes only and "
+                "started again"
+            )
         return f"backup started (operation {reply.operation})"
 
 
@@ -118,3 +135,25 @@ class BackupPruneVerb(Verb[BackupContext, BackupPrune, BackupPruneReply]):
         if reply.removed is None:
             return f"pruning (operation {reply.operation})"
         return "removed: " + (", ".join(reply.removed) or "nothing")
+
+
+class BackupDeleteVerb(Verb[BackupContext, BackupDelete, BackupDeleteReply]):
+    """`backup_delete`: remove one backup, whatever its kind (retention never removes the
+    operator's own backups; this does)."""
+
+    request_type = BackupDelete
+    reply_type = BackupDeleteReply
+    summary = "Remove backup `backup_id` (any kind, or a data dir a restore set aside)."
+    changes_state = True
+    offline = True
+
+    def execute(self, ctx: BackupContext, request: BackupDelete) -> BackupDeleteReply:
+        try:
+            wanted = check_backup_id(request.backup_id)
+        except ValueError as exc:
+            raise ControlError(ErrorCode.BAD_REQUEST, str(exc)) from None
+        path = ctx.delete_backup(wanted)
+        return BackupDeleteReply(backup_id=wanted, path=path)
+
+    def render(self, reply: BackupDeleteReply) -> str:
+        return f"deleted {reply.backup_id} ({reply.path})"

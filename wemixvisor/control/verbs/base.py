@@ -144,3 +144,7 @@ class BackupContext(Protocol):
 
     def prune_backups(self) -> PruneOutcome:
         """Remove what retention does not keep."""
+
+    def delete_backup(self, backup_id: str) -> str:
+        """Remove backup `backup_id` (a plain name); the path removed. ControlError:
+        not_found, or conflict when an unfinished upgrade needs it."""

@@ -26,7 +26,7 @@ from wemixvisor.control.operations import Check, Operations, Outcome
 from wemixvisor.control.protocol import ControlError, ErrorCode
 from wemixvisor.control.verbs.base import DaemonState, PlanSnapshot, PruneOutcome, Registration
 from wemixvisor.home.layout import Home
-from wemixvisor.messages.backup import BackupInfo, ListBackups, PruneBackups
+from wemixvisor.messages.backup import BackupInfo, DeleteBackup, ListBackups, PruneBackups
 from wemixvisor.messages.config import GetRunningConfig, RunningConfig
 from wemixvisor.messages.node import GetNodeStatus, NodeStatus
 from wemixvisor.messages.plans import CancelPlan, ListPlans, RegisterPlans
@@ -204,6 +204,12 @@ class ControlContext:
         """The backup actor's list."""
         backups: list[BackupInfo] = self.ask("backup", ListBackups())
         return backups
+
+    def delete_backup(self, backup_id: str) -> str:
+        """Have the backup actor delete it (after the operation running, if any)."""
+        done: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+        self.tell("backup", DeleteBackup(backup_id, done=done))
+        return str(self.wait_done("backup", done))
 
     def prune_backups(self) -> PruneOutcome:
         """Have the backup actor prune; a prune outlasting the ask is followed as an operation

@@ -229,7 +229,7 @@ class OfflineContext:
 
     def list_backups(self) -> list[BackupInfo]:
         """The backups in the backup directory."""
-        return backups.list_backups(self.config.backup.dir)
+        return backups.list_backups(self.config.backup.dir, self.config.node.data_dir)
 
     def prune_backups(self) -> PruneOutcome:
         """Remove incomplete backups and all but the configured number of complete ones, never
@@ -238,10 +238,30 @@ class OfflineContext:
         backup_dir = self.config.backup.dir
         try:
             protected = backups.protected_backups(self._home, backup_dir)
-            removed = backups.prune_backups(backup_dir, self.config.backup.keep, protected)
+            removed = backups.prune_backups(
+                backup_dir, self.config.backup.keep, protected, data_dir=self.config.node.data_dir
+            )
         except (backups.BackupError, OSError) as exc:
             raise ControlError(ErrorCode.INTERNAL, f"prune failed: {describe(exc)}") from None
         return PruneOutcome(operation=None, removed=removed)
+
+    def delete_backup(self, backup_id: str) -> str:
+        """Remove backup `backup_id` unless an unfinished upgrade needs it (only while holding
+        the lock)."""
+        self.require_lock("a daemon started meanwhile; run the command again")
+        backup_dir = self.config.backup.dir
+        try:
+            needed = backups.journal_needs(self._home, backup_dir)
+            path = backups.delete_backup(
+                backup_dir, backup_id, data_dir=self.config.node.data_dir, needed=needed
+            )
+        except backups.BackupNotFound as exc:
+            raise ControlError(ErrorCode.NOT_FOUND, str(exc)) from None
+        except ValueError as exc:
+            raise ControlError(ErrorCode.BAD_REQUEST, str(exc)) from None
+        except (backups.BackupError, OSError) as exc:
+            raise ControlError(ErrorCode.CONFLICT, f"not deleted: {describe(exc)}") from None
+        return str(path)
 
     def _queue(self) -> QueueState:
         try:

@@ -6,6 +6,7 @@ from typing import Any, Final
 
 from wemixvisor.control.verbs.backups import (
     BackupCreateVerb,
+    BackupDeleteVerb,
     BackupListVerb,
     BackupPruneVerb,
     BackupRestoreVerb,
@@ -25,6 +26,7 @@ from wemixvisor.control.verbs.upgrades import (
 
 __all__ = [
     "BACKUP_CREATE",
+    "BACKUP_DELETE",
     "BACKUP_LIST",
     "BACKUP_PRUNE",
     "BACKUP_RESTORE",
@@ -60,6 +62,7 @@ BACKUP_CREATE: Final = BackupCreateVerb()
 BACKUP_LIST: Final = BackupListVerb()
 BACKUP_RESTORE: Final = BackupRestoreVerb()
 BACKUP_PRUNE: Final = BackupPruneVerb()
+BACKUP_DELETE: Final = BackupDeleteVerb()
 CONFIG_SHOW: Final = ConfigShowVerb()
 CONFIG_RELOAD: Final = ConfigReloadVerb()
 GOVERNANCE_PROPOSALS: Final = GovernanceProposalsVerb()
@@ -83,6 +86,7 @@ VERBS: Final[dict[str, Verb[Any, Any, Any]]] = {
         BACKUP_LIST,
         BACKUP_RESTORE,
         BACKUP_PRUNE,
+        BACKUP_DELETE,
         CONFIG_SHOW,
         CONFIG_RELOAD,
         GOVERNANCE_PROPOSALS,

@@ -235,8 +235,10 @@ def render_upgrade_status(status: UpgradeStatus) -> str:
 
 
 def _backup_state(backup: BackupInfo) -> str:
+    if backup.kind == "pre-restore":
+        return "set aside by a restore"
     if backup.complete:
-        return "complete"
+        return "complete" if backup.kind != "full" else "complete (manual)"
     if backup.plan:
         return f"staged for {backup.plan}"
     return "INCOMPLETE"

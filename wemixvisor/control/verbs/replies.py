@@ -20,6 +20,7 @@ from wemixvisor.plans.queue import RehearsalRecord
 
 __all__ = [
     "BackupCreateReply",
+    "BackupDeleteReply",
     "BackupListReply",
     "BackupPruneReply",
     "BackupRestoreReply",
@@ -215,10 +216,12 @@ class RollbackUpgradeReply(msgspec.Struct, frozen=True):
 
 
 class BackupCreateReply(msgspec.Struct, frozen=True):
-    """`backup_create`: the operation that makes the backup."""
+    """`backup_create`: the operation that makes the backup; `stops_node`: the node runs, so
+    it is stopped for the last pass (what changed while the bulk was copied)."""
 
     operation: str
     label: str
+    stops_node: bool = False
 
 
 class BackupListReply(msgspec.Struct, frozen=True):
@@ -232,6 +235,13 @@ class BackupRestoreReply(msgspec.Struct, frozen=True):
 
     operation: str
     backup_id: str
+
+
+class BackupDeleteReply(msgspec.Struct, frozen=True):
+    """`backup_delete`: the backup removed, and where it was."""
+
+    backup_id: str
+    path: str
 
 
 class BackupPruneReply(msgspec.Struct, frozen=True):
