@@ -23,6 +23,7 @@ from devtools.anvil import anvil_tarball, wait_for_rpc
 from tests.daemon_harness import Daemon, EventLog, kill_node_processes
 from tests.test_download import FileServer
 from tests.test_upgrade import Chain
+from wemixvisor.upgrade.download.install import read_download_record
 
 H_AHEAD = 8  # blocks (seconds) from registration to H: the download takes about one
 FAR = 100_000  # a height hours away
@@ -106,6 +107,9 @@ def test_a_missing_binary_is_downloaded_at_registration_and_runs_at_height(
         binary = chain.layout.upgrade_bin("v1.7.1")
         assert binary.is_file()
         assert upgrades(chain) == ["v1.7.1"]
+        record = read_download_record(binary.parent.parent)
+        assert record is not None
+        assert (record.checksum, record.sha256) == ("sha256", sha256_of(tarball))
 
         upgrade = events.wait_for("upgrade.started", timeout=H_AHEAD + 20)
         assert upgrade["observed_height"] == height - 1

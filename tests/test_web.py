@@ -152,7 +152,11 @@ def test_scheduling_and_cancelling_a_plan_and_the_errors_an_operator_meets(setup
     assert scheduled.json()["outcome"] == "added"
     plans = console.get("/api/v1/upgrades").json()["plans"]
     assert [(p["name"], p["height"], p["status"]) for p in plans] == [("v2", height, "pending")]
-    assert plans[0]["readiness"] == {"binary_staged": False}, "no upgrades/v2/bin/anvil"
+    readiness = plans[0]["readiness"]
+    assert readiness["binary_staged"] is False, "no upgrades/v2/bin/anvil"
+    assert readiness["checksum_verified"] is None, "nothing was downloaded"
+    assert readiness["hooks_present"] is True, "no custom pre-upgrade script is configured"
+    assert readiness["preflight_ok"] in (None, False), "the binary is missing"
 
     # A passed height without `now` is refused by the queue's rules: 409 with the daemon's words.
     late = console.client.post("/api/v1/upgrades", json={"name": "v3", "height": 1})
@@ -294,7 +298,7 @@ def test_a_down_daemon_is_503_with_a_clear_message_and_its_return_is_200(setup: 
         before = _next_event(lines)
         assert setup.daemon.terminate() == 0
         # (a status up to 100 ms old may still be answered from the console's memory)
-        down = wait_http(console, "/api/v1/status", 503, timeout=5)
+        down = wait_http(console, "/api/v1/status", 503, timeout=20)
         error = down.json()["error"]
         assert error["code"] == "unreachable"
         assert control_endpoint(setup.home) in error["message"]

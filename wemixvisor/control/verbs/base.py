@@ -14,7 +14,7 @@ the daemon's (`daemon.ControlContext`, which asks actors). The plan and backup v
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import msgspec
@@ -91,6 +91,7 @@ class PlanSnapshot:
     queue: QueueState
     journal: dict[str, Any] | None
     head: int | None
+    preflight_ok: dict[str, bool] = field(default_factory=dict)  # the daemon's last verdicts
 
 
 @dataclass(frozen=True)

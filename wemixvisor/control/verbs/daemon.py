@@ -175,6 +175,7 @@ class ControlContext:
             queue=snapshot.queue,
             journal=msgspec.to_builtins(journal) if journal is not None else None,
             head=snapshot.head,
+            preflight_ok=dict(snapshot.preflight_ok),
         )
 
     def register_plan(self, plan: Plan, *, now: bool) -> Registration:

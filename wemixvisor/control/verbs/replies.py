@@ -160,6 +160,11 @@ class Readiness(msgspec.Struct, frozen=True, kw_only=True):
     """What is known of a waiting plan's readiness (null: not known here)."""
 
     binary_staged: bool | None = None  # upgrades/<name>/bin/$DAEMON_NAME is there, executable
+    # Downloaded against the plan's checksum (false: downloaded without one; null: the binary
+    # was not downloaded, so there was nothing to check it against).
+    checksum_verified: bool | None = None
+    hooks_present: bool | None = None  # the configured custom pre-upgrade script (true: none)
+    preflight_ok: bool | None = None  # the daemon's last preflight of the plan passed
 
 
 class PlanRow(msgspec.Struct, frozen=True, kw_only=True):

@@ -19,7 +19,7 @@ from wemixvisor.control.protocol import (
     ListUpgrades,
     ScheduleUpgrade,
 )
-from wemixvisor.control.verbs.base import PlanContext, Verb
+from wemixvisor.control.verbs.base import PlanContext, PlanSnapshot, Verb
 from wemixvisor.control.verbs.render import NOT_YET_SEEN, render_plans
 from wemixvisor.control.verbs.replies import (
     CancelUpgradeReply,
@@ -29,7 +29,6 @@ from wemixvisor.control.verbs.replies import (
     ScheduleUpgradeReply,
     UpgradeStatus,
 )
-from wemixvisor.home.layout import Home
 from wemixvisor.plans.files import file_plans, locked_plan_files, remove_from_plan_files
 from wemixvisor.plans.queue import (
     Plan,
@@ -41,7 +40,8 @@ from wemixvisor.plans.queue import (
     plan_from_object,
     validate_name,
 )
-from wemixvisor.upgrade.preflight import registration_problems
+from wemixvisor.upgrade.download.install import read_download_record
+from wemixvisor.upgrade.preflight import custom_preupgrade_path, registration_problems
 
 __all__ = [
     "CancelUpgradeVerb",
@@ -221,7 +221,7 @@ class ListUpgradesVerb(Verb[PlanContext, ListUpgrades, ListUpgradesReply]):
             if get(queue, plan.name) is None and plan.name not in seen:
                 seen.add(plan.name)
                 rows.append(_row(plan, status="in_file", late=False, result=NOT_YET_SEEN))
-        rows = [_with_readiness(ctx.home, row) for row in rows]
+        rows = [_with_readiness(ctx, snapshot, row) for row in rows]
         rows.sort(key=lambda row: row.height)
         return ListUpgradesReply(
             daemon=ctx.daemon_state(),
@@ -235,16 +235,26 @@ class ListUpgradesVerb(Verb[PlanContext, ListUpgrades, ListUpgradesReply]):
         return render_plans(reply.plans)
 
 
-def _with_readiness(home: Home, row: PlanRow) -> PlanRow:
-    """A waiting plan's row with what the home tells of its readiness."""
+def _with_readiness(ctx: PlanContext, snapshot: PlanSnapshot, row: PlanRow) -> PlanRow:
+    """A waiting plan's row with what the home and the daemon tell of its readiness."""
     if row.status not in ("pending", "in_file"):
         return row
+    home = ctx.home
     try:
         binary = home.upgrade_bin(row.name)
     except ValueError:
         return row
     staged = binary.is_file() and os.access(binary, os.X_OK)
-    return msgspec.structs.replace(row, readiness=Readiness(binary_staged=staged))
+    record = read_download_record(binary.parent.parent)
+    script = custom_preupgrade_path(home, ctx.config)
+    hooks = script is None or (script.is_file() and os.access(script, os.X_OK))
+    readiness = Readiness(
+        binary_staged=staged,
+        checksum_verified=None if record is None else record.checksum is not None,
+        hooks_present=hooks,
+        preflight_ok=snapshot.preflight_ok.get(row.name),
+    )
+    return msgspec.structs.replace(row, readiness=readiness)
 
 
 def upgrade_status(listing: ListUpgradesReply, journal_error: str | None = None) -> UpgradeStatus:

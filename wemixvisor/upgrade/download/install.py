@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psutil
 from loguru import logger
 
-from wemixvisor.home.fsutil import fsync_dir
+from wemixvisor.home.fsutil import atomic_write_bytes, fsync_dir, read_capped
 from wemixvisor.home.layout import Home, LayoutError
 from wemixvisor.messages import events as ev
 from wemixvisor.node.process import detect_version
@@ -199,6 +200,33 @@ def download_binary(
     return final_bin
 
 
+DOWNLOAD_RECORD = "download.json"
+"""Beside an installed binary: where it came from and whether its checksum was checked."""
+
+
+class DownloadRecord(msgspec.Struct, frozen=True):
+    """`upgrades/<name>/download.json`: a downloaded binary's origin (the URL as shown, without
+    credentials), its sha256, the algorithm of the checksum it was verified against (None: the
+    plan gave none and DAEMON_DOWNLOAD_MUST_HAVE_CHECKSUM was off), size and time."""
+
+    url: str
+    sha256: str
+    checksum: str | None
+    bytes: int
+    installed_at: float
+
+
+def read_download_record(upgrade_dir: Path) -> DownloadRecord | None:
+    """The record of a downloaded binary; None when it was not downloaded (or the record is
+    unreadable: nothing is claimed then)."""
+    try:
+        return msgspec.json.decode(
+            read_capped(upgrade_dir / DOWNLOAD_RECORD, 64 * 1024), type=DownloadRecord
+        )
+    except (OSError, ValueError, msgspec.DecodeError):
+        return None
+
+
 def _fetch_and_install(job: _Job) -> Path:
     """`download_binary` without the reporting of its outcome."""
     home, plan = job.home, job.plan
@@ -234,6 +262,14 @@ def _fetch_and_install(job: _Job) -> Path:
         try:
             _download_into(job, temp_dir, fetch_url, checksum)
             _place(temp_dir, final_dir, home.name)
+            record = DownloadRecord(
+                url=shown_url(job.url),
+                sha256=job.sha256,
+                checksum=checksum.algorithm if checksum is not None else None,
+                bytes=job.size,
+                installed_at=time.time(),
+            )
+            atomic_write_bytes(final_dir / DOWNLOAD_RECORD, msgspec.json.encode(record), 0o644)
             fsync_dir(upgrades_dir)
         finally:
             shutil.rmtree(temp_dir, ignore_errors=True)

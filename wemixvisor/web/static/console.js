@@ -144,6 +144,7 @@
     ["checksum_verified", "checksum verified"],
     ["backup_prestaged", "backup pre-staged"],
     ["hooks_present", "hooks present"],
+    ["preflight_ok", "preflight passed"],
   ];
 
   function readinessOf(plan, status, daemon) {
@@ -153,6 +154,10 @@
     const staged = backups && backups.find((b) => b.plan === plan.name);
     if (staged && known.backup_prestaged === undefined) {
       known.backup_prestaged = staged.complete ? true : "in progress";
+    }
+    // A binary put in place by hand was never downloaded: there was no checksum to check.
+    if (known.binary_staged === true && known.checksum_verified === null) {
+      known.checksum_verified = "not downloaded";
     }
     const parts = READINESS.map(([key, label]) => {
       const value = known[key];
@@ -171,7 +176,7 @@
     const parts = readinessOf(next, status, daemon);
     const no = parts.filter(([, v]) => v === "no" || v.startsWith("AT RISK"));
     const unknown = parts.filter(([, v]) => v !== "yes" && !v.startsWith("safe") &&
-      v !== "not a WBFT chain");
+      v !== "not a WBFT chain" && v !== "not downloaded");
     let ready = "yes";
     if (node !== "RUNNING" || no.length) ready = "no";
     else if (unknown.length) ready = "unknown (" + unknown.map(([k]) => k).join(", ") + ")";
