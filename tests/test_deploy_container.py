@@ -160,12 +160,33 @@ def test_one_node_is_a_statefulset_with_its_own_volume_and_service() -> None:
     home = env_of(daemon)["DAEMON_HOME"]
     assert {m["name"]: m["mountPath"] for m in daemon["volumeMounts"]}[claims[0]] == home
     assert not [v for v in pod_spec().get("volumes", []) if "hostPath" in v]
-    named = {p["name"]: p["containerPort"] for p in daemon["ports"]}
+    named = {p["name"]: p["containerPort"] for c in pod_spec()["containers"] for p in c["ports"]}
     for port in service["spec"]["ports"]:
         assert named[port["targetPort"]] == port["port"]
     env = env_of(daemon)
     assert env["WEMIXVISOR_METRICS_ADDRESS"].endswith(f":{named['metrics']}")
     assert env["WEMIXVISOR_CONTROL_ENDPOINT"].endswith(f":{named['control']}")
+
+
+def test_the_console_serves_tls_beside_the_daemon_on_the_same_home() -> None:
+    console = container("console")
+    args = console["args"]
+    assert args[0] == "web"
+    listen = args[args.index("--listen") + 1]
+    assert not listen.startswith("127."), "reachable from the Service"
+    cert, key = args[args.index("--tls-cert") + 1], args[args.index("--tls-key") + 1]
+    mounts = {m["name"]: m for m in console["volumeMounts"]}
+    tls = mounts["console-tls"]
+    assert tls["readOnly"] is True
+    assert cert.startswith(tls["mountPath"]) and key.startswith(tls["mountPath"])
+    home = env_of(container("wemixvisor"))["DAEMON_HOME"]
+    assert mounts["home"]["mountPath"] == home, "the token, the keys and the events socket"
+    assert env_of(console) == env_of(container("wemixvisor"))
+    assert console["securityContext"]["allowPrivilegeEscalation"] is False
+    secret = {v["name"]: v for v in pod_spec()["volumes"]}["console-tls"]["secret"]
+    assert secret["secretName"]
+    ports = {p["name"]: p["port"] for p in of_kind("Service")["spec"]["ports"]}
+    assert ports["console"] == int(listen.rsplit(":", 1)[1])
 
 
 def test_the_pod_runs_unprivileged_as_the_images_user() -> None:
