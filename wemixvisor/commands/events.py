@@ -30,6 +30,7 @@ from wemixvisor.commands.common import (
     CommandError,
     command_error,
     open_client,
+    seconds,
 )
 from wemixvisor.control.client import ControlClient, ControlUnreachable
 from wemixvisor.control.protocol import ControlError
@@ -93,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--count", type=_positive_int, metavar="N", help="exit after N events")
     parser.add_argument(
         "--timeout",
-        type=_positive_seconds,
+        type=seconds,
         metavar="SECONDS",
         help="exit after SECONDS without an event (exit 3 if none arrived at all)",
     )
@@ -271,14 +272,4 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, e.g. 2.5, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected seconds greater than 0, got {text!r}")
     return value
