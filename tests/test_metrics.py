@@ -170,14 +170,18 @@ def test_a_signing_event_without_a_usable_address_is_ignored(payload: dict[str, 
         ([], None),
         ([(10, 100.0)], None),
         ([(10, 100.0), (10, 101.0)], None),  # no new block yet
-        ([(10, 100.0), (11, 101.0), (12, 102.0)], 1.0),
+        ([(10, 100.0), (11, 101.0), (12, 102.0), (13, 103.0), (14, 104.0)], 1.0),
+        # a pace needs a few blocks: one step is as quantised as the polling
+        ([(10, 100.0), (11, 100.3), (12, 101.3), (13, 102.3)], None),
         # polling quantises steps to 0.9 / 1.2 s; the sum does not
         ([(1, 0.0), (2, 0.9), (3, 2.1), (4, 3.0), (5, 3.9), (6, 5.1), (7, 6.0)], 1.0),
         ([(1, 0.0), (3, 0.5), (5, 1.0)], 0.25),  # heads skipped between polls
         # a 60 s stall (an upgrade's downtime) does not stretch the pace
         ([(1, 0.0), (2, 1.0), (3, 2.0), (4, 62.0), (5, 63.0), (6, 64.0)], 1.0),
-        ([(5, 10.0), (4, 11.0), (6, 12.0)], 0.5),  # a step back is not a step
-        ([(1, 5.0), (2, 4.0), (3, 6.0)], 2.0),  # nor is a clock going back
+        # a step back is not a step
+        ([(5, 10.0), (4, 11.0), (6, 12.0), (7, 12.5), (8, 13.0)], 0.5),
+        # nor is a clock going back
+        ([(1, 5.0), (2, 4.0), (3, 6.0), (4, 8.0), (5, 10.0), (6, 12.0)], 2.0),
         ([(1, 5.0), (2, 5.0), (3, 5.0)], None),  # a burst seen at one instant
     ],
 )
@@ -189,10 +193,12 @@ def test_block_time_is_elapsed_time_over_blocks_without_stalls(
 
 def test_the_pace_starts_over_when_the_head_goes_back() -> None:
     metrics = EventMetrics(CollectorRegistry())
-    for height, ts in [(100, 0.0), (101, 2.0), (102, 4.0), (5, 5.0), (6, 5.5), (7, 6.0)]:
+    heads = [(100, 0.0), (101, 2.0), (102, 4.0), (103, 6.0), (104, 8.0)]
+    heads += [(5, 9.0), (6, 9.5), (7, 10.0), (8, 10.5), (9, 11.0)]
+    for height, ts in heads:
         metrics.observe(event("height.observed", ts, height=height, source="poll"))
     assert metrics.block_time() == pytest.approx(0.5)
-    metrics.observe(event("height.observed", 7.0, height="8", source="poll"))  # ignored
+    metrics.observe(event("height.observed", 12.0, height="10", source="poll"))  # ignored
     assert metrics.block_time() == pytest.approx(0.5)
 
 

@@ -31,11 +31,14 @@ _OPERATION_FIELDS = ("operation", "id", "backup_id", "backup")
 _PACE_HEADS = 33
 # A step slower than this many typical blocks is a stall or a restart, not the chain's pace.
 _STALL_FACTOR = 4.0
+# Blocks to have seen go by before a pace is told: one step is quantised by the polling (a block
+# seen 300 ms after the previous one is not a 300 ms chain); over several the error averages out.
+_MIN_BLOCKS = 4
 
 
 def block_time(heads: Sequence[tuple[int, float]]) -> float | None:
     """The chain's block time from (height, unix time seen) of successive new heads, oldest
-    first; None until two heads at different heights were seen at different times.
+    first; None until `_MIN_BLOCKS` blocks were seen go by.
 
     Elapsed time over blocks advanced, leaving out steps slower than `_STALL_FACTOR` times the
     median step (a stalled node, an upgrade's downtime): polling quantises each step, the sum
@@ -46,7 +49,10 @@ def block_time(heads: Sequence[tuple[int, float]]) -> float | None:
         return None
     typical = statistics.median(seconds / blocks for seconds, blocks in steps)
     kept = [(s, b) for s, b in steps if s / b <= typical * _STALL_FACTOR]
-    pace = sum(s for s, _ in kept) / sum(b for _, b in kept)
+    blocks = sum(b for _, b in kept)
+    if blocks < _MIN_BLOCKS:
+        return None
+    pace = sum(s for s, _ in kept) / blocks
     return pace if pace > 0 else None  # heads all seen at one instant: no pace yet
 
 
