@@ -446,7 +446,11 @@ def test_the_binary_is_found_in_a_tarball(
     assert installed.read_bytes() == expected_data
     assert installed.stat().st_mode & 0o777 == 0o755
     assert leftovers(home) == ["v2"]
-    assert sorted(p.name for p in home.upgrade_dir("v2").rglob("*")) == ["anvil", "bin"]
+    assert sorted(p.name for p in home.upgrade_dir("v2").rglob("*")) == [
+        "anvil",
+        "bin",
+        "download.json",
+    ]
 
 
 @pytest.mark.parametrize("mode", ["w", "w:bz2", "w:xz"])
@@ -531,7 +535,11 @@ def test_links_that_stay_inside_the_tree_are_tolerated_but_not_created(
         ],
     )
     install_from(home, archive)
-    assert sorted(p.name for p in home.upgrade_dir("v2").rglob("*")) == ["anvil", "bin"]
+    assert sorted(p.name for p in home.upgrade_dir("v2").rglob("*")) == [
+        "anvil",
+        "bin",
+        "download.json",
+    ]
 
 
 def test_a_tarball_bomb_is_refused_by_its_declared_size(home: Home, tmp_path: Path) -> None:

@@ -213,7 +213,8 @@ def test_an_upgrade_shows_its_steps_live_and_ends_on_the_new_version(browser: Br
     browser.wait("the confirmation", lambda: f"height {height}" in browser.text("confirm-text"))
     driver.find_element("id", "confirm-yes").click()
     row = browser.wait("the plan's row", lambda: browser.row_text("#plans tr[data-plan='v171']"))
-    assert "binary staged: yes" in row and "hooks present: unknown" in row, row
+    assert "binary staged: yes" in row and "hooks present: yes" in row, row
+    assert "checksum verified: not downloaded" in row, row
     browser.wait(
         "the saga's first steps",
         lambda: driver.find_elements("css selector", "#saga li"),
