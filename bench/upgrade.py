@@ -423,12 +423,14 @@ def main(argv: list[str] | None = None) -> int:
                 [
                     f"{follow} ({mode}{', near H' if near else ''})",
                     str(stats.count),
+                    ms(stats.minimum),
                     ms(stats.median),
                     ms(stats.p99),
+                    ms(stats.maximum),
                     ms(target),
                 ]
             )
-        print_table(["follow", "n", "p50", "p99", "target p99"], latency_rows)
+        print_table(["follow", "n", "min", "p50", "p99", "max", "target p99"], latency_rows)
 
         settings = _parse_only(args.only)
         results: dict[Setting, list[Round]] = {}
@@ -470,7 +472,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n(b) downtime without backup ({VERSIONS[0]} <-> {VERSIONS[1]})")
         baseline = anvil_switch_baseline(work, args.baseline_rounds)
         table = [
-            ["anvil stop+start", str(baseline.count), ms(baseline.median), ms(baseline.p90), "1.00"]
+            [
+                "anvil stop+start",
+                str(baseline.count),
+                ms(baseline.minimum),
+                ms(baseline.median),
+                ms(baseline.p90),
+                ms(baseline.maximum),
+                "1.00",
+            ]
         ]
         reference = results.get(Setting("http", 1.0), [])
         ok_b = False
@@ -481,12 +491,14 @@ def main(argv: list[str] | None = None) -> int:
                 [
                     "wemixvisor upgrade downtime (http 1 s)",
                     str(downtimes.count),
+                    ms(downtimes.minimum),
                     ms(downtimes.median),
                     ms(downtimes.p90),
+                    ms(downtimes.maximum),
                     f"{downtimes.median / baseline.median:.2f}",
                 ]
             )
-        print_table(["", "n", "median", "p90", "ratio"], table)
+        print_table(["", "n", "min", "median", "p90", "max", "ratio (median)"], table)
         print(f"\nverdict (a) latency: {'met' if ok_a else 'NOT met'}")
         print(
             f"verdict (b) downtime <= anvil stop+start + 100 ms "
