@@ -115,8 +115,8 @@ class _Connection:
         except (ValueError, _Hostile):
             with contextlib.suppress(ConnectionError):
                 await self._send(_PARSE_ERROR)
-        except (_NodeGone, ConnectionError):
-            pass
+        except (_NodeGone, ConnectionError, aiohttp.ClientError):
+            pass  # the node or the client went away: so does the connection
         finally:
             await self._close()
 
