@@ -1,6 +1,7 @@
 """Validator mode (SPEC §13.2) with the WBFT test double in front of real anvil nodes: the node
 must sign again after an upgrade (else an alert, never a rollback), preflight warns when its
-downtime would cost the chain its quorum, and `status` facts come from `istanbul_*`.
+downtime would cost the chain its quorum, `status` facts come from `istanbul_*`, and over an IPC
+path (which serves every namespace) the istanbul preflight passes where HTTP refuses it.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ import pykka
 import pytest
 
 from devtools.anvil import AnvilProcess, rpc_call, wait_for_rpc
+from devtools.wbft import NodeSpec, WbftNetwork
 from tests.daemon_harness import Daemon, EventLog, kill_node_processes
+from tests.metrics_harness import scrape_until, value
 from tests.support import wait_until
 from tests.wbft_proxy import WbftDouble, address, wait_for_block
 from wemixvisor.actors.governance import GovernanceActor
+from wemixvisor.actors.orchestrator import PREFLIGHT_RECHECK
 from wemixvisor.bus import Bus
 from wemixvisor.chain.wbft import SIGNING_CHECK_BLOCKS
 from wemixvisor.config import load_config
@@ -264,3 +268,56 @@ def test_validator_mode_without_istanbul_fails_every_preflight_and_warns_at_star
     finally:
         events.close()
     assert daemon.terminate() == 0
+
+
+def test_validator_mode_over_ipc_passes_where_the_same_node_over_http_fails(
+    root: Path, anvil_bin: Callable[[str], Path], free_port: Callable[[], int]
+) -> None:
+    # Two nodes of the WBFT network double whose HTTP refuses istanbul_* (geth without
+    # --http.api istanbul); node 0's daemon follows the proxy's IPC path (geth's IPC serves
+    # every namespace), node 1's the same kind of proxy over HTTP.
+    ports = [free_port(), free_port()]
+    ipc = root / "n0.ipc"
+    specs = [
+        NodeSpec(f"http://127.0.0.1:{ports[0]}", serve_istanbul=False, ipc_path=ipc),
+        NodeSpec(f"http://127.0.0.1:{ports[1]}", serve_istanbul=False),
+    ]
+    metrics_port = free_port()
+    started: list[tuple[Daemon, EventLog]] = []
+    with contextlib.ExitStack() as stack, WbftNetwork(specs, block_time=0.5) as network:
+        for index, rpc_address in enumerate((str(ipc), network.proxy_url(1))):
+            home = root / f"home{index}"
+            layout = Home(root=home, name="anvil", data_dir=home / "data")
+            init_home(layout, anvil_bin("1.5.1"))
+            add_upgrade(layout, "v1.7.1", anvil_bin("1.7.1"))
+            env = validator_env(rpc_address)
+            if index == 0:
+                env["WEMIXVISOR_METRICS_ADDRESS"] = f"127.0.0.1:{metrics_port}"
+            daemon = Daemon(home, env, ["--port", str(ports[index]), "--no-mining"]).start()
+            stack.callback(daemon.kill)
+            events = EventLog(daemon.events_endpoint)
+            stack.callback(events.close)
+            started.append((daemon, events))
+        for daemon, events in started:
+            events.wait_for("supervisor.heartbeat", lambda p: p["node_state"] == "RUNNING")
+            write_plan(daemon.home, "v1.7.1", 100_000)
+        network.wait_for(lambda s: all(node.committing for node in s.nodes), timeout=60)
+
+        # Over HTTP: the plan's preflight fails, naming istanbul and the IPC fix.
+        failed = started[1][1].wait_for("plan.preflight_failed", lambda p: p["name"] == "v1.7.1")
+        [problem] = failed["problems"]
+        assert "istanbul" in problem
+        assert "IPC" in problem
+        # Over IPC: the same check passes — the plan's first preflight completes with no
+        # problem (ready; a failed one would only be re-checked after PREFLIGHT_RECHECK,
+        # longer than this wait) and no preflight failure was counted.
+        assert PREFLIGHT_RECHECK > 45
+        samples = scrape_until(
+            metrics_port,
+            lambda s: s.get(("wemixvisor_plan_ready", (("plan", "v1.7.1"),))) == 1,
+            timeout=45,
+        )
+        assert value(samples, "wemixvisor_plans_pending") == 1
+        assert samples.get(("wemixvisor_plan_preflight_failures_total", ()), 0) == 0
+        for daemon, _ in started:
+            assert daemon.terminate() == 0

@@ -3,8 +3,9 @@
 Scenarios: validators mine in lockstep while a quorum answers and the chain halts without it;
 a node that comes back is caught up and commits again; a node whose binary predates the fork
 block stays at F-1 until it is restarted with a binary that has the fork; each node's proxy
-serves `istanbul_*` with go-stablenet's shapes over HTTP and WebSocket (or refuses it), hands
-out long WBFT extraData, and survives hostile input.
+serves `istanbul_*` with go-stablenet's shapes over HTTP and WebSocket (or refuses it) and
+always over IPC (geth's framing, newHeads subscriptions), hands out long WBFT extraData, and
+survives hostile input.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import http.client
 import json
 import math
 import signal
+import socket
 import subprocess
 import sys
 import urllib.parse
@@ -36,6 +38,7 @@ from devtools.wbft import (
     quorum_size,
     validator_address,
 )
+from devtools.wbft.ipc import ValueSplitter
 from devtools.wbft.istanbul import NodeView
 from wemixvisor.chain.client import ChainClient, load_web3
 from wemixvisor.chain.wbft import WbftClient
@@ -64,6 +67,45 @@ def post(url: str, body: bytes) -> tuple[int, Any]:
         return response.status, payload
 
 
+class IpcConnection:
+    """A raw client of geth's IPC framing: JSON values written and read back to back."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(str(path))
+        self.splitter = ValueSplitter()
+        self.values: list[bytes] = []
+
+    def __enter__(self) -> IpcConnection:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.sock.close()
+
+    def send(self, payload: bytes) -> None:
+        self.sock.sendall(payload)
+
+    def call(self, request_id: int, method: str, *params: Any) -> Any:
+        request = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": list(params)}
+        self.send(json.dumps(request).encode())
+        return self.receive()
+
+    def receive(self) -> Any:
+        """The next JSON value; EOFError when the endpoint closed the connection."""
+        while not self.values:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError
+            self.values += self.splitter.feed(chunk)
+        return json.loads(self.values.pop(0))
+
+    def drain(self) -> None:
+        """Read until the endpoint closes the connection (EOFError)."""
+        while True:
+            self.receive()
+
+
 def block(url: str, number: int) -> dict[str, Any]:
     found: dict[str, Any] = call(url, "eth_getBlockByNumber", hex(number), False)
     return found
@@ -71,11 +113,12 @@ def block(url: str, number: int) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WbftNetwork]:
-    """Four anvil 1.5.1 validators, 0.25 s blocks; node 3's proxy refuses istanbul_*."""
+    """Four anvil 1.5.1 validators, 0.25 s blocks; node 3's proxy refuses istanbul_* over
+    HTTP/WS; every node has an IPC endpoint."""
     served = [index != REFUSING for index in range(4)]
     directory = tmp_path_factory.mktemp("wbft")
     with WbftNetwork.launch(
-        ["1.5.1"] * 4, directory, serve_istanbul=served, block_time=BLOCK_TIME
+        ["1.5.1"] * 4, directory, serve_istanbul=served, block_time=BLOCK_TIME, ipc=True
     ) as running:
         running.wait_for_height(3)
         yield running
@@ -246,6 +289,88 @@ def test_wemixvisors_own_client_reads_the_double(network: WbftNetwork) -> None:
         client.chain.close()
 
 
+def test_ipc_serves_istanbul_where_http_and_ws_refuse_it(network: WbftNetwork) -> None:
+    path = network.proxy_ipc_path(REFUSING)
+    assert path.stat().st_mode & 0o777 == 0o600
+    with IpcConnection(path) as ipc:
+        # Two calls in one write, no separator, then one split over two writes.
+        ipc.send(
+            b'{"jsonrpc":"2.0","id":1,"method":"istanbul_nodeAddress","params":[]}'
+            b'{"jsonrpc":"2.0","id":2,"method":"eth_blockNumber","params":[]}'
+        )
+        assert ipc.receive() == {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "result": network.addresses[REFUSING],
+        }
+        assert int(ipc.receive()["result"], 16) >= 3
+        ipc.send(b'[{"jsonrpc":"2.0","id":3,"method":"istanbul_getVal')
+        ipc.send(b'idators","params":["latest"]},{"jsonrpc":"2.0","id":4,"method":"eth_chainId"}]')
+        validators, chain_id = ipc.receive()
+        assert (validators["id"], validators["result"]) == (3, network.addresses)
+        assert (chain_id["id"], chain_id["result"]) == (4, "0x7a69")
+        raw = ipc.call(5, "eth_getBlockByNumber", "0x2", False)["result"]
+        assert len(bytes.fromhex(raw["extraData"][2:])) >= 200
+    # The daemon's own client over the IPC path: every namespace, long extraData read.
+    client = WbftClient(ChainClient(str(path), timeout=5))
+    try:
+        assert client.node_address() == network.addresses[REFUSING]
+        assert client.commit_signers(2).committers == sorted(network.addresses)
+        assert len(client.chain.block(2)["proofOfAuthorityData"]) >= 200
+    finally:
+        client.chain.close()
+
+
+def test_new_heads_over_ipc_carry_long_extradata(network: WbftNetwork) -> None:
+    with IpcConnection(network.proxy_ipc_path(0)) as ipc:
+        subscription = ipc.call(1, "eth_subscribe", "newHeads")["result"]
+        assert subscription.startswith("0x")
+        notification = ipc.receive()
+        while "method" not in notification:
+            notification = ipc.receive()
+        assert notification["params"]["subscription"] == subscription
+        head = notification["params"]["result"]
+        assert len(bytes.fromhex(head["extraData"][2:])) >= 200
+        assert ipc.call(2, "istanbul_nodeAddress")["result"] == network.addresses[0]
+        ipc.send(
+            json.dumps(
+                {"jsonrpc": "2.0", "id": 3, "method": "eth_unsubscribe", "params": [subscription]}
+            ).encode()
+        )
+        answer = ipc.receive()
+        while answer.get("id") != 3:  # notifications sent before the unsubscription landed
+            answer = ipc.receive()
+        assert answer["result"] is True
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"{garbage}", b"42 ", b'"text"', b"\xff\xfe{}", b"[" * 200_000, b"[" + b" " * MAX_BODY_BYTES],
+    ids=["malformed", "number", "string", "binary", "nested", "oversized"],
+)
+def test_hostile_ipc_input_closes_that_connection_only(
+    network: WbftNetwork, garbage: bytes
+) -> None:
+    path = network.proxy_ipc_path(1)
+    with IpcConnection(path) as ipc:
+        ipc.send(garbage)
+        assert ipc.receive()["error"]["code"] == -32700
+        with pytest.raises(EOFError):
+            ipc.receive()
+    with IpcConnection(path) as ipc:
+        assert ipc.call(1, "istanbul_nodeAddress")["result"] == network.addresses[1]
+
+
+def test_an_ipc_path_that_is_not_a_socket_is_refused(tmp_path: Path) -> None:
+    taken = tmp_path / "node.ipc"
+    taken.write_text("an operator's file")
+    network = WbftNetwork([NodeSpec("http://127.0.0.1:9", ipc_path=taken)])
+    with pytest.raises(FileExistsError):
+        network.start()
+    network.stop()
+    assert taken.read_text() == "an operator's file"
+
+
 def test_blocks_carry_long_wbft_extradata_a_client_must_accept(network: WbftNetwork) -> None:
     load_web3()  # web3 as the daemon imports it, keeping this process's recursion limit
     from web3 import Web3
@@ -329,9 +454,16 @@ def test_hostile_inputs_never_crash_the_proxy(network: WbftNetwork) -> None:
 
 
 def test_the_chain_halts_without_quorum_and_resumes_when_it_returns(tmp_path: Path) -> None:
-    with WbftNetwork.launch(["1.5.1"] * 4, tmp_path, block_time=0.1) as network:
+    with WbftNetwork.launch(["1.5.1"] * 4, tmp_path, block_time=0.1, ipc=True) as network:
         network.wait_for_height(2)
+        subscribed = IpcConnection(network.proxy_ipc_path(2))
+        assert subscribed.call(1, "eth_subscribe", "newHeads")["result"].startswith("0x")
         network.stop_node(2)
+        # Over IPC a node that went away closes its connections, as its socket would.
+        with subscribed, pytest.raises(EOFError):
+            subscribed.drain()
+        with IpcConnection(network.proxy_ipc_path(2)) as ipc, pytest.raises(EOFError):
+            ipc.call(1, "eth_blockNumber")
         # 3 of 4 is still WBFT's quorum: the chain goes on without node 2, which falls behind.
         down = network.wait_for(lambda s: not s.nodes[2].answering)
         without_two = network.wait_for_height((down.head or 0) + 2)

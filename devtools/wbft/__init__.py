@@ -8,6 +8,7 @@ no signatures are checked, no messages exchanged; it only reproduces what a clie
 can observe.
 """
 
+from devtools.wbft.ipc import IpcEndpoint
 from devtools.wbft.istanbul import MAX_STATUS_BLOCKS
 from devtools.wbft.ledger import BlockRecord, Ledger
 from devtools.wbft.network import (
@@ -26,6 +27,7 @@ __all__ = [
     "MAX_BODY_BYTES",
     "MAX_STATUS_BLOCKS",
     "BlockRecord",
+    "IpcEndpoint",
     "Ledger",
     "NetworkStatus",
     "NodeProxy",

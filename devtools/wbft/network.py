@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Self
 
 from devtools.anvil import RpcError, free_port, rpc_call
+from devtools.wbft.ipc import IpcEndpoint
 from devtools.wbft.launched import LaunchedNodes
 from devtools.wbft.ledger import Ledger
 from devtools.wbft.proxy import NodeProxy, ProxyHost
@@ -69,6 +70,7 @@ class NodeSpec:
     validator: bool = True
     serve_istanbul: bool = True  # False: istanbul_* answers -32601, like HTTP without the api
     proxy_port: int | None = None  # default: a free port
+    ipc_path: Path | None = None  # a unix socket serving every namespace, as geth's IPC does
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,8 @@ class _Node:
 class WbftNetwork:
     """N validator nodes mined in lockstep while a quorum of them answers; see the module doc.
 
-    Use as a context manager, or `start()` and `stop()`. `proxy_url(i)` / `proxy_ws_url(i)` are
-    the addresses that serve `istanbul_*` for node i.
+    Use as a context manager, or `start()` and `stop()`. `proxy_url(i)` / `proxy_ws_url(i)` (and
+    `proxy_ipc_path(i)`, when the node has one) are the addresses of node i's proxy.
     """
 
     def __init__(
@@ -152,6 +154,11 @@ class WbftNetwork:
             )
             for node in self._nodes
         ]
+        self.ipc_endpoints = {
+            index: IpcEndpoint(self.proxies[index], node.spec.ipc_path)
+            for index, node in enumerate(self._nodes)
+            if node.spec.ipc_path is not None
+        }
         self._head: int | None = None
         self._timestamps: dict[int, int] = {}
         self._status = NetworkStatus(None, False, 0, self.quorum, ())
@@ -173,10 +180,12 @@ class WbftNetwork:
         block_time: float = 1.0,
         fork_block: int | None = None,
         fork_versions: Collection[str] = DEFAULT_FORK_VERSIONS,
+        ipc: bool = False,
     ) -> WbftNetwork:
         """A network of `len(versions)` nodes, each an anvil of that version started here with
         `--no-mining`, one genesis timestamp and a `--state` file in `directory` (so a node
-        restarted with `start_node` keeps its chain). The nodes run on return; the network
+        restarted with `start_node` keeps its chain); with `ipc`, node i's proxy also serves
+        IPC at `directory/node<i>.ipc` (`proxy_ipc_path`). The nodes run on return; the network
         mines once started: use it as a context manager so that `stop()` ends them all."""
         directory.mkdir(parents=True, exist_ok=True)
         served = (
@@ -187,8 +196,12 @@ class WbftNetwork:
         genesis = int(time.time()) if genesis_timestamp is None else genesis_timestamp
         launched = LaunchedNodes(versions, directory, genesis)
         specs = [
-            NodeSpec(url, serve_istanbul=serve)
-            for url, serve in zip(launched.urls, served, strict=True)
+            NodeSpec(
+                url,
+                serve_istanbul=serve,
+                ipc_path=directory / f"node{index}.ipc" if ipc else None,
+            )
+            for index, (url, serve) in enumerate(zip(launched.urls, served, strict=True))
         ]
         network = cls(
             specs, block_time=block_time, fork_block=fork_block, fork_versions=fork_versions
@@ -218,7 +231,7 @@ class WbftNetwork:
     def start(self) -> Self:
         """Serve the proxies and start mining."""
         try:
-            self._host.start(self.proxies)
+            self._host.start([*self.proxies, *self.ipc_endpoints.values()])
         except BaseException:
             self.stop()
             raise
@@ -255,6 +268,10 @@ class WbftNetwork:
     def proxy_ws_url(self, index: int) -> str:
         """WebSocket address of node `index`'s proxy."""
         return self.proxies[index].ws_url
+
+    def proxy_ipc_path(self, index: int) -> Path:
+        """IPC socket of node `index`'s proxy (serving every namespace); KeyError without one."""
+        return self.ipc_endpoints[index].path
 
     def node_url(self, index: int) -> str:
         """Node `index`'s own anvil RPC address."""

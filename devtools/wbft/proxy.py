@@ -20,7 +20,7 @@ import json
 import logging
 import threading
 from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -28,7 +28,7 @@ from aiohttp import web
 from devtools.wbft import istanbul
 from devtools.wbft.ledger import Ledger
 
-__all__ = ["MAX_BATCH", "MAX_BODY_BYTES", "NodeProxy", "ProxyHost"]
+__all__ = ["MAX_BATCH", "MAX_BODY_BYTES", "NodeProxy", "ProxyHost", "Served"]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -146,8 +146,9 @@ class NodeProxy:
         status, payload = await self.handle(body)
         return web.Response(status=status, body=payload, headers=_JSON)
 
-    async def handle(self, body: bytes | str) -> tuple[int, bytes]:
-        """HTTP status and JSON reply for one request body (single call or batch)."""
+    async def handle(self, body: bytes | str, *, all_namespaces: bool = False) -> tuple[int, bytes]:
+        """HTTP status and JSON reply for one request body (single call or batch);
+        `all_namespaces` serves `istanbul_*` whatever `serve_istanbul` says (IPC does)."""
         try:
             request = _parse(body)
         except ValueError:
@@ -155,16 +156,17 @@ class NodeProxy:
         try:
             if isinstance(request, dict):
                 if _is_local(request):
-                    return 200, json.dumps(await self._local(request)).encode()
+                    reply = await self._local(request, all_namespaces)
+                    return 200, json.dumps(reply).encode()
                 raw = body.encode() if isinstance(body, str) else body
                 return await self._forward(raw)
             if isinstance(request, list):
-                return 200, json.dumps(await self._batch(request)).encode()
+                return 200, json.dumps(await self._batch(request, all_namespaces)).encode()
         except _NodeDown:
             return 502, json.dumps(_error(None, -32000, "node unavailable")).encode()
         return 200, json.dumps(_error(None, -32600, "invalid request")).encode()
 
-    async def _batch(self, requests: list[Any]) -> Any:
+    async def _batch(self, requests: list[Any], all_namespaces: bool) -> Any:
         if not requests:
             return _error(None, -32600, "empty batch")
         if len(requests) > MAX_BATCH:
@@ -175,7 +177,7 @@ class NodeProxy:
             if not isinstance(request, dict):
                 replies[index] = _error(None, -32600, "invalid request")
             elif _is_local(request):
-                replies[index] = await self._local(request)
+                replies[index] = await self._local(request, all_namespaces)
             else:
                 forwarded.append(index)
         if forwarded:
@@ -198,10 +200,10 @@ class NodeProxy:
                 replies[index] = by_id.get(key, _error(requests[index].get("id"), -32603, "lost"))
         return replies
 
-    async def _local(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _local(self, request: dict[str, Any], all_namespaces: bool) -> dict[str, Any]:
         method: str = request["method"]
         request_id = request.get("id")
-        if not self.serve_istanbul:
+        if not (self.serve_istanbul or all_namespaces):
             refusal = istanbul.not_available(method)
             return _error(request_id, refusal.code, refusal.message)
         try:
@@ -240,9 +242,10 @@ class NodeProxy:
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError):
             raise _NodeDown from None
-        return status, self._rewrite(payload) if rewrite else payload
+        return status, self.rewrite(payload) if rewrite else payload
 
-    def _rewrite(self, payload: bytes | str) -> bytes:
+    def rewrite(self, payload: bytes | str) -> bytes:
+        """`payload` with every block header's extraData replaced by the WBFT-style value."""
         raw = payload.encode() if isinstance(payload, str) else payload
         if b'"extraData"' not in raw:
             return raw
@@ -317,20 +320,28 @@ class NodeProxy:
         async for message in upstream:
             if message.type == aiohttp.WSMsgType.TEXT:
                 async with send_lock:
-                    await client.send_str(self._rewrite(message.data).decode())
+                    await client.send_str(self.rewrite(message.data).decode())
         # The node went away: so does this connection, as it would with the node itself.
         await client.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"node closed")
 
 
+class Served(Protocol):
+    """Something a `ProxyHost` serves: a proxy, or a proxy's IPC endpoint."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class ProxyHost:
-    """One event-loop thread serving every proxy of a network."""
+    """One event-loop thread serving every proxy (and IPC endpoint) of a network."""
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._proxies: list[NodeProxy] = []
+        self._proxies: list[Served] = []
 
-    def start(self, proxies: Sequence[NodeProxy]) -> None:
+    def start(self, proxies: Sequence[Served]) -> None:
         """Start the loop and every proxy; raises if one cannot listen (its port is taken)."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -357,7 +368,7 @@ class ProxyHost:
             try:
                 self.run(proxy.stop())
             except Exception:
-                logger.exception("stopping the proxy on port %d", proxy.port)
+                logger.exception("stopping %r", proxy)
         self._proxies.clear()
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
