@@ -18,6 +18,7 @@ from loguru import logger
 
 from wemixvisor.actors.base import FailureSink, SupervisedActor
 from wemixvisor.actors.operator_duties import OperatorDuties, RehearsalDone, RollbackFinished
+from wemixvisor.actors.rolling_window import RollingWindow, WindowState, WindowSurveyed
 from wemixvisor.bus import Bus
 from wemixvisor.chain.headwatch import next_trigger_height
 from wemixvisor.chain.wbft import start_signing_check
@@ -65,6 +66,7 @@ class QueueSnapshot(msgspec.Struct, frozen=True):
     head: int | None
     # The latest preflight verdict of each pending plan that has one (True: nothing wrong).
     preflight_ok: dict[str, bool] = msgspec.field(default_factory=dict)
+    windows: dict[str, WindowState] = msgspec.field(default_factory=dict)  # window plans (§19)
 
 
 class _SagaFinished(msgspec.Struct, frozen=True):
@@ -91,7 +93,7 @@ class _PreflightDue(msgspec.Struct, frozen=True):
     name: str
 
 
-class OrchestratorActor(OperatorDuties, SupervisedActor):
+class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
     """Registers plans, watches the head, and starts the upgrade saga once the old binary
     holds H-1 (the new binary's first block is H)."""
 
@@ -119,6 +121,7 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
         self._preflights: dict[str, int] = {}  # preflight threads running, per plan
         self._waiting_for_download: set[str] = set()
         self._init_operator_duties()
+        self._init_rolling_window()
         self._latency: collections.deque[tuple[int, float, float]] = collections.deque(
             maxlen=_LATENCY_SAMPLES
         )
@@ -171,6 +174,7 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
                     journal=self._saga.journal if self._saga is not None else None,
                     head=self._head,
                     preflight_ok=dict(self._preflight_ok),
+                    windows=self.window_states(),
                 )
             case GetHeadLatency():
                 return list(self._latency)
@@ -180,6 +184,8 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
                 self._on_preflight(message)
             case _NetworkCheck():
                 self._on_network_check(message)
+            case WindowSurveyed():
+                self._on_window_surveyed(message)
             case _PreflightDue(name=name):
                 entry = queue_rules.get(self._queue, name)
                 if entry is not None and entry.status is PlanStatus.PENDING:
@@ -282,12 +288,14 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
                 self._checked_ahead.add(plan.name)
                 self._preflight(plan)
                 self._prestage(plan)
+        self._window_on_head(head)
         self._maybe_start()
 
-    def _maybe_start(self) -> None:
+    def _maybe_start(self, chosen: queue_rules.QueuedPlan | None = None) -> None:
+        """Start the due plan's saga (or `chosen`'s: a window plan in its slot)."""
         if self._saga is not None or self._rollback is not None:
             return
-        entry = queue_rules.due(self._queue, self._head)
+        entry = chosen or queue_rules.due(self._queue, self._head)
         if entry is None:
             return
         name = entry.plan.name
@@ -464,5 +472,5 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
 
     def _tell_next_trigger(self) -> None:
         # The height actor polls faster near this height (SPEC §16).
-        heights = (entry.plan.height for entry in queue_rules.pending(self._queue))
+        heights = (self._window_trigger(entry) for entry in queue_rules.pending(self._queue))
         self._bus.tell("height", NextTrigger(next_trigger_height(heights)))
