@@ -18,7 +18,7 @@ from loguru import logger
 
 from wemixvisor.actors.base import FailureSink, SupervisedActor
 from wemixvisor.actors.operator_duties import OperatorDuties, RehearsalDone, RollbackFinished
-from wemixvisor.actors.rolling_window import RollingWindow, WindowState, WindowSurveyed
+from wemixvisor.actors.rolling_window import RollingWindow, WindowSurveyed
 from wemixvisor.bus import Bus
 from wemixvisor.chain.headwatch import next_trigger_height
 from wemixvisor.chain.wbft import start_signing_check
@@ -47,6 +47,7 @@ from wemixvisor.upgrade.preflight import (
     warn_if_quorum_at_risk,
 )
 from wemixvisor.upgrade.saga import Outcome, SagaResult, UpgradeSaga
+from wemixvisor.upgrade.window import WindowState
 
 PREFLIGHT_RECHECK = 60.0  # seconds between re-checks of a plan whose preflight failed
 PREFLIGHT_AHEAD_BLOCKS = 10  # re-check this many blocks before the switch (after H-1)

@@ -24,7 +24,14 @@ from wemixvisor.config import Config
 from wemixvisor.messages import events as ev
 from wemixvisor.plans import queue as queue_rules
 from wemixvisor.plans.queue import PlanStatus, QueuedPlan, QueueState
-from wemixvisor.upgrade.window import Survey, WindowVerdict, judge, survey, window_bounds
+from wemixvisor.upgrade.window import (
+    Survey,
+    WindowState,
+    WindowVerdict,
+    judge,
+    survey,
+    window_bounds,
+)
 
 SURVEY_AHEAD = 2
 """Blocks before the window opens at which the first survey runs, so the slot is known in time."""
@@ -39,22 +46,6 @@ class WindowSurveyed(msgspec.Struct, frozen=True):
     survey: Survey | None
     error: str = ""
     not_wbft: bool = False
-
-
-class WindowState(msgspec.Struct, frozen=True, kw_only=True):
-    """Where a window plan stands, for `status` and `upgrade status`."""
-
-    verdict: str  # a WindowVerdict, or "surveying" before the first answer
-    head: int | None = None
-    slot_start: int | None = None
-    slot_end: int | None = None
-    slot_index: int | None = None
-    slot_count: int | None = None
-    shared: bool = False  # the window is shorter than the validator count
-    validator: bool | None = None
-    active: int | None = None  # other validators up at the last survey
-    needed: int | None = None  # the quorum they must reach
-    reason: str = ""
 
 
 class RollingWindow:
@@ -78,8 +69,14 @@ class RollingWindow:
         self._surveying: set[str] = set()
 
     def window_states(self) -> dict[str, WindowState]:
-        """The window plans' states (a copy)."""
-        return dict(self._windows)
+        """The window plans' states, with the blocks left until each slot (at the last head)."""
+        head = self._head
+        return {
+            name: state
+            if head is None or state.slot_start is None
+            else msgspec.structs.replace(state, eta_blocks=max(state.slot_start - head, 0))
+            for name, state in self._windows.items()
+        }
 
     def _window_trigger(self, entry: QueuedPlan) -> int:
         """The height standing in for H in NextTrigger (the head polled tightly is this - 1):

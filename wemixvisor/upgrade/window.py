@@ -28,6 +28,7 @@ __all__ = [
     "MIN_ACTIVITY_BLOCKS",
     "Slot",
     "Survey",
+    "WindowState",
     "WindowVerdict",
     "activity_blocks",
     "assign_slot",
@@ -136,6 +137,23 @@ def survey(client: WbftClient, plan: Plan, margin: int) -> Survey:
         quorum=bft_quorum(len(validators)),
         active_others=len(recent - {address}),
     )
+
+
+class WindowState(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a window plan stands, for `status` and `upgrade status`."""
+
+    verdict: str  # a WindowVerdict, or "surveying" before the first answer
+    head: int | None = None
+    slot_start: int | None = None
+    slot_end: int | None = None
+    slot_index: int | None = None
+    slot_count: int | None = None
+    shared: bool = False  # the window is shorter than the validator count
+    validator: bool | None = None
+    active: int | None = None  # other validators up at the last survey
+    needed: int | None = None  # the quorum they must reach
+    reason: str = ""  # why the window closed
+    eta_blocks: int | None = None  # blocks until the slot opens (0: open now)
 
 
 class WindowVerdict(enum.StrEnum):

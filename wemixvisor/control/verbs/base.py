@@ -14,7 +14,7 @@ the daemon's (`daemon.ControlContext`, which asks actors). The plan and backup v
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import msgspec
@@ -24,6 +24,7 @@ from wemixvisor.control.protocol import Request
 from wemixvisor.home.layout import Home
 from wemixvisor.messages.backup import BackupInfo
 from wemixvisor.plans.queue import Plan, QueuedPlan, QueueState
+from wemixvisor.upgrade.window import WindowState
 
 __all__ = [
     "BackupContext",
@@ -91,6 +92,7 @@ class PlanSnapshot:
     queue: QueueState
     journal: dict[str, Any] | None
     head: int | None
+    windows: dict[str, WindowState] = field(default_factory=dict)  # window plans' slots (§19)
 
 
 @dataclass(frozen=True)

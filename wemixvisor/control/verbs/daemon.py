@@ -175,6 +175,7 @@ class ControlContext:
             queue=snapshot.queue,
             journal=msgspec.to_builtins(journal) if journal is not None else None,
             head=snapshot.head,
+            windows=snapshot.windows,
         )
 
     def register_plan(self, plan: Plan, *, now: bool) -> Registration:
