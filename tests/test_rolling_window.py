@@ -83,7 +83,7 @@ def test_bad_mode_or_window_is_refused_with_the_reason(
 
 def test_a_huge_window_integer_in_a_file_is_refused_in_one_line() -> None:
     raw = b'{"name": "v2", "height": 100, "mode": "window", "window": ' + b"9" * 5000 + b"}"
-    with pytest.raises(PlanError, match="out of|1-100000") as caught:
+    with pytest.raises(PlanError, match=r"out of|1-100000") as caught:
         parse_plan(raw)
     assert "\n" not in str(caught.value)
     assert len(str(caught.value)) < 200
@@ -95,7 +95,7 @@ def test_a_hand_edited_queue_with_a_bad_window_is_unreadable() -> None:
     assert decode_state(raw).plans[0].plan.window == 10
     broken = msgspec.json.decode(raw)
     broken["plans"][0]["plan"]["window"] = 0
-    with pytest.raises(PlanError, match="plans\\[0\\].*1-100000"):
+    with pytest.raises(PlanError, match=r"plans\[0\].*1-100000"):
         decode_state(msgspec.json.encode(broken))
 
 

@@ -29,6 +29,7 @@ from wemixvisor.upgrade.window import (
     WindowState,
     WindowVerdict,
     judge,
+    last_window_block,
     survey,
     window_bounds,
 )
@@ -101,7 +102,10 @@ class RollingWindow:
             state = self._windows.get(plan.name)
             if state is not None and state.verdict == WindowVerdict.CLOSED:
                 continue
-            if head >= queue_rules.last_old_block(plan.height) or plan.name in self._surveying:
+            if head > last_window_block(plan.height, self._config.upgrade.window_margin):
+                self._close(entry, _closing_reason(state))
+                continue
+            if plan.name in self._surveying:
                 continue
             if head + 1 >= self._window_trigger(entry):
                 self._survey(entry)
@@ -182,13 +186,7 @@ class RollingWindow:
             )
             self._tell_next_trigger()
         if verdict is WindowVerdict.CLOSED:
-            self._close(
-                entry,
-                "the window was empty"
-                if slot is None
-                else "no safe moment in the window: the other validators were short of the"
-                " quorum without this node",
-            )
+            self._close(entry, "the window was empty" if slot is None else _closing_reason(before))
         elif verdict is WindowVerdict.WAIT_FOR_QUORUM and slot is not None:
             if before is None or before.verdict != verdict or before.active != state.active:
                 logger.warning(
@@ -231,3 +229,15 @@ class RollingWindow:
             )
         )
         self._tell_next_trigger()
+
+
+def _closing_reason(state: WindowState | None) -> str:
+    """Why the window passed without a switch, from the plan's last known state."""
+    if state is None or state.verdict == "surveying":
+        return "no survey of the chain answered in the window"
+    if state.verdict == WindowVerdict.WAIT_FOR_QUORUM:
+        return (
+            "no safe moment in the window: the other validators were short of the quorum"
+            f" without this node ({state.active} up, {state.needed} needed)"
+        )
+    return "the window passed before this node's switch could start"

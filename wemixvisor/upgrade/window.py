@@ -33,6 +33,7 @@ __all__ = [
     "activity_blocks",
     "assign_slot",
     "judge",
+    "last_window_block",
     "survey",
     "window_bounds",
 ]
@@ -165,6 +166,12 @@ class WindowVerdict(enum.StrEnum):
     CLOSED = "closed"  # no slot left: upgrade at H-1 like a plain plan
 
 
+def last_window_block(height: int, margin: int) -> int:
+    """The last head at which a window plan may switch: H-margin, and never H-1 itself (the
+    moment of a plain plan, which a closed window falls back to)."""
+    return min(height - margin, last_old_block(height) - 1)
+
+
 def judge(
     *,
     head: int,
@@ -178,8 +185,7 @@ def judge(
     """The decision at `head` (pure). A node may go from its slot's start to the window's last
     block (H-margin), a validator only while the others reach `quorum` without it; past that,
     or with no slot at all, the window is closed."""
-    last = min(height - margin, last_old_block(height) - 1)
-    if slot is None or head > last:
+    if slot is None or head > last_window_block(height, margin):
         return WindowVerdict.CLOSED
     if head < slot.start:
         return WindowVerdict.BEFORE_SLOT
