@@ -12,6 +12,8 @@ answers.
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -196,6 +198,42 @@ def test_three_validators_wait_in_vain_the_window_closes_and_all_switch_at_h_min
         assert [payload["observed_height"] for payload in started] == [HEIGHT - 1] * 3
         for events in logs:
             seen_or_next(events, "upgrade.completed", 60)
+        network.wait_for(
+            lambda s: s.head is not None and s.head >= HEIGHT + 1 and not s.halted, timeout=60
+        )
+    for node, events in zip(nodes, logs, strict=True):
+        assert rpc_call(node.url, "web3_clientVersion") == "anvil/v1.7.1"
+        assert "upgrade.failed" not in {p["topic"] for p in events.seen}
+
+
+def test_a_validator_already_down_makes_the_others_wait_until_it_returns(
+    validators: Callable[[int], list[Validator]],
+) -> None:
+    nodes = validators(4)
+    logs = register_everywhere(nodes)
+    assert nodes[3].daemon is not None
+    [anvil_pid] = nodes[3].daemon.node_pids()
+    with network_of(nodes) as network:
+        # Validator 3 hangs (SIGSTOP) well before the window opens at block 6: the network
+        # goes on with 3 of 4. (A hung node keeps its chain; an anvil restarted after a long
+        # outage could not be caught up by the double.)
+        network.wait_for_height(1)
+        os.kill(anvil_pid, signal.SIGSTOP)
+        try:
+            network.wait_for(lambda s: not s.nodes[3].committing, timeout=30)
+            # Validator 0's slot opens with validator 3 down: 2 others up, 3 needed. It waits.
+            waiting = logs[0].wait_for("upgrade.waiting_for_quorum", timeout=HEIGHT * BLOCK_TIME)
+            assert (waiting["active"], waiting["needed"], waiting["slot_start"]) == (2, 3, 6)
+            assert not any(p["topic"] == "upgrade.started" for p in logs[0].seen)
+        finally:
+            os.kill(anvil_pid, signal.SIGCONT)
+        network.wait_for(lambda s: s.nodes[3].committing, timeout=30)
+        started = logs[0].wait_for("upgrade.started", timeout=30)
+        # It went once validator 3 was committing again, still inside the window.
+        assert waiting["head"] < started["observed_height"] < HEIGHT - 2
+        assert "upgrade.window_closed" not in {p["topic"] for p in logs[0].seen}
+        for events in logs:
+            seen_or_next(events, "upgrade.completed", HEIGHT * BLOCK_TIME + 60)
         network.wait_for(
             lambda s: s.head is not None and s.head >= HEIGHT + 1 and not s.halted, timeout=60
         )
