@@ -1,0 +1,122 @@
+"""`wemixvisor upgrade schedule … --window W` and how a window plan is shown (SPEC §19)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from wemixvisor.cli import main
+from wemixvisor.control.verbs.render import window_note
+from wemixvisor.upgrade.window import WindowState
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free_port: Callable[[], int]) -> Path:
+    """An initialised home; the node's RPC points at a port nobody listens on."""
+    for key in list(os.environ):
+        if key.startswith(("DAEMON_", "WEMIXVISOR_", "UNSAFE_", "COSMOVISOR_")):
+            monkeypatch.delenv(key)
+    root = tmp_path / "home"
+    monkeypatch.setenv("DAEMON_HOME", str(root))
+    monkeypatch.setenv("DAEMON_NAME", "gwemix")
+    monkeypatch.setenv("DAEMON_RPC_ADDRESS", f"http://127.0.0.1:{free_port()}")
+    binary = tmp_path / "gwemix"
+    binary.write_text("#!/bin/sh\necho gwemix 1.0\n")
+    binary.chmod(0o755)
+    assert main(["init", str(binary)]) == 0
+    return root
+
+
+def test_window_schedules_a_rolling_window_plan_in_the_batch_file(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["upgrade", "schedule", "v2", "5000", "--window", "300"]) == 0
+    batch = msgspec.json.decode((home / "data/upgrade-info.json.batch").read_bytes())
+    assert batch == [{"name": "v2", "height": 5000, "mode": "window", "window": 300}]
+    assert main(["upgrade", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "window of 300 blocks: slot not taken yet" in out
+
+
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [
+        ("0", "1-100000 blocks"),
+        ("-5", "1-100000 blocks"),
+        ("100001", "1-100000 blocks"),
+        ("9" * 400, "digits"),
+        ("5000", "before block 1"),
+        ("ten", "invalid int value"),
+        ("", "invalid int value"),
+    ],
+)
+def test_a_bad_window_is_refused_and_nothing_is_written(
+    home: Path, capsys: pytest.CaptureFixture[str], window: str, message: str
+) -> None:
+    if window.lstrip("-").isdigit():
+        assert main(["upgrade", "schedule", "v2", "5000", "--window", window]) == 2
+    else:
+        with pytest.raises(SystemExit) as usage:  # argparse's own usage error
+            main(["upgrade", "schedule", "v2", "5000", "--window", window])
+        assert usage.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err) < 1500
+    assert not (home / "data/upgrade-info.json.batch").exists()
+
+
+@pytest.mark.parametrize(
+    ("state", "shown"),
+    [
+        (None, "window of 20 blocks: slot not taken yet"),
+        (
+            WindowState(
+                verdict="before_slot",
+                slot_start=84,
+                slot_end=87,
+                slot_index=1,
+                slot_count=4,
+                validator=True,
+                eta_blocks=12,
+            ),
+            "window of 20 blocks; slot 2/4 at blocks 84-87 (validator); in 12 blocks",
+        ),
+        (
+            WindowState(
+                verdict="waiting_for_quorum",
+                slot_start=80,
+                slot_end=80,
+                slot_index=0,
+                slot_count=4,
+                validator=True,
+                shared=True,
+                active=2,
+                needed=3,
+                eta_blocks=0,
+            ),
+            "slot 1/4 at blocks 80-80 (validator, shared: window shorter than the validator set)"
+            "; waiting for quorum: 2 other validators up, 3 needed",
+        ),
+        (
+            WindowState(
+                verdict="closed",
+                slot_start=88,
+                slot_end=91,
+                slot_index=2,
+                slot_count=4,
+                validator=False,
+                reason="no survey of the chain answered in the window",
+            ),
+            "(non-validator, by address hash); window closed (no survey of the chain answered"
+            " in the window): switches at H-1",
+        ),
+    ],
+)
+def test_a_window_plan_is_shown_with_its_slot_verdict_and_eta(
+    state: WindowState | None, shown: str
+) -> None:
+    assert shown in window_note(20, state)
