@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from tests.test_cli_upgrade import home  # noqa: F401  (the initialised home fixture)
 from wemixvisor.cli import main
 from wemixvisor.control.verbs.render import window_note
 from wemixvisor.upgrade.window import WindowState
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free_port: Callable[[], int]) -> Path:
-    """An initialised home; the node's RPC points at a port nobody listens on."""
-    for key in list(os.environ):
-        if key.startswith(("DAEMON_", "WEMIXVISOR_", "UNSAFE_", "COSMOVISOR_")):
-            monkeypatch.delenv(key)
-    root = tmp_path / "home"
-    monkeypatch.setenv("DAEMON_HOME", str(root))
-    monkeypatch.setenv("DAEMON_NAME", "gwemix")
-    monkeypatch.setenv("DAEMON_RPC_ADDRESS", f"http://127.0.0.1:{free_port()}")
-    binary = tmp_path / "gwemix"
-    binary.write_text("#!/bin/sh\necho gwemix 1.0\n")
-    binary.chmod(0o755)
-    assert main(["init", str(binary)]) == 0
-    return root
-
-
 def test_window_schedules_a_rolling_window_plan_in_the_batch_file(
-    home: Path, capsys: pytest.CaptureFixture[str]
+    home: Path,  # noqa: F811  (the fixture imported above)
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(["upgrade", "schedule", "v2", "5000", "--window", "300"]) == 0
     batch = msgspec.json.decode((home / "data/upgrade-info.json.batch").read_bytes())
@@ -55,7 +38,10 @@ def test_window_schedules_a_rolling_window_plan_in_the_batch_file(
     ],
 )
 def test_a_bad_window_is_refused_and_nothing_is_written(
-    home: Path, capsys: pytest.CaptureFixture[str], window: str, message: str
+    home: Path,  # noqa: F811  (the fixture imported above)
+    capsys: pytest.CaptureFixture[str],
+    window: str,
+    message: str,
 ) -> None:
     if window.lstrip("-").isdigit():
         assert main(["upgrade", "schedule", "v2", "5000", "--window", window]) == 2

@@ -1,0 +1,159 @@
+"""A validator set upgrading: all at H-1 against a rolling window (SPEC §16, §19).
+
+Four real wemixvisor daemons, each supervising `anvil --no-mining` 1.5.1 behind the WBFT
+network double (devtools.wbft: blocks mined in lockstep only while 3 of the 4 validators
+answer; the fork block H withheld from 1.5.1). Every daemon gets the same plan to anvil 1.7.1,
+either a plain plan (`"mode": "at"`: all four switch at H-1) or a rolling window (`"mode":
+"window"`: one slot per validator, each switching while the others keep the quorum). Judged from
+the chain once every node runs 1.7.1 at H+3: the longest interval between block timestamps, the
+block slots the chain missed (elapsed time / block time - blocks made), and the validator-blocks
+missed (blocks a validator did not commit, summed over the validators).
+
+Usage: `python -m bench.fleet [--rounds N] [--block-time S] [--window W]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import msgspec
+
+from bench._harness import ProcessTracker, machine_line, print_table
+from devtools.anvil import anvil_binary, free_port, rpc_call, wait_for_rpc
+from devtools.wbft import NodeSpec, WbftNetwork
+from wemixvisor.home.layout import Home, add_upgrade, init_home
+
+VALIDATORS = 4
+HEIGHT = 30  # the plan's H and the network's fork block
+AFTER = 3  # judged up to H+AFTER
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """One fleet upgrade as the chain saw it."""
+
+    longest_interval: int  # seconds between consecutive block timestamps
+    missed_slots: int
+    validator_blocks_missed: int
+
+
+def _start_fleet(tracker: ProcessTracker, work: Path, mode: str, window: int) -> list[NodeSpec]:
+    specs: list[NodeSpec] = []
+    for index in range(VALIDATORS):
+        root = work / f"{mode}-v{index}"
+        home = Home(root=root, name="anvil", data_dir=root / "data")
+        init_home(home, anvil_binary("1.5.1"))
+        add_upgrade(home, "fork", anvil_binary("1.7.1"))
+        port, proxy = free_port(), free_port()
+        env = {
+            **os.environ,
+            "DAEMON_HOME": str(root),
+            "DAEMON_NAME": "anvil",
+            "DAEMON_RPC_ADDRESS": f"http://127.0.0.1:{proxy}",
+            "DAEMON_STARTSECS": "300ms",
+            "UNSAFE_SKIP_BACKUP": "true",
+            "VALIDATOR_MODE": "true",
+        }
+        args = ["--no-mining", "--port", str(port), "--state", str(root / "data" / "state.json")]
+        argv = [sys.executable, "-m", "wemixvisor.bootstrap", *args]
+        tracker.spawn(argv, log_path=work / f"{mode}-daemon-{index}.log", env=env)
+        wait_for_rpc(f"http://127.0.0.1:{port}", timeout=30)
+        plan: dict[str, object] = {"name": "fork", "height": HEIGHT}
+        if mode == "window":
+            plan |= {"mode": "window", "window": window}
+        (root / "data" / "upgrade-info.json").write_bytes(msgspec.json.encode(plan))
+        _wait_registered(root)
+        specs.append(NodeSpec(f"http://127.0.0.1:{port}", proxy_port=proxy))
+    return specs
+
+
+def _wait_registered(root: Path, timeout: float = 30.0) -> None:
+    queue = root / "wemixvisor" / "state" / "plans.json"
+    deadline = time.monotonic() + timeout
+    while not (queue.exists() and b'"fork"' in queue.read_bytes()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the daemon of {root} did not register the plan")
+        time.sleep(0.1)
+
+
+def run_round(work: Path, mode: str, block_time: float, window: int) -> Outcome:
+    """One fleet upgrade in `mode`, judged from the chain."""
+    last = HEIGHT + AFTER
+    with ProcessTracker() as tracker:
+        specs = _start_fleet(tracker, work, mode, window)
+        with WbftNetwork(specs, block_time=block_time, fork_block=HEIGHT) as network:
+            network.wait_for(
+                lambda s: (
+                    s.head is not None
+                    and s.head >= last
+                    and all(node.has_fork and node.committing for node in s.nodes)
+                ),
+                timeout=HEIGHT * block_time + 120,
+            )
+            committers = [set(network.committers(n) or ()) for n in range(1, last + 1)]
+            addresses = network.addresses
+            blocks = [
+                rpc_call(specs[0].rpc_url, "eth_getBlockByNumber", [hex(n), False])
+                for n in range(1, last + 1)
+            ]
+    stamps = [int(block["timestamp"], 16) for block in blocks]
+    intervals = [b - a for a, b in itertools.pairwise(stamps)]
+    elapsed_slots = round((stamps[-1] - stamps[0]) / block_time)
+    return Outcome(
+        longest_interval=max(intervals),
+        missed_slots=max(elapsed_slots - (len(stamps) - 1), 0),
+        validator_blocks_missed=sum(
+            address not in block for block in committers for address in addresses
+        ),
+    )
+
+
+def _span(values: list[int]) -> str:
+    ordered = sorted(values)
+    return f"{ordered[0]} / {ordered[len(ordered) // 2]} / {ordered[-1]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the rounds of both modes and print the table (min / median / max)."""
+    parser = argparse.ArgumentParser(prog="bench.fleet", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--block-time", type=float, default=1.0)
+    parser.add_argument("--window", type=int, default=24)
+    args = parser.parse_args(argv)
+    print(machine_line())
+    results: dict[str, list[Outcome]] = {"at": [], "window": []}
+    with tempfile.TemporaryDirectory(prefix="wv-fleet-") as scratch:
+        for index in range(args.rounds):
+            for mode, outcomes in results.items():
+                work = Path(scratch) / f"r{index}"
+                outcome = run_round(work, mode, args.block_time, args.window)
+                outcomes.append(outcome)
+                print(f"  round {index + 1} {mode}: {outcome}", flush=True)
+    rows = [
+        (
+            "all at H-1" if mode == "at" else f"rolling window W={args.window}",
+            _span([o.longest_interval for o in outcomes]),
+            _span([o.missed_slots for o in outcomes]),
+            _span([o.validator_blocks_missed for o in outcomes]),
+        )
+        for mode, outcomes in results.items()
+    ]
+    print(
+        f"\n{VALIDATORS} validators, {args.block_time:g} s blocks, H={HEIGHT}, min / median / max"
+    )
+    print_table(
+        ("plan", "longest interval (s)", "missed block slots", "validator-blocks missed"), rows
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
