@@ -5,11 +5,13 @@ network double (devtools.wbft: blocks mined in lockstep only while 3 of the 4 va
 answer; the fork block H withheld from 1.5.1). Every daemon gets the same plan to anvil 1.7.1,
 either a plain plan (`"mode": "at"`: all four switch at H-1) or a rolling window (`"mode":
 "window"`: one slot per validator, each switching while the others keep the quorum). Judged from
-the chain once every node runs 1.7.1 at H+3: the longest interval between block timestamps, the
-block slots the chain missed (elapsed time / block time - blocks made), and the validator-blocks
-missed (blocks a validator did not commit, summed over the validators).
+the chain once every node runs 1.7.1 at H+3, with anvil's own start (a fraction of a second) and
+with a node that takes `--start-delay` seconds to start (the new binary is wrapped in a script
+that sleeps first, as a real node replaying its journal would): the longest interval between
+block timestamps, the block slots the chain missed (elapsed time / block time - blocks made),
+and the validator-blocks missed (blocks a validator did not commit, summed over them).
 
-Usage: `python -m bench.fleet [--rounds N] [--block-time S] [--window W]`.
+Usage: `python -m bench.fleet [--rounds N] [--block-time S] [--window W] [--start-delay S]`.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ if __package__ in (None, ""):
 
 import msgspec
 
-from bench._harness import ProcessTracker, machine_line, print_table
+from bench._harness import ProcessTracker, machine_line, print_table, signals_raise
 from devtools.anvil import anvil_binary, free_port, rpc_call, wait_for_rpc
 from devtools.wbft import NodeSpec, WbftNetwork
 from wemixvisor.home.layout import Home, add_upgrade, init_home
 
 VALIDATORS = 4
-HEIGHT = 30  # the plan's H and the network's fork block
+LEAD = 10  # blocks before the window opens (H = W + LEAD): the daemons are ready by then
 AFTER = 3  # judged up to H+AFTER
 
 
@@ -45,13 +47,33 @@ class Outcome(msgspec.Struct, frozen=True):
     validator_blocks_missed: int
 
 
-def _start_fleet(tracker: ProcessTracker, work: Path, mode: str, window: int) -> list[NodeSpec]:
+def _new_binary(work: Path, delay: float) -> Path:
+    """anvil 1.7.1, or a script that sleeps `delay` seconds before it runs it (`--version`
+    answers at once: preflight asks it)."""
+    real = anvil_binary("1.7.1")
+    if delay <= 0:
+        return real
+    script = work / "slow-anvil"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(
+        f'#!/bin/sh\ncase "$1" in --version|version) exec {real} "$@";; esac\n'
+        f'sleep {delay:g}\nexec {real} "$@"\n'
+    )
+    script.chmod(0o755)
+    return script
+
+
+def _start_fleet(
+    tracker: ProcessTracker, work: Path, mode: str, window: int, delay: float
+) -> tuple[list[NodeSpec], list[int]]:
     specs: list[NodeSpec] = []
+    daemons: list[int] = []
+    new_binary = _new_binary(work, delay)
     for index in range(VALIDATORS):
         root = work / f"{mode}-v{index}"
         home = Home(root=root, name="anvil", data_dir=root / "data")
         init_home(home, anvil_binary("1.5.1"))
-        add_upgrade(home, "fork", anvil_binary("1.7.1"))
+        add_upgrade(home, "fork", new_binary)
         port, proxy = free_port(), free_port()
         env = {
             **os.environ,
@@ -64,15 +86,16 @@ def _start_fleet(tracker: ProcessTracker, work: Path, mode: str, window: int) ->
         }
         args = ["--no-mining", "--port", str(port), "--state", str(root / "data" / "state.json")]
         argv = [sys.executable, "-m", "wemixvisor.bootstrap", *args]
-        tracker.spawn(argv, log_path=work / f"{mode}-daemon-{index}.log", env=env)
+        daemon = tracker.spawn(argv, log_path=work / f"{mode}-daemon-{index}.log", env=env)
+        daemons.append(daemon.pid)
         wait_for_rpc(f"http://127.0.0.1:{port}", timeout=30)
-        plan: dict[str, object] = {"name": "fork", "height": HEIGHT}
+        plan: dict[str, object] = {"name": "fork", "height": window + LEAD}
         if mode == "window":
             plan |= {"mode": "window", "window": window}
         (root / "data" / "upgrade-info.json").write_bytes(msgspec.json.encode(plan))
         _wait_registered(root)
         specs.append(NodeSpec(f"http://127.0.0.1:{port}", proxy_port=proxy))
-    return specs
+    return specs, daemons
 
 
 def _wait_registered(root: Path, timeout: float = 30.0) -> None:
@@ -84,20 +107,26 @@ def _wait_registered(root: Path, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def run_round(work: Path, mode: str, block_time: float, window: int) -> Outcome:
+def run_round(work: Path, mode: str, block_time: float, window: int, delay: float) -> Outcome:
     """One fleet upgrade in `mode`, judged from the chain."""
-    last = HEIGHT + AFTER
+    height = window + LEAD
+    last = height + AFTER
     with ProcessTracker() as tracker:
-        specs = _start_fleet(tracker, work, mode, window)
-        with WbftNetwork(specs, block_time=block_time, fork_block=HEIGHT) as network:
-            network.wait_for(
-                lambda s: (
-                    s.head is not None
-                    and s.head >= last
-                    and all(node.has_fork and node.committing for node in s.nodes)
-                ),
-                timeout=HEIGHT * block_time + 120,
-            )
+        specs, daemons = _start_fleet(tracker, work, mode, window, delay)
+        with WbftNetwork(specs, block_time=block_time, fork_block=height) as network:
+            try:
+                network.wait_for(
+                    lambda s: (
+                        s.head is not None
+                        and s.head >= last
+                        and all(node.has_fork and node.committing for node in s.nodes)
+                    ),
+                    timeout=height * block_time + 120,
+                )
+            finally:
+                # The nodes the daemons started since (the new binaries) end with the bench.
+                for pid in daemons:
+                    tracker.remember(pid)
             committers = [set(network.committers(n) or ()) for n in range(1, last + 1)]
             addresses = network.addresses
             blocks = [
@@ -126,29 +155,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.fleet", description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--block-time", type=float, default=1.0)
-    parser.add_argument("--window", type=int, default=24)
+    parser.add_argument("--window", type=int, default=36)
+    parser.add_argument("--start-delay", type=float, default=5.0)
     args = parser.parse_args(argv)
     print(machine_line())
-    results: dict[str, list[Outcome]] = {"at": [], "window": []}
-    with tempfile.TemporaryDirectory(prefix="wv-fleet-") as scratch:
+    cases = [(mode, delay) for delay in (0.0, args.start_delay) for mode in ("at", "window")]
+    results: dict[tuple[str, float], list[Outcome]] = {case: [] for case in cases}
+    with signals_raise(), tempfile.TemporaryDirectory(prefix="wv-fleet-") as scratch:
         for index in range(args.rounds):
-            for mode, outcomes in results.items():
-                work = Path(scratch) / f"r{index}"
-                outcome = run_round(work, mode, args.block_time, args.window)
+            for (mode, delay), outcomes in results.items():
+                work = Path(scratch) / f"r{index}-{mode}-{delay:g}"
+                outcome = run_round(work, mode, args.block_time, args.window, delay)
                 outcomes.append(outcome)
-                print(f"  round {index + 1} {mode}: {outcome}", flush=True)
+                print(f"  round {index + 1} {mode} start+{delay:g}s: {outcome}", flush=True)
     rows = [
         (
-            "all at H-1" if mode == "at" else f"rolling window W={args.window}",
+            ("all at H-1" if mode == "at" else f"rolling window W={args.window}")
+            + (f", node start +{delay:g} s" if delay else ", anvil's own start"),
             _span([o.longest_interval for o in outcomes]),
             _span([o.missed_slots for o in outcomes]),
             _span([o.validator_blocks_missed for o in outcomes]),
         )
-        for mode, outcomes in results.items()
+        for (mode, delay), outcomes in results.items()
     ]
-    print(
-        f"\n{VALIDATORS} validators, {args.block_time:g} s blocks, H={HEIGHT}, min / median / max"
-    )
+    print(f"\n{VALIDATORS} validators, {args.block_time:g} s blocks, min / median / max")
     print_table(
         ("plan", "longest interval (s)", "missed block slots", "validator-blocks missed"), rows
     )

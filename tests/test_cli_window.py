@@ -9,6 +9,7 @@ import pytest
 
 from tests.test_cli_upgrade import home  # noqa: F401  (the initialised home fixture)
 from wemixvisor.cli import main
+from wemixvisor.control.protocol import DecodeFailure, ErrorCode, ScheduleUpgrade, decode_request
 from wemixvisor.control.verbs.render import window_note
 from wemixvisor.upgrade.window import WindowState
 
@@ -106,3 +107,27 @@ def test_a_window_plan_is_shown_with_its_slot_verdict_and_eta(
     state: WindowState | None, shown: str
 ) -> None:
     assert shown in window_note(20, state)
+
+
+def test_schedule_upgrade_requests_carry_mode_and_window() -> None:
+    raw = b'{"id": 1, "type": "schedule_upgrade", "name": "v2", "height": 90, "window": 20}'
+    request = decode_request(raw)
+    assert isinstance(request, ScheduleUpgrade)
+    assert (request.mode, request.window) == (None, 20)
+    plain = decode_request(b'{"id": 1, "type": "schedule_upgrade", "name": "v2", "height": 9}')
+    assert isinstance(plain, ScheduleUpgrade)
+    assert (plain.mode, plain.window) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    # (a huge integer window decodes, and is refused by the plan's validation: see above)
+    [b'"window": "20"', b'"window": 1e400', b'"window": 2.5', b'"mode": ["window"]'],
+)
+def test_a_malformed_mode_or_window_is_a_bad_request(fields: bytes) -> None:
+    raw = b'{"id": 5, "type": "schedule_upgrade", "name": "v2", "height": 90, ' + fields + b"}"
+    with pytest.raises(DecodeFailure) as caught:
+        decode_request(raw)
+    assert caught.value.code == ErrorCode.BAD_REQUEST
+    assert caught.value.request_id == 5
+    assert len(caught.value.message) < 300
