@@ -19,6 +19,7 @@ from loguru import logger
 
 from wemixvisor.actors.base import FailureSink, SupervisedActor
 from wemixvisor.actors.operator_duties import OperatorDuties, RehearsalDone, RollbackFinished
+from wemixvisor.actors.rolling_window import RollingWindow, WindowSurveyed
 from wemixvisor.actors.workers import tell_if_alive
 from wemixvisor.backup.staging import staging_owner
 from wemixvisor.bus import Bus
@@ -45,6 +46,7 @@ from wemixvisor.plans.queue import Plan, PlanError, PlanStatus, QueueState, Regi
 from wemixvisor.upgrade.journal import Journal, JournalError, Step, load_journal
 from wemixvisor.upgrade.preflight import preflight_plans
 from wemixvisor.upgrade.saga import Outcome, SagaResult, UpgradeSaga
+from wemixvisor.upgrade.window import WindowState
 
 PREFLIGHT_RECHECK = 60.0  # seconds between re-checks of a plan whose preflight failed
 PREFLIGHT_AHEAD_BLOCKS = 10  # re-check this many blocks before the switch (after H-1)
@@ -64,6 +66,7 @@ class QueueSnapshot(msgspec.Struct, frozen=True):
     head: int | None
     # The latest preflight verdict of each pending plan that has one (True: nothing wrong).
     preflight_ok: dict[str, bool] = msgspec.field(default_factory=dict)
+    windows: dict[str, WindowState] = msgspec.field(default_factory=dict)  # window plans (§19)
 
 
 class _SagaFinished(msgspec.Struct, frozen=True):
@@ -97,7 +100,7 @@ class _PreflightsEnded(msgspec.Struct, frozen=True):
 _UNDECIDED = "\0undecided"  # no staging owner told to the backup actor yet
 
 
-class OrchestratorActor(OperatorDuties, SupervisedActor):
+class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
     """Registers plans, watches the head, and starts the upgrade saga once the old binary
     holds H-1 (the new binary's first block is H)."""
 
@@ -128,6 +131,7 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
         self._staging_owner: str | None = _UNDECIDED
         self._waiting_for_download: set[str] = set()
         self._init_operator_duties()
+        self._init_rolling_window()
         self._latency: collections.deque[tuple[int, float, float]] = collections.deque(
             maxlen=_LATENCY_SAMPLES
         )
@@ -180,6 +184,7 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
                     journal=self._saga.journal if self._saga is not None else None,
                     head=self._head,
                     preflight_ok=dict(self._preflight_ok),
+                    windows=self.window_states(),
                 )
             case GetHeadLatency():
                 return list(self._latency)
@@ -193,6 +198,8 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
                 self._run_preflights()
             case _NetworkCheck():
                 self._on_network_check(message)
+            case WindowSurveyed():
+                self._on_window_surveyed(message)
             case _PreflightDue(name=name):
                 entry = queue_rules.get(self._queue, name)
                 if entry is not None and entry.status is PlanStatus.PENDING:
@@ -298,12 +305,14 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
                 self._refresh_prestage(plan)
         if self._config.backup.prestage_horizon > 0:
             self._schedule_prestage()
+        self._window_on_head(head)
         self._maybe_start()
 
-    def _maybe_start(self) -> None:
+    def _maybe_start(self, chosen: queue_rules.QueuedPlan | None = None) -> None:
+        """Start the due plan's saga (or `chosen`'s: a window plan in its slot)."""
         if self._saga is not None or self._rollback is not None:
             return
-        entry = queue_rules.due(self._queue, self._head)
+        entry = chosen or queue_rules.due(self._queue, self._head)
         if entry is None:
             return
         name = entry.plan.name
@@ -508,5 +517,5 @@ class OrchestratorActor(OperatorDuties, SupervisedActor):
 
     def _tell_next_trigger(self) -> None:
         # The height actor polls faster near this height (SPEC §16).
-        heights = (entry.plan.height for entry in queue_rules.pending(self._queue))
+        heights = (self._window_trigger(entry) for entry in queue_rules.pending(self._queue))
         self._bus.tell("height", NextTrigger(next_trigger_height(heights)))

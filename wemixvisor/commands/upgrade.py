@@ -141,6 +141,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="rehearse the new binary on a copy of the data hours ahead; never upgrade without "
         "a passing rehearsal",
     )
+    schedule.add_argument(
+        "--window",
+        metavar="W",
+        type=int,
+        help="a rolling window of W blocks: switch in this node's slot in [HEIGHT-W, "
+        "HEIGHT-margin] while the other validators keep the quorum (mode window)",
+    )
     schedule.set_defaults(handler=run_schedule)
 
     listing = actions.add_parser(
@@ -272,7 +279,12 @@ def build_info(
 
 
 def plan_from_arguments(
-    name: str, height: str, info: dict[str, Any] | None, *, rehearse: bool = False
+    name: str,
+    height: str,
+    info: dict[str, Any] | None,
+    *,
+    rehearse: bool = False,
+    window: int | None = None,
 ) -> Plan:
     """The plan the operator asked for, validated like any plan file entry (SPEC §4)."""
     try:
@@ -283,6 +295,8 @@ def plan_from_arguments(
             plan_object["info"] = info
         if rehearse:
             plan_object["rehearse"] = True
+        if window is not None:
+            plan_object["mode"], plan_object["window"] = "window", window
         return plan_from_object(plan_object, "batch")
     except PlanError as exc:
         raise _usage(str(exc)) from None
@@ -297,6 +311,8 @@ def schedule_request(plan: Plan, *, now: bool) -> ScheduleUpgrade:
         info=plan.info,
         now=now,
         rehearse=plan.rehearse,
+        mode=None if plan.mode == "at" else plan.mode,
+        window=plan.window,
     )
 
 
@@ -350,7 +366,9 @@ def run_schedule(args: argparse.Namespace, ctx: CliContext) -> int:
     plan_from_arguments(args.name, args.height, None)
     must_have_checksum = ctx.config.upgrade.download_must_have_checksum
     info = build_info(args.info, args.binary, args.checksum, must_have_checksum)
-    plan = plan_from_arguments(args.name, args.height, info, rehearse=args.rehearse)
+    plan = plan_from_arguments(
+        args.name, args.height, info, rehearse=args.rehearse, window=args.window
+    )
     request = schedule_request(plan, now=args.now)
     home = Home.from_config(ctx.config)
     if not args.follow or not daemon_runs(home):

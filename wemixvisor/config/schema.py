@@ -187,6 +187,14 @@ class UpgradeConfig(msgspec.Struct, frozen=True, kw_only=True):
             "upgrade.waiting_for_network (never a rollback)", reloadable=True, nonzero=True,
         ),
     ]
+    window_margin: Annotated[
+        int,
+        Setting(
+            None, "int", 2,
+            "rolling-window plans switch no later than block H-window_margin (file only)",
+            reloadable=True, minimum=1, maximum=1000,
+        ),
+    ]
     rehearsal_args: Annotated[
         list[str],
         Setting(

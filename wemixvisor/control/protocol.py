@@ -145,6 +145,8 @@ class ScheduleUpgrade(Request, tag="schedule_upgrade", frozen=True):
     info: dict[str, Any] | str | None = None
     now: bool = False
     rehearse: bool = False
+    mode: str | None = None  # "at" (default) or "window" with `window` blocks (SPEC §19)
+    window: int | None = None
 
 
 class CancelUpgrade(Request, tag="cancel_upgrade", frozen=True):

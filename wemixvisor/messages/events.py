@@ -242,6 +242,29 @@ class UpgradeWaitingForNetwork(Event, tag="upgrade.waiting_for_network", frozen=
     seconds: float
 
 
+class UpgradeWaitingForQuorum(Event, tag="upgrade.waiting_for_quorum", frozen=True):
+    """A rolling-window plan's slot has come, but the other active validators would fall short
+    of the quorum while this one is down: it tries again at the next block (SPEC §19)."""
+
+    name: str
+    height: int
+    head: int
+    slot_start: int
+    slot_end: int
+    active: int  # other validators up now
+    needed: int  # the quorum they must reach without this node
+
+
+class UpgradeWindowClosed(Event, tag="upgrade.window_closed", frozen=True):
+    """A rolling-window plan found no safe moment in its window (or could not take a slot):
+    it upgrades at H-1 like a plain plan."""
+
+    name: str
+    height: int
+    head: int | None
+    reason: str
+
+
 class UpgradeAwaitingOperator(Event, tag="upgrade.awaiting_operator", frozen=True):
     name: str
     height: int

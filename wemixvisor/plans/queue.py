@@ -20,6 +20,10 @@ MAX_NODE_ARGS = 1000
 """More node arguments than this (in a plan or a node-args file) is refused."""
 MAX_NODE_ARGS_BYTES = 1024 * 1024
 """A node-args file (or a plan's node_args, all arguments together) larger than this is refused."""
+MODES = ("at", "window")
+"""`at`: switch when the old binary holds H-1; `window`: anywhere in the rolling window (§19)."""
+MAX_WINDOW = 100_000
+"""The widest rolling window in blocks (about a day of 1 s blocks)."""
 
 
 class PlanError(ValueError):
@@ -50,6 +54,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     info_url: str | None = None
     source: str = "file"
     rehearse: bool = False  # rehearse the new binary on a copy of the data hours before H
+    mode: str = "at"  # "at" H-1, or "window": a slot in [H-window, H-margin] (SPEC §19)
+    window: int | None = None  # blocks; set exactly when mode is "window"
 
 
 def validate_name(name: object) -> str:
@@ -154,8 +160,35 @@ def _check_info_object(info: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
+def validate_mode(mode: object, window: object, height: int) -> tuple[str, int | None]:
+    """`mode` ("at" by default, or "window") and `window` (blocks, required with "window",
+    1 ≤ W ≤ MAX_WINDOW and W < H: the window cannot open before block 1)."""
+    if mode is None:
+        mode = "window" if window is not None else "at"
+    if not isinstance(mode, str) or mode not in MODES:
+        shown = repr(mode) if not isinstance(mode, str) or len(mode) <= 40 else repr(mode[:40])
+        raise PlanError(f"mode must be one of {', '.join(MODES)}, got {shown}")
+    if mode == "at":
+        if window is not None:
+            raise PlanError('window is only meaningful with mode "window"')
+        return mode, None
+    if window is None:
+        raise PlanError('mode "window" needs "window": the window\'s length in blocks')
+    if isinstance(window, bool) or not isinstance(window, int):
+        raise PlanError(f"window must be an integer number of blocks, got {type(window).__name__}")
+    if not 1 <= window <= MAX_WINDOW:
+        raise PlanError(f"window must be 1-{MAX_WINDOW} blocks, got {_shown_int(window)}")
+    if window >= height:
+        raise PlanError(f"window {window} reaches before block 1 (height {height})")
+    return mode, window
+
+
 def plan_from_object(obj: object, source: str) -> Plan:
-    """Validate one decoded plan object (`name`, `height`, optional `info`; `time` ignored)."""
+    """Validate one decoded plan object (`name`, `height`, optional `info`; `time` ignored).
+
+    `mode`/`window` are top-level keys (SPEC §4); a plan whose info is an object may carry them
+    as `info.mode`/`info.window` instead (governance proposals have only `info`), top level wins.
+    """
     if not isinstance(obj, dict):
         raise PlanError(f"a plan must be a JSON object, got {type(obj).__name__}")
     if "name" not in obj:
@@ -168,8 +201,17 @@ def plan_from_object(obj: object, source: str) -> Plan:
     rehearse = obj.get("rehearse", False)
     if not isinstance(rehearse, bool):
         raise PlanError(f"rehearse must be true or false, got {type(rehearse).__name__}")
+    carrier: dict[str, Any] = obj if "mode" in obj or "window" in obj else (info or {})
+    mode, window = validate_mode(carrier.get("mode"), carrier.get("window"), height)
     return Plan(
-        name=name, height=height, info=info, info_url=info_url, source=source, rehearse=rehearse
+        name=name,
+        height=height,
+        info=info,
+        info_url=info_url,
+        source=source,
+        rehearse=rehearse,
+        mode=mode,
+        window=window,
     )
 
 
@@ -214,6 +256,11 @@ def plan_to_object(plan: Plan) -> dict[str, Any]:
         obj["info"] = plan.info_url
     if plan.rehearse:
         obj["rehearse"] = True
+    if plan.mode != "at" or (plan.info is not None and {"mode", "window"} & plan.info.keys()):
+        # Top level, so that an info object holding others cannot override the plan's mode.
+        obj["mode"] = plan.mode
+        if plan.window is not None:
+            obj["window"] = plan.window
     return obj
 
 
@@ -322,12 +369,14 @@ def register(
 
 def _same_plan(a: Plan, b: Plan) -> bool:
     """Equal for the upgrade it describes, whichever source showed it."""
-    return (a.name, a.height, a.info, a.info_url, a.rehearse) == (
+    return (a.name, a.height, a.info, a.info_url, a.rehearse, a.mode, a.window) == (
         b.name,
         b.height,
         b.info,
         b.info_url,
         b.rehearse,
+        b.mode,
+        b.window,
     )
 
 
@@ -416,6 +465,7 @@ def decode_state(raw: bytes) -> QueueState:
         try:
             validate_name(entry.plan.name)
             validate_height(entry.plan.height)
+            validate_mode(entry.plan.mode, entry.plan.window, entry.plan.height)
         except PlanError as exc:
             raise PlanError(f"plan queue is unreadable: plans[{index}]: {exc}") from None
     return state

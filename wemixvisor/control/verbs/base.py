@@ -24,6 +24,7 @@ from wemixvisor.control.protocol import Request
 from wemixvisor.home.layout import Home
 from wemixvisor.messages.backup import BackupInfo
 from wemixvisor.plans.queue import Plan, QueuedPlan, QueueState
+from wemixvisor.upgrade.window import WindowState
 
 __all__ = [
     "BackupContext",
@@ -92,6 +93,7 @@ class PlanSnapshot:
     journal: dict[str, Any] | None
     head: int | None
     preflight_ok: dict[str, bool] = field(default_factory=dict)  # the daemon's last verdicts
+    windows: dict[str, WindowState] = field(default_factory=dict)  # window plans' slots (§19)
 
 
 @dataclass(frozen=True)

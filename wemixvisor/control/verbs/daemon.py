@@ -176,6 +176,7 @@ class ControlContext:
             journal=msgspec.to_builtins(journal) if journal is not None else None,
             head=snapshot.head,
             preflight_ok=dict(snapshot.preflight_ok),
+            windows=snapshot.windows,
         )
 
     def register_plan(self, plan: Plan, *, now: bool) -> Registration:

@@ -155,6 +155,9 @@ def _plans_section(snapshot: Any) -> PlansSection:
                 height=entry.plan.height,
                 late=entry.late,
                 source=entry.plan.source,
+                mode=entry.plan.mode,
+                window=entry.plan.window,
+                slot=snapshot.windows.get(entry.plan.name),
             )
             for entry in pending(queue)
         ],

@@ -20,6 +20,7 @@ from wemixvisor.control.verbs.replies import (
 from wemixvisor.messages.backup import BackupInfo
 from wemixvisor.messages.governance import ChainInfo, Proposal
 from wemixvisor.plans.queue import last_old_block
+from wemixvisor.upgrade.window import WindowState
 
 __all__ = [
     "NOT_YET_SEEN",
@@ -121,7 +122,9 @@ def render_status(reply: StatusReply) -> str:
         lines.append("plans     unknown (orchestrator not answering)")
     else:
         shown = ", ".join(
-            f"{p.name} at {p.height} " + ("(late)" if p.late else f"(switches {_switch(p.height)})")
+            f"{p.name} at {p.height} "
+            + ("(late)" if p.late else f"(switches {_switch(p.height)})")
+            + (f" [{window_note(p.window, p.slot)}]" if p.window is not None else "")
             for p in plans.pending
         )
         lines.append(f"plans     {len(plans.pending)} pending" + (f": {shown}" if shown else ""))
@@ -202,6 +205,28 @@ def render_plans(rows: Sequence[PlanRow]) -> str:
     return _table(header, cells, free_last=True)
 
 
+def window_note(window: int, slot: WindowState | None) -> str:
+    """A rolling-window plan in one line: its window, its slot, what it waits for, the ETA."""
+    text = f"window of {window} blocks"
+    if slot is None:
+        return text + ": slot not taken yet (surveyed when the window opens)"
+    if slot.slot_start is not None:
+        who = "validator" if slot.validator else "non-validator, by address hash"
+        text += (
+            f"; slot {(slot.slot_index or 0) + 1}/{slot.slot_count} at blocks "
+            f"{slot.slot_start}-{slot.slot_end} ({who}"
+            + (", shared: window shorter than the validator set" if slot.shared else "")
+            + ")"
+        )
+    if slot.verdict == "waiting_for_quorum":
+        text += f"; waiting for quorum: {slot.active} other validators up, {slot.needed} needed"
+    elif slot.verdict == "closed":
+        text += f"; window closed ({slot.reason}): switches at H-1"
+    elif slot.eta_blocks:
+        text += f"; in {slot.eta_blocks} blocks"
+    return text
+
+
 def render_upgrade_status(status: UpgradeStatus) -> str:
     """`upgrade status`: the daemon, the pending plans and the journal."""
     daemon = status.daemon
@@ -221,6 +246,8 @@ def render_upgrade_status(status: UpgradeStatus) -> str:
                 notes.append(NOT_YET_SEEN)
             switch = "" if row.late else f": switches {_switch(row.height)}"
             lines.append(f"  {row.name} at height {row.height} ({', '.join(notes)}){switch}")
+            if isinstance(row.window, int):
+                lines.append(f"    {window_note(row.window, row.slot or None)}")
     else:
         lines.append("pending: none")
     if status.journal is not None:

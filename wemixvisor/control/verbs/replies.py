@@ -17,6 +17,7 @@ from wemixvisor.messages.governance import ChainInfo, Proposal
 from wemixvisor.messages.height import HeightStatus
 from wemixvisor.messages.node import NodeStatus
 from wemixvisor.plans.queue import RehearsalRecord
+from wemixvisor.upgrade.window import WindowState
 
 __all__ = [
     "BackupCreateReply",
@@ -58,6 +59,9 @@ class PendingPlan(msgspec.Struct, frozen=True):
     height: int
     late: bool
     source: str
+    mode: str = "at"
+    window: int | None = None  # blocks, with mode "window" (SPEC §19)
+    slot: WindowState | None = None  # the window plan's slot and verdict, once surveyed
 
 
 class InProgress(msgspec.Struct, frozen=True):
@@ -182,6 +186,9 @@ class PlanRow(msgspec.Struct, frozen=True, kw_only=True):
     finished_at: float | None
     readiness: Readiness | UnsetType = UNSET
     rehearsal: RehearsalRecord | UnsetType = UNSET  # its binary's last rehearsal (SPEC §19)
+    mode: str | UnsetType = UNSET  # "window" for a rolling-window plan (left out for "at")
+    window: int | UnsetType = UNSET
+    slot: WindowState | UnsetType = UNSET  # its slot, the verdict and the ETA, once surveyed
 
 
 class ListUpgradesReply(msgspec.Struct, frozen=True):

@@ -42,6 +42,7 @@ from wemixvisor.plans.queue import (
 )
 from wemixvisor.upgrade.download.install import read_download_record
 from wemixvisor.upgrade.preflight import custom_preupgrade_path, registration_problems
+from wemixvisor.upgrade.window import WindowState
 
 __all__ = [
     "CancelUpgradeVerb",
@@ -70,6 +71,10 @@ class ScheduleUpgradeVerb(Verb[PlanContext, ScheduleUpgrade, ScheduleUpgradeRepl
             plan_object["info"] = request.info
         if request.rehearse:
             plan_object["rehearse"] = True
+        if request.mode is not None:
+            plan_object["mode"] = request.mode
+        if request.window is not None:
+            plan_object["window"] = request.window
         try:
             plan = plan_from_object(plan_object, "control")
         except PlanError as exc:
@@ -165,8 +170,8 @@ class CancelUpgradeVerb(Verb[PlanContext, CancelUpgrade, CancelUpgradeReply]):
         return "\n".join(lines)
 
 
-def plan_row(entry: QueuedPlan) -> PlanRow:
-    """A queued plan as `list_upgrades` shows it."""
+def plan_row(entry: QueuedPlan, window: WindowState | None = None) -> PlanRow:
+    """A queued plan as `list_upgrades` shows it (`window`: a window plan's slot)."""
     row = _row(
         entry.plan,
         status=entry.status.value,
@@ -175,6 +180,8 @@ def plan_row(entry: QueuedPlan) -> PlanRow:
         registered_at=entry.registered_at or None,
         finished_at=entry.finished_at,
     )
+    if window is not None:
+        row = msgspec.structs.replace(row, slot=window)
     if entry.rehearsal is None:
         return row
     return msgspec.structs.replace(row, rehearsal=entry.rehearsal)
@@ -190,6 +197,9 @@ def _row(
     finished_at: float | None = None,
 ) -> PlanRow:
     info: Any = plan.info if plan.info is not None else plan.info_url
+    window: dict[str, Any] = (
+        {} if plan.window is None else {"mode": plan.mode, "window": plan.window}
+    )
     return PlanRow(
         name=plan.name,
         height=plan.height,
@@ -200,6 +210,7 @@ def _row(
         registered_at=registered_at,
         finished_at=finished_at,
         **({"info": info} if info is not None else {}),
+        **window,
     )
 
 
@@ -214,7 +225,7 @@ class ListUpgradesVerb(Verb[PlanContext, ListUpgrades, ListUpgradesReply]):
     def execute(self, ctx: PlanContext, request: ListUpgrades) -> ListUpgradesReply:
         snapshot = ctx.plan_snapshot()
         queue = snapshot.queue
-        rows = [plan_row(entry) for entry in queue.plans]
+        rows = [plan_row(entry, snapshot.windows.get(entry.plan.name)) for entry in queue.plans]
         in_files, problems = file_plans(ctx.home.data_dir)
         seen: set[str] = set()
         for plan in in_files:
