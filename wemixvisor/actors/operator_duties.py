@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from loguru import logger
@@ -66,14 +66,13 @@ class OperatorDuties:
     _saga: UpgradeSaga | None
     workers: Workers
 
-    def _save_queue(self) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # the orchestrator's methods, which this mixin calls
 
-    def _finish_entry(self, entry: QueuedPlan, status: PlanStatus, detail: str) -> None:
-        raise NotImplementedError
+        def _save_queue(self) -> None: ...
 
-    def _maybe_start(self) -> None:
-        raise NotImplementedError
+        def _finish_entry(self, entry: QueuedPlan, status: PlanStatus, detail: str) -> None: ...
+
+        def _maybe_start(self) -> None: ...
 
     def _init_operator_duties(self) -> None:
         self._rehearsing: tuple[str, threading.Event] | None = None  # plan, its job's end

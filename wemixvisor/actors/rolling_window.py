@@ -11,6 +11,7 @@ thread); the decisions are `upgrade.window.judge` and `assign_slot`.
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 import msgspec
 from loguru import logger
@@ -59,11 +60,11 @@ class RollingWindow:
     _head: int | None
     workers: Workers
 
-    def _maybe_start(self, chosen: QueuedPlan | None = None) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # the orchestrator's methods, which this mixin calls
 
-    def _tell_next_trigger(self) -> None:
-        raise NotImplementedError
+        def _maybe_start(self, chosen: QueuedPlan | None = None) -> None: ...
+
+        def _tell_next_trigger(self) -> None: ...
 
     def _init_rolling_window(self) -> None:
         self._windows: dict[str, WindowState] = {}
