@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 
 from devtools.anvil import AnvilProcess, RpcError, rpc_call, wait_for_rpc
 from tests.daemon_harness import Daemon, EventLog, kill_node_processes
+from tests.support import Inbox, wait_until
 from wemixvisor.actors.governance import GovernanceActor
 from wemixvisor.bus import Bus
 from wemixvisor.chain import governance as gov
@@ -825,40 +826,6 @@ def forge(url: str, address: str, topics: list[str], data: bytes) -> None:
     transact(url, sender, {"to": address, "data": "0x" + (words + data).hex()})
 
 
-# --- the actor on a real chain ---------------------------------------------------------------
-
-
-class Inbox:
-    """Messages a stand-in actor received; waiting for one under a deadline."""
-
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-        self._changed = threading.Condition()
-
-    def put(self, item: Any) -> None:
-        with self._changed:
-            self.items.append(item)
-            self._changed.notify_all()
-
-    def of(self, kind: type[T]) -> list[T]:
-        with self._changed:
-            return [item for item in self.items if isinstance(item, kind)]
-
-    def wait_for(
-        self, kind: type[T], where: Callable[[T], bool] = lambda _: True, timeout: float = 10.0
-    ) -> T:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for item in self.items:
-                    if isinstance(item, kind) and where(item):
-                        return item
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"no matching {kind.__name__}; got {self.items[-8:]!r}")
-                self._changed.wait(left)
-
-
 class StandIn(pykka.ThreadingActor):
     """Plays the orchestrator (answering RegisterPlans like the queue would) or the events
     publisher, recording what it is told."""
@@ -1177,14 +1144,6 @@ def test_a_plan_handed_over_before_a_restart_is_handed_over_again(world: World) 
     assert [(p.name, p.source) for p in message.plans] == [("v1.7.1", "governance")]
     wait_until(lambda: world.proposals()[1].plan == "registered")
     assert len(world.plans.of(RegisterPlans)) == 1
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 # --- the daemon ------------------------------------------------------------------------------
