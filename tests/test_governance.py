@@ -88,9 +88,6 @@ def selector(signature: str) -> str:
     return keccak(text=signature)[:4].hex()
 
 
-# --- the contract on a chain -----------------------------------------------------------------
-
-
 def create_address(sender: str, nonce: int) -> str:
     """Where a contract deployed by `sender` with `nonce` lands (CREATE)."""
     return "0x" + keccak(rlp.encode([bytes.fromhex(sender[2:]), nonce]))[12:].hex()
@@ -188,9 +185,6 @@ def chain(anvil_bin_1_5_1: Path, tmp_path: Path) -> Iterator[AnvilProcess]:
         node.kill()
 
 
-# --- the artifact and the dialect ------------------------------------------------------------
-
-
 def test_the_committed_artifact_is_built_from_the_committed_source() -> None:
     source = (REPO / "contracts" / "UpgradeGovernance.sol").read_bytes()
     assert ARTIFACT["sourceSha256"] == hashlib.sha256(source).hexdigest()
@@ -236,9 +230,6 @@ def test_the_abi_speaks_the_govbase_dialect_exactly() -> None:
         gov.call_data("getProposal", 7)
         == "0x" + selector("getProposal(uint256)") + encode(["uint256"], [7]).hex()
     )
-
-
-# --- decoding --------------------------------------------------------------------------------
 
 
 def record(**fields: Any) -> bytes:
@@ -468,9 +459,6 @@ def test_any_bytes_decode_or_are_refused_never_anything_else(
         gov.decode_proposal(data)
 
 
-# --- folding ---------------------------------------------------------------------------------
-
-
 def event(name: str, proposal: int, block: int, index: int = 0, **fields: Any) -> gov.ProposalEvent:
     return gov.ProposalEvent(
         event=name, id=proposal, block=block, log_index=index, account=PROPOSER, **fields
@@ -668,9 +656,6 @@ def test_a_state_file_of_the_earlier_shape_gets_the_govbase_names(tmp_path: Path
         1,
         2,
     )
-
-
-# --- hostile nodes ---------------------------------------------------------------------------
 
 
 class GarbageNode:
@@ -1144,9 +1129,6 @@ def test_a_plan_handed_over_before_a_restart_is_handed_over_again(world: World) 
     assert [(p.name, p.source) for p in message.plans] == [("v1.7.1", "governance")]
     wait_until(lambda: world.proposals()[1].plan == "registered")
     assert len(world.plans.of(RegisterPlans)) == 1
-
-
-# --- the daemon ------------------------------------------------------------------------------
 
 
 @pytest.fixture
