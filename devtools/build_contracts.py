@@ -30,6 +30,14 @@ CONTRACT = "UpgradeGovernance"
 CONTRACTS_DIR = Path(__file__).resolve().parent.parent / "contracts"
 SOURCE = CONTRACTS_DIR / f"{CONTRACT}.sol"
 ARTIFACT = CONTRACTS_DIR / f"{CONTRACT}.json"
+PACKAGED_ABI = (
+    Path(__file__).resolve().parent.parent
+    / "wemixvisor"
+    / "chain"
+    / "governance"
+    / f"{CONTRACT}.abi.json"
+)
+"""The ABI alone, shipped inside the package: an installed daemon reads it from there."""
 
 SETTINGS: dict[str, Any] = {
     "optimizer": {"enabled": True, "runs": 200},
@@ -127,6 +135,11 @@ def render(artifact: dict[str, Any]) -> str:
     return json.dumps(artifact, indent=2, sort_keys=True) + "\n"
 
 
+def render_abi(artifact: dict[str, Any]) -> str:
+    """The packaged ABI file's text, in the same stable form."""
+    return json.dumps(artifact["abi"], indent=2, sort_keys=True) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Compile and write the artifact, or with --check compare it to the committed one."""
     parser = argparse.ArgumentParser(
@@ -140,15 +153,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="compile and compare with the committed artifact; write nothing",
     )
     args = parser.parse_args(argv)
-    text = render(compile_artifact())
+    artifact = compile_artifact()
+    outputs = {ARTIFACT: render(artifact), PACKAGED_ABI: render_abi(artifact)}
     if args.check:
-        if not ARTIFACT.exists() or ARTIFACT.read_text() != text:
-            print(f"{ARTIFACT} is stale: run python -m devtools.build_contracts", file=sys.stderr)
+        stale = [
+            path for path, text in outputs.items() if not path.exists() or path.read_text() != text
+        ]
+        for path in stale:
+            print(f"{path} is stale: run python -m devtools.build_contracts", file=sys.stderr)
+        if stale:
             return 1
-        print(f"{ARTIFACT} is up to date")
+        print(f"{ARTIFACT} and {PACKAGED_ABI} are up to date")
         return 0
-    ARTIFACT.write_text(text)
-    print(f"wrote {ARTIFACT}")
+    for path, text in outputs.items():
+        path.write_text(text)
+        print(f"wrote {path}")
     return 0
 
 

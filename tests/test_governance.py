@@ -32,6 +32,7 @@ from eth_utils import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from devtools import build_contracts
 from devtools.anvil import AnvilProcess, RpcError, rpc_call, wait_for_rpc
 from tests.daemon_harness import Daemon, EventLog, kill_node_processes
 from tests.support import Inbox, wait_until
@@ -190,6 +191,13 @@ def test_the_committed_artifact_is_built_from_the_committed_source() -> None:
     assert ARTIFACT["sourceSha256"] == hashlib.sha256(source).hexdigest()
     assert ARTIFACT["compiler"]["version"] in source.decode()
     assert ARTIFACT["bytecode"].startswith("0x60")
+
+
+def test_the_packaged_abi_is_the_committed_artifacts_abi() -> None:
+    # The installed daemon reads the ABI from the package, never from the repository.
+    packaged = Path(gov.__file__).resolve().parent / "UpgradeGovernance.abi.json"
+    assert json.loads(packaged.read_text()) == ARTIFACT["abi"]
+    assert build_contracts.render_abi(ARTIFACT) == packaged.read_text()
 
 
 def test_the_abi_speaks_the_govbase_dialect_exactly() -> None:

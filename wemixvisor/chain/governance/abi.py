@@ -2,8 +2,9 @@
 
 Both kinds of followed contract, the project's `UpgradeGovernance` and the GovBase system
 contracts, share these events and `getProposal`, so one ABI serves both. The ABI is read from
-the committed artifact (`contracts/UpgradeGovernance.json`, rebuilt by
-`python -m devtools.build_contracts`); topics and selectors are derived from it with web3's
+`UpgradeGovernance.abi.json` beside this module (package data, so an installed daemon has it),
+written with the committed artifact `contracts/UpgradeGovernance.json` by
+`python -m devtools.build_contracts`; topics and selectors are derived from it with web3's
 ABI machinery (`eth_utils`), never written out by hand.
 """
 
@@ -24,8 +25,8 @@ from eth_utils.abi import (
 )
 from eth_utils.crypto import keccak
 
-ARTIFACT: Final = Path(__file__).resolve().parents[3] / "contracts" / "UpgradeGovernance.json"
-"""The committed artifact (ABI + bytecode) next to its Solidity source."""
+ABI_FILE: Final = Path(__file__).resolve().with_name("UpgradeGovernance.abi.json")
+"""The contract's ABI, shipped in the package (the full artifact lives in `contracts/`)."""
 
 UPGRADE_ACTION: Final = "0x" + keccak(text="UPGRADE").hex()
 """`actionType` of an UpgradeGovernance upgrade proposal."""
@@ -113,5 +114,5 @@ def dialect_of(abi: list[dict[str, Any]]) -> Dialect:
 
 @functools.cache
 def dialect() -> Dialect:
-    """The dialect of the committed artifact (read once)."""
-    return dialect_of(json.loads(ARTIFACT.read_text())["abi"])
+    """The dialect of the packaged ABI (read once)."""
+    return dialect_of(json.loads(ABI_FILE.read_text()))
