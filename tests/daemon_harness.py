@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psutil
 
 from wemixvisor.events.subscriber import EventSubscriber
@@ -102,12 +103,15 @@ class Daemon:
         assert self.process is not None
         return self.process.pid
 
-    def node_pids(self) -> list[int]:
-        """Direct children of the daemon (the node, while the daemon runs it)."""
+    def node_pid(self) -> int | None:
+        """The node's pid as the daemon records it (`state/node.pid`); None without a record.
+
+        Not the daemon's children: those include short-lived `<binary> --version` probes."""
+        record = self.home / "wemixvisor" / "state" / "node.pid"
         try:
-            return [child.pid for child in psutil.Process(self.pid).children()]
-        except psutil.NoSuchProcess:
-            return []
+            return int(msgspec.json.decode(record.read_bytes())["pid"])
+        except FileNotFoundError:
+            return None
 
     def terminate(self, timeout: float = 60.0) -> int:
         """SIGTERM and wait; the daemon's exit code."""
