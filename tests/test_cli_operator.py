@@ -45,6 +45,7 @@ DAEMON_ONLY_VERBS = [
     ["governance", "proposals"],
     ["config", "show"],
     ["events", "--count", "1"],
+    ["web", "--print-url"],
 ]
 
 

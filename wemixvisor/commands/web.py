@@ -72,7 +72,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="a comment line this often on an idle event stream (default 15)",
     )
-    parser.set_defaults(handler=handle)
+    # The console only asks daemons: a broken config.toml must not take it away (§11).
+    parser.set_defaults(handler=handle, talks_to_daemon=True)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
