@@ -12,19 +12,21 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import math
+import multiprocessing
 import os
 import platform
+import random
 import select
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
 
 import psutil
 
@@ -322,3 +324,58 @@ def log_tail(path: Path, lines: int = 15) -> str:
     except OSError as exc:
         return f"    ({path}: {exc})"
     return "\n".join(f"    {line}" for line in text.splitlines()[-lines:])
+
+
+WARMUP_REQUESTS = 30
+"""Requests each client sends before the clients start together (connections, caches)."""
+
+
+def paced_samples(
+    request: Callable[[], object], requests: int, start: Any, interval: float
+) -> list[float]:
+    """One client's latencies: warm up, wait at the barrier `start` with the others, then
+    `requests` calls — back to back when `interval` is 0, else one every `interval` seconds
+    from a random phase."""
+    for _ in range(WARMUP_REQUESTS):
+        request()
+    start.wait()
+    samples: list[float] = []
+    next_at = time.perf_counter() + interval * random.random()
+    for _ in range(requests):
+        if interval:
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+            next_at += interval
+        began = time.perf_counter()
+        request()
+        samples.append(time.perf_counter() - began)
+    return samples
+
+
+def concurrent_clients(
+    client: Callable[..., None], args: tuple[Any, ...], clients: int
+) -> tuple[list[float], float]:
+    """Run `clients` processes of `client(*args, start=barrier, results=queue)` together; each
+    puts its latencies (or a failure's text) on the queue. All latencies, and the wall time."""
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(clients + 1)
+    results = context.Queue()
+    workers = [
+        context.Process(target=client, args=args, kwargs={"start": start, "results": results})
+        for _ in range(clients)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        start.wait(timeout=120)
+        began = time.perf_counter()
+        collected = [results.get(timeout=300) for _ in workers]
+        wall = time.perf_counter() - began
+    finally:
+        for worker in workers:
+            worker.join(10)
+            if worker.is_alive():
+                worker.kill()
+    failures = [result for result in collected if isinstance(result, str)]
+    if failures:
+        raise RuntimeError(f"{len(failures)} clients failed, first: {failures[0]}")
+    return [sample for series in collected for sample in series], wall

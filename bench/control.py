@@ -18,9 +18,7 @@ reported, not asserted; exit 1 only when something could not be measured.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
-import random
 import sys
 import tempfile
 import threading
@@ -37,9 +35,11 @@ if __package__ in (None, ""):
 from bench._harness import (
     ProcessTracker,
     Stats,
+    concurrent_clients,
     log_tail,
     machine_line,
     ms,
+    paced_samples,
     print_table,
     signals_raise,
 )
@@ -52,7 +52,6 @@ from wemixvisor.messages.events import ConfigRejected
 
 ANVIL_VERSION = "1.5.1"
 TARGET_P99 = 0.010  # status round trip p99 at 10 concurrent clients
-WARMUP = 30
 
 
 def start_daemon(tracker: ProcessTracker, workdir: Path) -> tuple[str, Path]:
@@ -91,23 +90,13 @@ def wait_running(endpoint: str, timeout: float = 60.0) -> None:
     raise RuntimeError(f"the daemon at {endpoint} did not report a running node in {timeout}s")
 
 
-def _client(endpoint: str, requests: int, start: Any, results: Any, interval: float) -> None:
-    """One operator tool's worth of status requests, in a process of its own; back to back
-    when `interval` is 0, else one request every `interval` seconds."""
-    samples: list[float] = []
+def _client(endpoint: str, requests: int, interval: float, *, start: Any, results: Any) -> None:
+    """One operator tool's worth of status requests, in a process of its own."""
     try:
         with ControlClient(endpoint, 5.0) as client:
-            for _ in range(WARMUP):
-                client.request({"type": "status"})
-            start.wait()
-            next_at = time.perf_counter() + interval * random.random()
-            for _ in range(requests):
-                if interval:
-                    time.sleep(max(0.0, next_at - time.perf_counter()))
-                    next_at += interval
-                began = time.perf_counter()
-                client.request({"type": "status"})
-                samples.append(time.perf_counter() - began)
+            samples = paced_samples(
+                lambda: client.request({"type": "status"}), requests, start, interval
+            )
     except (ControlError, ControlUnreachable) as exc:
         results.put(repr(exc))
         return
@@ -118,29 +107,7 @@ def round_trips(
     endpoint: str, clients: int, requests: int, interval: float = 0.0
 ) -> tuple[list[float], float]:
     """Latencies of `clients` x `requests` status round trips, and the wall time."""
-    context = multiprocessing.get_context("spawn")
-    start = context.Barrier(clients + 1)
-    results = context.Queue()
-    workers = [
-        context.Process(target=_client, args=(endpoint, requests, start, results, interval))
-        for _ in range(clients)
-    ]
-    for worker in workers:
-        worker.start()
-    try:
-        start.wait(timeout=120)
-        began = time.perf_counter()
-        collected = [results.get(timeout=300) for _ in workers]
-        wall = time.perf_counter() - began
-    finally:
-        for worker in workers:
-            worker.join(10)
-            if worker.is_alive():
-                worker.kill()
-    failures = [result for result in collected if isinstance(result, str)]
-    if failures:
-        raise RuntimeError(f"{len(failures)} clients failed, first: {failures[0]}")
-    return [sample for series in collected for sample in series], wall
+    return concurrent_clients(_client, (endpoint, requests, interval), clients)
 
 
 class PublishResult:

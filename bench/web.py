@@ -18,9 +18,7 @@ exit 1 only when something could not be measured.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
-import random
 import sys
 import tempfile
 import threading
@@ -39,9 +37,11 @@ import msgspec
 from bench._harness import (
     ProcessTracker,
     Stats,
+    concurrent_clients,
     log_tail,
     machine_line,
     ms,
+    paced_samples,
     print_table,
     sample_idle,
     signals_raise,
@@ -53,7 +53,6 @@ from wemixvisor.home.layout import Home, init_home
 ANVIL_VERSION = "1.5.1"
 TARGET_STATUS_P99 = 0.020  # HTTP status p99 at 10 clients
 TARGET_SSE_P99 = 0.050  # event publish → SSE client p99
-WARMUP = 30
 
 
 def start_daemon(tracker: ProcessTracker, workdir: Path) -> tuple[Path, int]:
@@ -103,24 +102,15 @@ def start_console(tracker: ProcessTracker, workdir: Path, home: Path) -> tuple[s
 
 
 def _client(
-    base: str, token: str, requests: int, *, start: Any, results: Any, interval: float
+    base: str, token: str, requests: int, interval: float, *, start: Any, results: Any
 ) -> None:
     """One client's status requests, in a process of its own."""
-    samples: list[float] = []
     headers = {"Authorization": f"Bearer {token}"}
     try:
         with httpx.Client(base_url=base, headers=headers, trust_env=False, timeout=10) as client:
-            for _ in range(WARMUP):
-                client.get("/api/v1/status").raise_for_status()
-            start.wait()
-            next_at = time.perf_counter() + interval * random.random()
-            for _ in range(requests):
-                if interval:
-                    time.sleep(max(0.0, next_at - time.perf_counter()))
-                    next_at += interval
-                began = time.perf_counter()
-                client.get("/api/v1/status").raise_for_status()
-                samples.append(time.perf_counter() - began)
+            samples = paced_samples(
+                lambda: client.get("/api/v1/status").raise_for_status(), requests, start, interval
+            )
     except httpx.HTTPError as exc:
         results.put(repr(exc))
         return
@@ -131,33 +121,7 @@ def round_trips(
     base: str, token: str, clients: int, requests: int, interval: float = 0.0
 ) -> tuple[list[float], float]:
     """Latencies of `clients` x `requests` HTTP status requests, and the wall time."""
-    context = multiprocessing.get_context("spawn")
-    start = context.Barrier(clients + 1)
-    results = context.Queue()
-    workers = [
-        context.Process(
-            target=_client,
-            args=(base, token, requests),
-            kwargs={"start": start, "results": results, "interval": interval},
-        )
-        for _ in range(clients)
-    ]
-    for worker in workers:
-        worker.start()
-    try:
-        start.wait(timeout=120)
-        began = time.perf_counter()
-        collected = [results.get(timeout=300) for _ in workers]
-        wall = time.perf_counter() - began
-    finally:
-        for worker in workers:
-            worker.join(10)
-            if worker.is_alive():
-                worker.kill()
-    failures = [result for result in collected if isinstance(result, str)]
-    if failures:
-        raise RuntimeError(f"{len(failures)} clients failed, first: {failures[0]}")
-    return [sample for series in collected for sample in series], wall
+    return concurrent_clients(_client, (base, token, requests, interval), clients)
 
 
 class StreamClient:
