@@ -14,6 +14,7 @@ __all__ = [
     "ZERO_ADDRESS",
     "client_has_fork",
     "parse_block_number",
+    "parse_quantity",
     "proposer",
     "quorum_size",
     "validator_address",
@@ -69,6 +70,14 @@ def proposer(
     raise ValueError(f"no committing validator can propose block {height}")
 
 
+def parse_quantity(value: object) -> int | None:
+    """A JSON-RPC hex quantity (`0x1a`, at most 2**63-1) as a node answers one, else None."""
+    if isinstance(value, str) and _HEX_RE.fullmatch(value):
+        number = int(value, 16)
+        return number if number <= _MAX_BLOCK else None
+    return None
+
+
 def parse_block_number(value: object, head: int) -> int | None:
     """A block parameter as go-ethereum's rpc.BlockNumber accepts it: a hex quantity, a JSON
     integer, "latest"/"pending"/"safe"/"finalized" (the head here), "earliest" (0) or null
@@ -81,10 +90,7 @@ def parse_block_number(value: object, head: int) -> int | None:
         return None
     if isinstance(value, int):
         return value if 0 <= value <= _MAX_BLOCK else None
-    if isinstance(value, str) and _HEX_RE.fullmatch(value):
-        number = int(value, 16)
-        return number if number <= _MAX_BLOCK else None
-    return None
+    return parse_quantity(value)
 
 
 def _rlp(item: bytes | int | list[object]) -> bytes:
