@@ -25,7 +25,7 @@ import pytest
 
 from devtools.anvil import AnvilProcess, anvil_binary, rpc_call
 from devtools.wbft import NetworkStatus, NodeSpec, NodeStatus, WbftNetwork
-from devtools.wbft.rules import parse_quantity
+from devtools.wbft.rules import catch_up_refusal, parse_quantity
 from devtools.wbft_network import _report
 from tests.support import wait_until
 
@@ -366,3 +366,24 @@ def test_a_quantity_from_a_node_is_a_bounded_hex_string(
     value: object, expected: int | None
 ) -> None:
     assert parse_quantity(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("own", "network", "following", "refused"),
+    [
+        (100, 100, 101, None),
+        (100, 100, 100, None),  # blocks of one second share its stamp
+        (100, None, 150, None),  # a block from before the network watched: only the order
+        (100, 99, 150, "it is on another chain"),
+        (200, None, 150, "a fresh genesis newer than the chain"),
+        (200, 200, 150, "a fresh genesis newer than the chain"),
+    ],
+)
+def test_a_node_is_given_the_next_block_only_on_the_networks_chain_and_in_time_order(
+    own: int, network: int | None, following: int, refused: str | None
+) -> None:
+    refusal = catch_up_refusal(7, own, network, following)
+    if refused is None:
+        assert refusal is None
+    else:
+        assert refusal is not None and refused in refusal

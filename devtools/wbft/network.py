@@ -48,7 +48,13 @@ from devtools.wbft.ipc import IpcEndpoint
 from devtools.wbft.launched import LaunchedNodes
 from devtools.wbft.ledger import Ledger
 from devtools.wbft.proxy import NodeProxy, ProxyHost
-from devtools.wbft.rules import client_has_fork, parse_quantity, quorum_size, validator_address
+from devtools.wbft.rules import (
+    catch_up_refusal,
+    client_has_fork,
+    parse_quantity,
+    quorum_size,
+    validator_address,
+)
 
 __all__ = [
     "DEFAULT_FORK_VERSIONS",
@@ -503,20 +509,15 @@ class WbftNetwork:
         own = parse_quantity(block.get("timestamp")) if isinstance(block, dict) else None
         if own is None:
             return f"it answers its head block {head} without a valid timestamp"
-        record = self.ledger.recorded(head)
-        if record is not None and record.timestamp != own:
-            return (
-                f"its block {head} is stamped {own}, the network's {record.timestamp}: "
-                "it is on another chain"
-            )
         following = self._timestamp(head + 1)
         if following is None:
             return f"no node knows the timestamp of block {head + 1}"
-        if following < own:
-            return (
-                f"its head block {head} is stamped {own}, later than the network's block "
-                f"{head + 1} ({following}): a fresh genesis newer than the chain?"
-            )
+        record = self.ledger.recorded(head)
+        refusal = catch_up_refusal(
+            head, own, None if record is None else record.timestamp, following
+        )
+        if refusal is not None:
+            return refusal
         # anvil refuses blocks stamped before the time it started at, even when it loaded an
         # older chain from --state: its clock goes back to its own head, no block changes.
         try:

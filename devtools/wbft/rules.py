@@ -12,6 +12,7 @@ from collections.abc import Collection, Sequence
 
 __all__ = [
     "ZERO_ADDRESS",
+    "catch_up_refusal",
     "client_has_fork",
     "parse_block_number",
     "parse_quantity",
@@ -43,6 +44,29 @@ def client_has_fork(client_version: str, fork_versions: Collection[str]) -> bool
     a binary that carries the fork: its `X.Y.Z` is one of `fork_versions`."""
     match = _VERSION_RE.search(client_version)
     return match is not None and match.group(1) in fork_versions
+
+
+def catch_up_refusal(
+    head: int, own_timestamp: int, network_timestamp: int | None, next_timestamp: int
+) -> str | None:
+    """Why a node at block `head`, stamped `own_timestamp`, cannot be given the network's block
+    head+1 (stamped `next_timestamp`), else None. `network_timestamp` is the network's own
+    stamp of block `head`, when the network mined it.
+
+    A node whose block differs from the network's is on another chain; a block may not be
+    stamped before its parent (a node restarted from a fresh genesis newer than the chain).
+    """
+    if network_timestamp is not None and network_timestamp != own_timestamp:
+        return (
+            f"its block {head} is stamped {own_timestamp}, the network's {network_timestamp}: "
+            "it is on another chain"
+        )
+    if next_timestamp < own_timestamp:
+        return (
+            f"its head block {head} is stamped {own_timestamp}, later than the network's block "
+            f"{head + 1} ({next_timestamp}): a fresh genesis newer than the chain?"
+        )
+    return None
 
 
 def validator_address(index: int) -> str:
