@@ -9,7 +9,9 @@ the chain once every node runs 1.7.1 at H+3, with anvil's own start (a fraction 
 with a node that takes `--start-delay` seconds to start (the new binary is wrapped in a script
 that sleeps first, as a real node replaying its journal would): the longest interval between
 block timestamps, the block slots the chain missed (elapsed time / block time - blocks made),
-and the validator-blocks missed (blocks a validator did not commit, summed over them).
+and the validator-blocks missed (blocks a validator did not commit, summed over them). Every
+node must hold the same block timestamps (a restarted node is caught up with the network's);
+a round where they differ fails.
 
 Usage: `python -m bench.fleet [--rounds N] [--block-time S] [--window W] [--start-delay S]`.
 """
@@ -129,11 +131,9 @@ def run_round(work: Path, mode: str, block_time: float, window: int, delay: floa
                     tracker.remember(pid)
             committers = [set(network.committers(n) or ()) for n in range(1, last + 1)]
             addresses = network.addresses
-            blocks = [
-                rpc_call(specs[0].rpc_url, "eth_getBlockByNumber", [hex(n), False])
-                for n in range(1, last + 1)
-            ]
-    stamps = [int(block["timestamp"], 16) for block in blocks]
+            stamps = _timestamps(specs[0].rpc_url, last)
+            for index, spec in enumerate(specs[1:], start=1):
+                _check_same_chain(index, _timestamps(spec.rpc_url, last), stamps)
     intervals = [b - a for a, b in itertools.pairwise(stamps)]
     elapsed_slots = round((stamps[-1] - stamps[0]) / block_time)
     return Outcome(
@@ -143,6 +143,22 @@ def run_round(work: Path, mode: str, block_time: float, window: int, delay: floa
             address not in block for block in committers for address in addresses
         ),
     )
+
+
+def _timestamps(url: str, last: int) -> list[int]:
+    """The timestamps of blocks 1..last on the node at `url`."""
+    return [
+        int(rpc_call(url, "eth_getBlockByNumber", [hex(n), False])["timestamp"], 16)
+        for n in range(1, last + 1)
+    ]
+
+
+def _check_same_chain(index: int, stamps: list[int], reference: list[int]) -> None:
+    for number, (ours, theirs) in enumerate(zip(stamps, reference, strict=True), start=1):
+        if ours != theirs:
+            raise RuntimeError(
+                f"node {index}'s block {number} is stamped {ours}, node 0's {theirs}"
+            )
 
 
 def _span(values: list[int]) -> str:
@@ -170,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 work = Path(scratch) / f"r{index}-{mode}-{delay:g}"
                 try:
                     outcome = run_round(work, mode, args.block_time, args.window, delay)
-                except TimeoutError as exc:
+                except (TimeoutError, RuntimeError) as exc:
                     failed[mode, delay] = str(exc)
                     print(f"  round {index + 1} {mode} start+{delay:g}s: {exc}", flush=True)
                     continue

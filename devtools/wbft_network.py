@@ -6,7 +6,9 @@
 `--launch VERSION` (repeated) starts one anvil per validator here; `--node URL` (repeated) only
 names nodes started by someone else (e.g. each by its own wemixvisor daemon running `anvil
 --no-mining --port P --state FILE`). Once serving it prints one JSON line on stdout naming each
-node's proxy, then one line per block or change of state, until SIGTERM/SIGINT or `--duration`.
+node's proxy, then one line per block or change of state (`block N: ...`), and one line each
+time the network leaves a node out or takes it back (`node I left out: why`, `node I takes part
+again`), until SIGTERM/SIGINT or `--duration`.
 """
 
 from __future__ import annotations
@@ -117,13 +119,24 @@ def _describe(network: WbftNetwork) -> str:
     )
 
 
-def _report(status: NetworkStatus, previous: NetworkStatus | None) -> str | None:
-    if previous is not None and (status.head, status.halted) == (previous.head, previous.halted):
-        return None
-    committing = sum(node.committing for node in status.nodes)
-    answering = sum(node.answering for node in status.nodes)
-    state = "HALTED (no quorum)" if status.halted else f"{committing} committed"
-    return f"block {status.head}: {state}; {answering}/{len(status.nodes)} nodes answer"
+def _report(status: NetworkStatus, previous: NetworkStatus | None) -> list[str]:
+    """The lines that tell what changed since `previous`: the chain, then each node the
+    network left out or took back."""
+    lines = []
+    if previous is None or (status.head, status.halted) != (previous.head, previous.halted):
+        committing = sum(node.committing for node in status.nodes)
+        answering = sum(node.answering for node in status.nodes)
+        state = "HALTED (no quorum)" if status.halted else f"{committing} committed"
+        lines.append(f"block {status.head}: {state}; {answering}/{len(status.nodes)} nodes answer")
+    before = {node.index: node.left_out for node in previous.nodes} if previous else {}
+    for node in status.nodes:
+        if node.left_out == before.get(node.index):
+            continue
+        if node.left_out is None:
+            lines.append(f"node {node.index} takes part again")
+        else:
+            lines.append(f"node {node.index} left out: {node.left_out}")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None, out: IO[str] = sys.stdout) -> int:
@@ -152,8 +165,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] = sys.stdout) -> int:
                 status = network.wait_for_ticks(1, timeout=max(5.0, 3 * network.block_time))
             except TimeoutError:
                 continue
-            line = _report(status, previous)
-            if line is not None:
+            for line in _report(status, previous):
                 print(line, file=out, flush=True)
             previous = status
     return 0

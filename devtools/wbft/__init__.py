@@ -3,9 +3,11 @@
 anvil has no `istanbul_*` namespace and no fork rules. `WbftNetwork` mines N anvil nodes
 (`--no-mining`) in lockstep only while a quorum of validators answers, withholds a fork block
 from nodes whose binary predates it, and puts a JSON-RPC proxy in front of each node that serves
-`istanbul_*` with go-stablenet's shapes and long WBFT extraData. It is not a consensus engine:
-no signatures are checked, no messages exchanged; it only reproduces what a client of one node
-can observe.
+`istanbul_*` with go-stablenet's shapes and long WBFT extraData. A node that comes back behind
+the network is given the blocks it missed with the network's timestamps, as a WBFT node syncs
+from its peers; one it cannot bring along is reported (`NodeStatus.left_out`). It is not a
+consensus engine: no signatures are checked, no messages exchanged; it only reproduces what a
+client of one node can observe.
 """
 
 from devtools.wbft.ipc import IpcEndpoint

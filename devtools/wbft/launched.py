@@ -2,7 +2,9 @@
 
 One owner for their processes: each node has a fixed port and a `--state` file, so a node that
 is stopped and started again (perhaps with another anvil version) comes back on the same URL
-with its chain, as a node restarted by its supervisor would.
+with its chain, as a node restarted by its supervisor would. Only a node without a state file
+gets the network's genesis timestamp (`--timestamp`); a restart loads its chain from the state
+file and runs with the wall clock, as a daemon restarting `anvil --no-mining --state FILE` does.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ class LaunchedNodes:
         self.directory = directory
         self.ports = [free_port() for _ in versions]
         # One genesis for all: nodes of one version then mine byte-identical blocks.
-        self._args = ["--no-mining", "--timestamp", str(genesis_timestamp)]
+        self._genesis = ["--timestamp", str(genesis_timestamp)]
         self._processes: list[AnvilProcess | None] = [None] * len(versions)
 
     @property
@@ -46,13 +48,14 @@ class LaunchedNodes:
             raise RuntimeError(f"node {index} is running")
         if version is not None:
             self.versions[index] = version
+        state_file = self.directory / f"node{index}.state.json"
         process = AnvilProcess(
             anvil_binary(self.versions[index]),
             self.directory,
             port=self.ports[index],
             block_time=None,
-            state_file=self.directory / f"node{index}.state.json",
-            extra_args=self._args,
+            state_file=state_file,
+            extra_args=["--no-mining", *([] if state_file.exists() else self._genesis)],
         )
         self._processes[index] = process
         process.start(wait=wait)

@@ -11,13 +11,22 @@ The nodes are either started here (`WbftNetwork.launch`) or only named by their 
 (started by someone else, e.g. one wemixvisor daemon per node): a node may disappear and come
 back on the same port, with another binary, at any time.
 
+A node that comes back behind the network (restarted from its `--state` file after missing k
+blocks) is given the blocks it missed, each with the network's timestamp, then takes part again,
+as a WBFT node syncs from its peers before it commits. anvil starts its block clock at its start
+time (`--timestamp`, else the wall clock) even when it loads an older chain from `--state`, and
+refuses a block stamped earlier; so the double first sets the returning node's clock back to its
+own head block's timestamp (`evm_setTime`), which changes no block.
+
 What a client can rely on: every node that takes part has the same heights and block
 timestamps (a block's timestamp is max(parent's, wall clock), chosen once per height). Block
 hashes are identical only between nodes of one anvil version started with one genesis
 timestamp (`launch` does that); anvil versions differ in their default hardfork, so a 1.7.1
 node's hashes differ from a 1.5.1 node's. A transaction sent to one node is mined on that node
-only: the double exchanges no transactions. A node that cannot take a block with the network's
-timestamp (it restarted from a fresh genesis newer than the chain) is logged and left out.
+only: the double exchanges no transactions. A node the double cannot bring along (its head is
+stamped later than the network's next block, as after a restart from a fresh genesis newer than
+the chain; its blocks are not the network's; it refuses a block; its binary lacks the fork) is
+logged and shows why in its `NodeStatus.left_out`.
 """
 
 from __future__ import annotations
@@ -39,7 +48,13 @@ from devtools.wbft.ipc import IpcEndpoint
 from devtools.wbft.launched import LaunchedNodes
 from devtools.wbft.ledger import Ledger
 from devtools.wbft.proxy import NodeProxy, ProxyHost
-from devtools.wbft.rules import client_has_fork, quorum_size, validator_address
+from devtools.wbft.rules import (
+    catch_up_refusal,
+    client_has_fork,
+    parse_quantity,
+    quorum_size,
+    validator_address,
+)
 
 __all__ = [
     "DEFAULT_FORK_VERSIONS",
@@ -85,6 +100,7 @@ class NodeStatus:
     client_version: str | None
     has_fork: bool
     committing: bool  # took part in the last block mined
+    left_out: str | None = None  # why the double cannot bring this node along, else None
 
 
 @dataclass(frozen=True)
@@ -107,7 +123,7 @@ class _Node:
     client_version: str | None = None
     has_fork: bool = False
     committing: bool = False
-    stuck: bool = False  # could not be caught up; logged once
+    left_out: str | None = None  # why it is not brought along; logged when it changes
 
 
 class WbftNetwork:
@@ -344,6 +360,7 @@ class WbftNetwork:
                 client_version=node.client_version,
                 has_fork=node.has_fork,
                 committing=node.committing,
+                left_out=node.left_out,
             )
             for index, node in enumerate(self._nodes)
         )
@@ -373,17 +390,22 @@ class WbftNetwork:
             if node.head is not None and node.head < self._limit(node, network_head)
         ]
         list(self._pool.map(self._catch_up, behind, [network_head] * len(behind)))
-        for node in self._nodes:
-            if node.head is not None and node.head > network_head and not node.stuck:
-                logger.warning(
-                    "node %s is ahead of the network (%d > %d): mined by someone else? "
-                    "It is not counted until the network reaches it",
-                    node.address,
-                    node.head,
-                    network_head,
-                )
-                node.stuck = True
         number = network_head + 1
+        for node in self._nodes:
+            if node.head is None:
+                continue
+            if node.head > network_head:
+                self._leave_out(
+                    node,
+                    f"ahead of the network ({node.head} > {network_head}): mined by someone "
+                    "else? It is not counted until the network reaches it",
+                )
+            elif node.head == self._limit(node, network_head) < network_head:
+                self._leave_out(
+                    node,
+                    f"its binary ({node.client_version}) lacks the fork at block "
+                    f"{self.fork_block}: it stays at block {node.head}",
+                )
         ready = [
             node
             for node in self._nodes
@@ -394,13 +416,14 @@ class WbftNetwork:
         if sum(node.spec.validator for node in ready) < self.quorum:
             return True
         timestamp = max(self._timestamp(network_head) or 0, int(time.time()))
-        mined = [
-            node
-            for node, ok in zip(
-                ready, self._pool.map(self._mine, ready, [timestamp] * len(ready)), strict=True
-            )
-            if ok
-        ]
+        mined = []
+        for node, refusal in zip(
+            ready, self._pool.map(self._mine, ready, [timestamp] * len(ready)), strict=True
+        ):
+            if refusal is None:
+                mined.append(node)
+            else:
+                self._leave_out(node, f"it refused block {number}: {refusal}")
         if not mined:
             return True
         committers = [node.address for node in mined if node.spec.validator]
@@ -412,6 +435,7 @@ class WbftNetwork:
         for node in mined:
             node.head = number
             node.committing = node.spec.validator
+            self._take_back(node)
         return False
 
     def _probe(self, node: _Node) -> tuple[int, str] | None:
@@ -433,7 +457,7 @@ class WbftNetwork:
             return
         head, version = probe
         if not node.answering or version != node.client_version:
-            node.answering, node.stuck = True, False
+            node.answering, node.left_out = True, None  # a restarted node gets a fresh try
             node.client_version = version
             node.has_fork = client_has_fork(version, self.fork_versions)
             logger.info(
@@ -454,33 +478,70 @@ class WbftNetwork:
             return network_head
         return min(network_head, self.fork_block - 1)
 
+    def _leave_out(self, node: _Node, reason: str) -> None:
+        if reason != node.left_out:
+            logger.warning("node %s is left out: %s", node.address, reason)
+        node.left_out = reason
+
+    def _take_back(self, node: _Node) -> None:
+        if node.left_out is not None:
+            logger.info("node %s takes part again", node.address)
+        node.left_out = None
+
     def _catch_up(self, node: _Node, network_head: int) -> None:
-        """Mine the blocks `node` missed on it, with the network's timestamps."""
+        """Give `node` the blocks it missed, with the network's timestamps."""
         head = node.head
         assert head is not None
         target = min(self._limit(node, network_head), head + _MAX_CATCH_UP)
-        problem = ""
+        problem = self._sync(node, head, target)
+        if problem is not None:
+            self._leave_out(node, f"it cannot be caught up: {problem}")
+        elif node.head == network_head:
+            self._take_back(node)
+
+    def _sync(self, node: _Node, head: int, target: int) -> str | None:
+        """Mine blocks head+1..target on `node`; None, or why it stopped."""
+        url = node.spec.rpc_url
+        try:
+            block = rpc_call(url, "eth_getBlockByNumber", [hex(head), False], timeout=1.0)
+        except _RPC_FAILURES as exc:
+            return f"reading its head block {head} failed: {exc}"
+        own = parse_quantity(block.get("timestamp")) if isinstance(block, dict) else None
+        if own is None:
+            return f"it answers its head block {head} without a valid timestamp"
+        following = self._timestamp(head + 1)
+        if following is None:
+            return f"no node knows the timestamp of block {head + 1}"
+        record = self.ledger.recorded(head)
+        refusal = catch_up_refusal(
+            head, own, None if record is None else record.timestamp, following
+        )
+        if refusal is not None:
+            return refusal
+        # anvil refuses blocks stamped before the time it started at, even when it loaded an
+        # older chain from --state: its clock goes back to its own head, no block changes.
+        try:
+            rpc_call(url, "evm_setTime", [own], timeout=_MINE_TIMEOUT)
+        except _RPC_FAILURES as exc:
+            return f"setting its clock to its head's timestamp {own} failed: {exc}"
         for number in range(head + 1, target + 1):
             timestamp = self._timestamp(number)
             if timestamp is None:
-                problem = f"no node knows the timestamp of block {number}"
-                break
+                return f"no node knows the timestamp of block {number}"
             try:
-                rpc_call(node.spec.rpc_url, "evm_mine", [timestamp], timeout=_MINE_TIMEOUT)
+                rpc_call(url, "evm_mine", [timestamp], timeout=_MINE_TIMEOUT)
             except _RPC_FAILURES as exc:
-                problem = f"mining block {number} on it failed: {exc}"
-                break
+                return f"mining block {number} on it failed: {exc}"
             node.head = number
-        if problem and not node.stuck:
-            logger.warning("node %s cannot be caught up: %s", node.address, problem)
-        node.stuck = bool(problem)
+        return None
 
-    def _mine(self, node: _Node, timestamp: int) -> bool:
+    def _mine(self, node: _Node, timestamp: int) -> str | None:
+        """Mine the next block on `node`; None, or why it refused."""
         try:
             rpc_call(node.spec.rpc_url, "evm_mine", [timestamp], timeout=_MINE_TIMEOUT)
-        except _RPC_FAILURES:
-            return False
-        return True
+        except _RPC_FAILURES as exc:
+            return str(exc)
+        return None
 
     def _timestamp(self, number: int) -> int | None:
         """Block `number`'s timestamp: as mined here, else as a node that has it says."""
@@ -494,7 +555,8 @@ class WbftNetwork:
                 block = rpc_call(
                     node.spec.rpc_url, "eth_getBlockByNumber", [hex(number), False], timeout=1.0
                 )
-                timestamp = int(block["timestamp"], 16)
-                self._timestamps[number] = timestamp
-                return timestamp
+                timestamp = parse_quantity(block["timestamp"])
+                if timestamp is not None:
+                    self._timestamps[number] = timestamp
+                    return timestamp
         return None

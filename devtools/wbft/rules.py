@@ -12,8 +12,10 @@ from collections.abc import Collection, Sequence
 
 __all__ = [
     "ZERO_ADDRESS",
+    "catch_up_refusal",
     "client_has_fork",
     "parse_block_number",
+    "parse_quantity",
     "proposer",
     "quorum_size",
     "validator_address",
@@ -44,6 +46,29 @@ def client_has_fork(client_version: str, fork_versions: Collection[str]) -> bool
     return match is not None and match.group(1) in fork_versions
 
 
+def catch_up_refusal(
+    head: int, own_timestamp: int, network_timestamp: int | None, next_timestamp: int
+) -> str | None:
+    """Why a node at block `head`, stamped `own_timestamp`, cannot be given the network's block
+    head+1 (stamped `next_timestamp`), else None. `network_timestamp` is the network's own
+    stamp of block `head`, when the network mined it.
+
+    A node whose block differs from the network's is on another chain; a block may not be
+    stamped before its parent (a node restarted from a fresh genesis newer than the chain).
+    """
+    if network_timestamp is not None and network_timestamp != own_timestamp:
+        return (
+            f"its block {head} is stamped {own_timestamp}, the network's {network_timestamp}: "
+            "it is on another chain"
+        )
+    if next_timestamp < own_timestamp:
+        return (
+            f"its head block {head} is stamped {own_timestamp}, later than the network's block "
+            f"{head + 1} ({next_timestamp}): a fresh genesis newer than the chain?"
+        )
+    return None
+
+
 def validator_address(index: int) -> str:
     """A stable, distinct validator address for node `index` (lower-case hex).
 
@@ -69,6 +94,14 @@ def proposer(
     raise ValueError(f"no committing validator can propose block {height}")
 
 
+def parse_quantity(value: object) -> int | None:
+    """A JSON-RPC hex quantity (`0x1a`, at most 2**63-1) as a node answers one, else None."""
+    if isinstance(value, str) and _HEX_RE.fullmatch(value):
+        number = int(value, 16)
+        return number if number <= _MAX_BLOCK else None
+    return None
+
+
 def parse_block_number(value: object, head: int) -> int | None:
     """A block parameter as go-ethereum's rpc.BlockNumber accepts it: a hex quantity, a JSON
     integer, "latest"/"pending"/"safe"/"finalized" (the head here), "earliest" (0) or null
@@ -81,10 +114,7 @@ def parse_block_number(value: object, head: int) -> int | None:
         return None
     if isinstance(value, int):
         return value if 0 <= value <= _MAX_BLOCK else None
-    if isinstance(value, str) and _HEX_RE.fullmatch(value):
-        number = int(value, 16)
-        return number if number <= _MAX_BLOCK else None
-    return None
+    return parse_quantity(value)
 
 
 def _rlp(item: bytes | int | list[object]) -> bytes:
