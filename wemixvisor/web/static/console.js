@@ -23,7 +23,7 @@
     stream: null,        // AbortController of the event stream
     saga: { name: null, steps: [] },
     lastHeightEvent: 0,  // Date.now() of the last height.observed event
-    slots: {},           // daemon id -> {plan name -> last window state seen}: kept once done
+    slots: {},           // daemon id -> {plan name -> {slot, window} last seen}: kept once done
     validatorIndex: {},  // daemon id -> its validator index, once a slot told it
   };
 
@@ -188,7 +188,7 @@
     for (const plan of plans.pending || []) {
       if (plan.window === null || plan.window === undefined) continue;
       if (plan.slot) {
-        seen[plan.name] = plan.slot;
+        seen[plan.name] = { slot: plan.slot, window: plan.window };
         if (plan.slot.validator === true && typeof plan.slot.slot_index === "number") {
           state.validatorIndex[id] = plan.slot.slot_index;
         }
@@ -197,16 +197,18 @@
         slotText(plan.slot), verdictText(plan.slot), formatEta(plan.eta_blocks, plan.eta_seconds)]);
     }
     const running = plans.in_progress;
-    if (running && seen[running.name]) {
-      rows.push([running.name + " @ " + running.height, slotText(seen[running.name]),
-        "switching: " + running.step, "now"]);
+    const known = running && seen[running.name];
+    if (known) {
+      rows.push([running.name + " @ " + running.height + " (window " + known.window + ")",
+        slotText(known.slot), "switching: " + running.step, "now"]);
     }
     const listing = state.upgrades[id];
     for (const plan of (listing && listing.plans) || []) {
       if (plan.mode !== "window" || (running && running.name === plan.name)) continue;
       if (!["completed", "failed", "rolled_back"].includes(plan.status)) continue;
       rows.push([plan.name + " @ " + plan.height + " (window " + plan.window + ")",
-        slotText(seen[plan.name]), plan.status === "completed" ? "done" : plan.status, "-"]);
+        slotText(seen[plan.name] && seen[plan.name].slot),
+        plan.status === "completed" ? "done" : plan.status, "-"]);
     }
     return rows;
   }
@@ -319,6 +321,7 @@
       }
     }
     $("slots-none").hidden = body.children.length > 0;
+    $("slots").hidden = body.children.length === 0;
   }
 
   function renderNode() {
