@@ -20,6 +20,7 @@ from tests.daemon_harness import Daemon
 from tests.web_harness import WebConsole, daemon_env, wait_http
 from wemixvisor.chain.pace import PACE_HEADS, HeadPace
 from wemixvisor.control import ControlClient
+from wemixvisor.control.verbs import VERBS
 from wemixvisor.control.verbs.eta import Eta, switch_eta
 from wemixvisor.control.verbs.render import (
     eta_text,
@@ -121,6 +122,10 @@ def test_eta_text_shows_the_blocks_and_the_time_or_says_what_is_unknown() -> Non
     assert eta_text(12, None) == "in 12 blocks, ETA unknown (block time not measured yet)"
     assert eta_text(None, None) == "ETA unknown (head unknown)"
     assert eta_text(0, 0.0) == "due now"
+    # An absurd figure from a daemon stays one short line.
+    assert eta_text(10**30, 1e300) == f"in {10**30} blocks, ETA over a year"
+    assert eta_text(5, float("nan")) == "in 5 blocks, ETA unknown"
+    assert eta_text(5, -3.0) == "in 5 blocks, ETA unknown"
 
 
 def test_a_window_note_names_the_slot_and_its_eta() -> None:
@@ -316,3 +321,36 @@ def test_a_chain_with_blocks_shows_the_eta_in_time(anvil_bin_1_5_1: Path) -> Non
                 assert "unknown" not in shown.split("timed at height")[1].splitlines()[0]
         finally:
             daemon.kill()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"eta_blocks": "12"},
+        {"eta_blocks": 1.5},
+        {"eta_seconds": "soon"},
+        {"eta_seconds": [1.0]},
+    ],
+)
+def test_a_daemon_reply_with_a_broken_eta_is_refused_with_a_clear_error(
+    fields: dict[str, Any],
+) -> None:
+    row = {
+        "name": "v2",
+        "height": 100,
+        "status": "pending",
+        "source": "control",
+        "late": False,
+        "result": None,
+        "registered_at": None,
+        "finished_at": None,
+    }
+    result = {
+        "daemon": {"running": True, "pid": 7},
+        "plans": [row | fields],
+        "journal": None,
+        "head": 90,
+        "problems": [],
+    }
+    with pytest.raises(ValueError, match=r"malformed list_upgrades result: .*\$\.plans\[0\]\.eta_"):
+        VERBS["list_upgrades"].decode_reply(result)

@@ -3,6 +3,7 @@ governance proposals."""
 
 from __future__ import annotations
 
+import math
 import shlex
 import time
 from collections.abc import Sequence
@@ -67,8 +68,19 @@ def eta_text(blocks: int | None, seconds: float | None) -> str:
         return "ETA unknown (head unknown)"
     if blocks == 0:
         return "due now"
-    when = "unknown (block time not measured yet)" if seconds is None else duration(seconds)
+    when = "unknown (block time not measured yet)" if seconds is None else _eta_time(seconds)
     return f"in {blocks} block{'' if blocks == 1 else 's'}, ETA {when}"
+
+
+_YEAR = 365 * 86400.0
+
+
+def _eta_time(seconds: float) -> str:
+    """A time ahead; one beyond a year is only said to be (a daemon's figure is not trusted
+    to be sane, and no operator plans by the day a decade ahead)."""
+    if math.isnan(seconds) or seconds < 0:
+        return "unknown"
+    return "over a year" if seconds >= _YEAR else duration(seconds)
 
 
 def size(count: int) -> str:
@@ -234,7 +246,9 @@ def _eta_cell(row: PlanRow) -> str:
         return "unknown"
     if row.eta_blocks == 0:
         return "now"
-    return f"{row.eta_blocks} blocks, " + ("time unknown" if seconds is None else duration(seconds))
+    return f"{row.eta_blocks} blocks, " + (
+        "time unknown" if seconds is None else _eta_time(seconds)
+    )
 
 
 def window_note(
