@@ -31,11 +31,12 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import msgspec
+import psutil
 
 from devtools.anvil import RpcError, anvil_binary, free_port, rpc_call, wait_for_rpc
 from devtools.wbft import NetworkStatus, NodeSpec, WbftNetwork, quorum_size
@@ -61,7 +62,6 @@ class Validator:
     port: int
     proxy_port: int
     daemon: subprocess.Popen[bytes] | None = None
-    events: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -163,7 +163,6 @@ def _follow_events(validator: Validator, printer: Printer, stop: threading.Event
             event = subscriber.receive(0.2)
             if event is None or event.topic in _QUIET_TOPICS:
                 continue
-            validator.events.append(event.topic)
             printer.line(f"[{validator.name}] {format_event(event)}")
 
 
@@ -333,9 +332,14 @@ def _kill_leftover_node(validator: Validator) -> None:
         pid = msgspec.json.decode(record.read_bytes()).get("pid")
     except (OSError, msgspec.DecodeError, AttributeError):
         return
-    if isinstance(pid, int) and pid > 1:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+    if not isinstance(pid, int) or pid <= 1:
+        return
+    try:  # only that node: a recorded pid may have been reused since
+        if not any(str(validator.home) in part for part in psutil.Process(pid).cmdline()):
+            return
+        os.killpg(pid, signal.SIGKILL)
+    except (psutil.Error, ProcessLookupError, PermissionError):
+        return
 
 
 def run(
