@@ -438,8 +438,12 @@ def run(
                 printer.line(_committers_line(status, names))
                 previous = shown
             if not finished and _done(status, height):
+                try:
+                    summary = read_summary(validators, block_time)
+                except (OSError, RpcError, KeyError, TypeError, ValueError) as exc:
+                    printer.line(f"the chain could not be read ({exc}); again at the next block")
+                    continue
                 finished = True
-                summary = read_summary(validators, block_time)
                 print_summary(summary, validators, network.addresses, printer)
                 if exit_when_done:
                     break
