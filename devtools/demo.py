@@ -10,6 +10,9 @@ data, switches `current` and starts the new binary, which continues the same cha
 running until Ctrl-C (or `--duration`), then stops the daemon, which stops the node gracefully.
 Meanwhile `wemixvisor web` serves the web console; its URL, with the token, is printed at the
 start (`--web-port`, default 8731).
+
+With `--validators N` it plays the validator-set demo instead (`devtools.fleet_demo`): N
+validators on the WBFT network double upgrade in a rolling window.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from devtools import fleet_demo
 from devtools.anvil import anvil_binary, free_port, rpc_call, wait_for_rpc
 
 _REPO = Path(__file__).resolve().parent.parent
@@ -197,12 +201,15 @@ def run(home: Path, duration: float | None, web_port: int = 8731) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse arguments and play the demo."""
+    """Parse arguments and play the demo (`--validators N`: the validator-set demo)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--validators" or a.startswith("--validators=") for a in arguments):
+        return fleet_demo.main(arguments)
     parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__)
     parser.add_argument("--home", type=Path, default=_REPO / "demo-home")
     parser.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
     parser.add_argument("--web-port", type=int, default=8731, help="the web console's port")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     return run(args.home.resolve(), args.duration, args.web_port)
 
 

@@ -252,7 +252,8 @@ def test_upgrade_verbs_go_through_the_running_daemon(running: Running, cli: Cli)
             break
         assert time.monotonic() < deadline, f"v4 never queued: {rows}"
         time.sleep(0.1)
-    assert set(msgspec.json.decode(out)) == {"daemon", "plans", "journal", "head", "problems"}
+    listing = set(msgspec.json.decode(out))
+    assert listing == {"daemon", "plans", "journal", "head", "problems", "block_time"}
     assert rows["v2"]["source"] == "control"
     assert rows["v4"]["source"] == "batch"
 

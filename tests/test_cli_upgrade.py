@@ -297,19 +297,21 @@ def test_list_shows_the_queue_and_plans_the_daemon_has_not_seen(
     assert main(["upgrade", "list"]) == 0
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
-    assert lines[0].split() == ["NAME", "HEIGHT", "SWITCHES", "STATUS", "SOURCE", "LATE", "RESULT"]
+    header = ["NAME", "HEIGHT", "SWITCHES", "ETA", "STATUS", "SOURCE", "LATE", "RESULT"]
+    assert lines[0].split() == header
     assert lines[1].split() == ["v1", "100", "completed", "file", "ok"]
-    # A late plan runs at once; one still ahead switches once the old binary holds H-1.
-    assert lines[2].split() == ["v2", "200", "pending", "control", "yes"]
-    assert lines[3].split()[:8] == ["v3", "300", "after", "block", "299", "in", "file", "file"]
+    # A late plan runs at once; one still ahead switches once the old binary holds H-1 (when
+    # is unknown with the daemon down: nobody follows the head).
+    assert lines[2].split() == ["v2", "200", "now", "pending", "control", "yes"]
+    assert lines[3].split()[:8] == ["v3", "300", "after", "block", "299", "unknown", "in", "file"]
     assert "in file, not yet seen by the daemon" in lines[3]
-    assert lines[4].split()[:6] == ["v4", "400", "after", "block", "399", "in"]
+    assert lines[4].split()[:7] == ["v4", "400", "after", "block", "399", "unknown", "in"]
     assert "batch entry 2" in captured.err
 
     assert main(["upgrade", "list", "--json"]) == 0
     document = msgspec.json.decode(capsys.readouterr().out)
     # The same reply as the running daemon's `list_upgrades`: the one verb, run on the files.
-    assert set(document) == {"daemon", "plans", "journal", "head", "problems"}
+    assert set(document) == {"daemon", "plans", "journal", "head", "problems", "block_time"}
     assert document["daemon"] == {"running": False, "pid": None}
     assert [(p["name"], p["status"]) for p in document["plans"]] == [
         ("v1", "completed"),

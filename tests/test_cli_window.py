@@ -70,7 +70,8 @@ def test_a_bad_window_is_refused_and_nothing_is_written(
                 validator=True,
                 eta_blocks=12,
             ),
-            "window of 20 blocks; slot 2/4 at blocks 84-87 (validator); in 12 blocks",
+            "window of 20 blocks; slot 2/4 at blocks 84-87 (validator); slot opens in 12 blocks,"
+            " ETA unknown (block time not measured yet)",
         ),
         (
             WindowState(

@@ -1,6 +1,6 @@
 """One console, several daemons (SPEC §18): two homes, each with its own daemon, in one fleet
 table and under `/api/v1/daemons/{id}/…`; a client that stops reading its event stream slows
-nobody else down."""
+nobody else down. Beta's node names itself with markup, which the page shows as text."""
 
 from __future__ import annotations
 
@@ -23,6 +23,20 @@ from tests.web_harness import CHROMEDRIVER, CHROMIUM, WebConsole, chromium, wait
 from wemixvisor.control import ControlClient
 from wemixvisor.web import daemon_id
 
+XSS = '<img src=x onerror=alert(1)> "v9"&amp;'
+
+
+def marked_node(root: Path) -> Path:
+    """A stand-in node whose version line is markup; it runs until killed."""
+    path = root / "anvil"
+    path.write_text(
+        "#!/bin/sh\n"
+        f"case \"$1\" in version|--version) printf '%s\\n' '{XSS}'; exit 0;; esac\n"
+        "exec sleep 600\n"
+    )
+    path.chmod(0o755)
+    return path
+
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[tuple[list[Path], WebConsole]]:
@@ -32,7 +46,8 @@ def fleet() -> Iterator[tuple[list[Path], WebConsole]]:
         try:
             for name in ("alpha", "beta"):
                 (root / name).mkdir()
-                home = make_home(root / name, sleeper_node(root / name))
+                node = sleeper_node(root / name) if name == "alpha" else marked_node(root / name)
+                home = make_home(root / name, node)
                 homes.append(home)
                 daemons.append(start_daemon(home))
             for home in homes:
@@ -101,6 +116,8 @@ def test_an_event_stream_client_that_stops_reading_slows_nobody(
 def test_the_page_puts_every_daemon_in_the_fleet_table(
     fleet: tuple[list[Path], WebConsole],
 ) -> None:
+    from selenium.common.exceptions import NoAlertPresentException
+
     homes, console = fleet
     beta = daemon_id(control_endpoint(homes[1]))
     driver = chromium()
@@ -119,6 +136,41 @@ def test_the_page_puts_every_daemon_in_the_fleet_table(
             time.sleep(0.1)
         assert [ident for ident, _ in rows] == ["alpha", beta], rows
         assert all("RUNNING" in text for _, text in rows), rows
+        # No window plan anywhere yet; then one on alpha, whose node has no chain: its slot is
+        # not taken and its ETA unknown (no head), in the fleet's slots table.
+        assert driver.find_element("id", "slots-none").is_displayed()
+        deadline = time.monotonic() + 30
+        plan = {"name": "rolling", "height": 9000, "mode": "window", "window": 50}
+        scheduled = console.client.post("/api/v1/daemons/alpha/upgrades", json=plan)
+        assert scheduled.status_code == 200, scheduled.text
+        slots_script = (
+            "return [...document.querySelectorAll('#slots tbody tr')]"
+            ".map(r => [...r.children].map(c => c.textContent));"
+        )
+        slots: list[list[str]] = []
+        while time.monotonic() < deadline and not slots:
+            slots = driver.execute_script(slots_script)
+            time.sleep(0.1)
+        assert slots == [
+            [
+                "alpha",
+                "rolling @ 9000 (window 50)",
+                "not taken yet",
+                "surveyed when the window opens",
+                "unknown",
+            ]
+        ], slots
+        assert not driver.find_element("id", "slots-none").is_displayed()
+        # Beta's version, markup from the node, is text in its cell.
+        while time.monotonic() < deadline and XSS not in rows[1][1]:
+            rows = driver.execute_script(rows_script)
+            time.sleep(0.1)
+        assert XSS in rows[1][1], rows
+        assert driver.find_elements("css selector", "main img, main b") == []
+        with pytest.raises(NoAlertPresentException):
+            _ = driver.switch_to.alert.text
+        assert console.client.delete("/api/v1/daemons/alpha/upgrades/rolling").status_code == 200
+        deadline = time.monotonic() + 30
         driver.execute_script(
             "document.querySelector(`#fleet tr[data-daemon='${arguments[0]}'] button`).click()",
             beta,

@@ -29,6 +29,7 @@ from wemixvisor.chain.headwatch import (
     StallWatch,
     poll_interval,
 )
+from wemixvisor.chain.pace import HeadPace
 from wemixvisor.chain.wbft import WbftClient, istanbul_problem
 from wemixvisor.config import Config
 from wemixvisor.messages import events as ev
@@ -93,6 +94,7 @@ class HeightActor(SupervisedActor):
         self._mode = rpc_mode(self._address)
         self._height: int | None = None
         self._head_at: float | None = None
+        self._pace = HeadPace()  # the block time, for the ETAs of status and upgrade status
         self._available = False
         self._down_since: float | None = None  # set once RpcUnavailable was published
         self._last_error: str | None = None
@@ -230,6 +232,7 @@ class HeightActor(SupervisedActor):
         if height != self._height:
             self._height = height
             self._head_at = observed_at
+            self._pace.note(height, observed_at)
             # The orchestrator first: it is waiting for height H, the events can wait.
             self._bus.tell(_ORCHESTRATOR, HeadObserved(height, observed_at, self._mode))
             self._bus.publish(ev.HeightObserved(height=height, source=self._mode))
@@ -330,4 +333,5 @@ class HeightActor(SupervisedActor):
                 self._watcher.interval if isinstance(self._watcher, HeadPoller) else None
             ),
             fallback=self._fallback,
+            block_time=self._pace.block_time(),
         )

@@ -11,10 +11,10 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from msgspec import UNSET
+from msgspec import UNSET, UnsetType
 
 from wemixvisor.commands.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError
-from wemixvisor.control.verbs.render import NOT_YET_SEEN
+from wemixvisor.control.verbs.render import NOT_YET_SEEN, eta_text
 from wemixvisor.control.verbs.replies import ListUpgradesReply, PlanRow, ScheduleUpgradeReply
 from wemixvisor.plans.queue import PlanError, validate_name
 
@@ -67,6 +67,9 @@ def plan_details(row: PlanRow, head: int | None, journal: dict[str, Any] | None)
         f"finished    {_clock(row.finished_at)}",
         f"result      {row.result or '-'}",
     ]
+    if row.status in ("pending", "in_file") and not isinstance(row.eta_blocks, UnsetType):
+        seconds = None if isinstance(row.eta_seconds, UnsetType) else row.eta_seconds
+        lines.insert(2, f"switches    {eta_text(row.eta_blocks, seconds)}")
     if row.info is not UNSET:
         lines.append(f"info        {msgspec.json.encode(row.info).decode()}")
     if journal is not None:

@@ -8,15 +8,12 @@ daemon still counts what it knows and ignores the rest.
 
 from __future__ import annotations
 
-import collections
-import statistics
 import threading
-from collections.abc import Sequence
-from itertools import pairwise
 from typing import Any, NamedTuple, TypeGuard
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from wemixvisor.chain.pace import HeadPace, block_time
 from wemixvisor.events.subscriber import ReceivedEvent
 
 __all__ = ["EventMetrics", "QuorumRisk", "block_time"]
@@ -27,33 +24,6 @@ _BACKUP_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0)
 # Field names a backup event may carry its figures under.
 _DURATION_FIELDS = ("seconds", "duration_seconds", "duration")
 _OPERATION_FIELDS = ("operation", "id", "backup_id", "backup")
-# New heads kept for the block time: enough to ride out a stall, few enough to follow a change.
-_PACE_HEADS = 33
-# A step slower than this many typical blocks is a stall or a restart, not the chain's pace.
-_STALL_FACTOR = 4.0
-# Blocks to have seen go by before a pace is told: one step is quantised by the polling (a block
-# seen 300 ms after the previous one is not a 300 ms chain); over several the error averages out.
-_MIN_BLOCKS = 4
-
-
-def block_time(heads: Sequence[tuple[int, float]]) -> float | None:
-    """The chain's block time from (height, unix time seen) of successive new heads, oldest
-    first; None until `_MIN_BLOCKS` blocks were seen go by.
-
-    Elapsed time over blocks advanced, leaving out steps slower than `_STALL_FACTOR` times the
-    median step (a stalled node, an upgrade's downtime): polling quantises each step, the sum
-    over many steps does not, and one stall must not stretch every ETA for the next hour.
-    """
-    steps = [(t2 - t1, h2 - h1) for (h1, t1), (h2, t2) in pairwise(heads) if h2 > h1 and t2 >= t1]
-    if not steps:
-        return None
-    typical = statistics.median(seconds / blocks for seconds, blocks in steps)
-    kept = [(s, b) for s, b in steps if s / b <= typical * _STALL_FACTOR]
-    blocks = sum(b for _, b in kept)
-    if blocks < _MIN_BLOCKS:
-        return None
-    pace = sum(s for s, _ in kept) / blocks
-    return pace if pace > 0 else None  # heads all seen at one instant: no pace yet
 
 
 class QuorumRisk(NamedTuple):
@@ -129,14 +99,13 @@ class EventMetrics:
         self._upgrade_started: dict[str, float] = {}
         self._backup_started: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._heads: collections.deque[tuple[int, float]] = collections.deque(maxlen=_PACE_HEADS)
+        self._pace = HeadPace()
         self._quorum_risks: dict[str, QuorumRisk] = {}
 
     def block_time(self) -> float | None:
         """The measured block time (seconds), None until known."""
         with self._lock:
-            heads = list(self._heads)
-        return block_time(heads)
+            return self._pace.block_time()
 
     def quorum_risks(self, pending: set[str]) -> dict[str, QuorumRisk]:
         """The latest quorum warning of each `pending` plan that had one, by plan name; the
@@ -199,9 +168,7 @@ class EventMetrics:
         if not _is_int(height):
             return
         with self._lock:
-            if self._heads and height < self._heads[-1][0]:
-                self._heads.clear()  # a restored data dir or another chain: start over
-            self._heads.append((height, ts))
+            self._pace.note(height, ts)
 
     def _on_signing(self, payload: dict[str, Any], *, signing: bool) -> None:
         address = payload.get("address")

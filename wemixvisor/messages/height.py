@@ -38,6 +38,7 @@ class HeightStatus(msgspec.Struct, frozen=True):
     stalled: bool
     poll_interval: float | None = None  # seconds between polls (None: subscribed)
     fallback: str | None = None  # why a ws/IPC address is polled: the subscription was refused
+    block_time: float | None = None  # seconds, measured from the new heads; None until known
 
 
 class NextTrigger(msgspec.Struct, frozen=True):

@@ -94,6 +94,7 @@ class PlanSnapshot:
     head: int | None
     preflight_ok: dict[str, bool] = field(default_factory=dict)  # the daemon's last verdicts
     windows: dict[str, WindowState] = field(default_factory=dict)  # window plans' slots (§19)
+    block_time: float | None = None  # seconds, measured by the daemon (None: not known)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from wemixvisor.control.verbs.base import DaemonState, PlanSnapshot, PruneOutcom
 from wemixvisor.home.layout import Home
 from wemixvisor.messages.backup import BackupInfo, DeleteBackup, ListBackups, PruneBackups
 from wemixvisor.messages.config import GetRunningConfig, RunningConfig
+from wemixvisor.messages.height import GetHeight, HeightStatus
 from wemixvisor.messages.node import GetNodeStatus, NodeStatus
 from wemixvisor.messages.plans import CancelPlan, ListPlans, RegisterPlans
 from wemixvisor.plans.queue import Plan, get
@@ -168,15 +169,24 @@ class ControlContext:
         return status
 
     def plan_snapshot(self) -> PlanSnapshot:
-        """The orchestrator's queue, journal and head."""
+        """The orchestrator's queue, journal and head, and the block time the height actor
+        measured (None when it does not answer: the ETAs are then unknown, the plans are not)."""
+        deadline = time.monotonic() + self.ask_timeout
+        pace_pending = self.ask_later("height", GetHeight())
         snapshot = self.ask("orchestrator", ListPlans())
         journal = snapshot.journal
+        head: HeightStatus | None
+        try:
+            head = answer(pace_pending, "height", deadline)
+        except ControlError:
+            head = None
         return PlanSnapshot(
             queue=snapshot.queue,
             journal=msgspec.to_builtins(journal) if journal is not None else None,
             head=snapshot.head,
             preflight_ok=dict(snapshot.preflight_ok),
             windows=snapshot.windows,
+            block_time=head.block_time if head is not None else None,
         )
 
     def register_plan(self, plan: Plan, *, now: bool) -> Registration:

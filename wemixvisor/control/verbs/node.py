@@ -17,6 +17,7 @@ from wemixvisor.control.operations import Check, Outcome
 from wemixvisor.control.protocol import ControlError, ErrorCode, Logs, Restart, Start, Status, Stop
 from wemixvisor.control.verbs.base import Verb
 from wemixvisor.control.verbs.daemon import ControlContext, answer
+from wemixvisor.control.verbs.eta import switch_eta
 from wemixvisor.control.verbs.render import render_status
 from wemixvisor.control.verbs.replies import (
     DaemonSection,
@@ -41,7 +42,8 @@ from wemixvisor.messages.node import (
     StopNode,
 )
 from wemixvisor.messages.plans import ListPlans
-from wemixvisor.plans.queue import PlanStatus, QueueState, pending
+from wemixvisor.plans.queue import PlanStatus, QueuedPlan, QueueState, pending
+from wemixvisor.upgrade.window import WindowState
 
 __all__ = ["LogsVerb", "RestartVerb", "StartVerb", "StatusVerb", "StopVerb", "read_node_log"]
 
@@ -100,7 +102,11 @@ class StatusVerb(Verb[ControlContext, Status, StatusReply]):
         return StatusReply(
             node=_with_configured_binary(ctx, node),
             head=_without_stale_error(head),
-            plans=_plans_section(snapshot) if snapshot is not None else None,
+            plans=(
+                _plans_section(snapshot, head.block_time if head is not None else None)
+                if snapshot is not None
+                else None
+            ),
             chain=chain,
             daemon=DaemonSection(
                 version=__version__,
@@ -138,7 +144,26 @@ def _without_stale_error(head: HeightStatus | None) -> HeightStatus | None:
     return msgspec.structs.replace(head, last_error=None)
 
 
-def _plans_section(snapshot: Any) -> PlansSection:
+def _pending_plan(entry: QueuedPlan, snapshot: Any, block_time: float | None) -> PendingPlan:
+    plan = entry.plan
+    slot: WindowState | None = snapshot.windows.get(plan.name)
+    eta = switch_eta(
+        plan.height, snapshot.head, block_time, late=entry.late, window=plan.window, slot=slot
+    )
+    return PendingPlan(
+        name=plan.name,
+        height=plan.height,
+        late=entry.late,
+        source=plan.source,
+        mode=plan.mode,
+        window=plan.window,
+        slot=slot,
+        eta_blocks=eta.blocks,
+        eta_seconds=eta.seconds,
+    )
+
+
+def _plans_section(snapshot: Any, block_time: float | None) -> PlansSection:
     queue: QueueState = snapshot.queue
     finished = [
         entry
@@ -149,18 +174,7 @@ def _plans_section(snapshot: Any) -> PlansSection:
     last = max(finished, key=lambda entry: entry.finished_at or 0.0, default=None)
     journal = snapshot.journal
     return PlansSection(
-        pending=[
-            PendingPlan(
-                name=entry.plan.name,
-                height=entry.plan.height,
-                late=entry.late,
-                source=entry.plan.source,
-                mode=entry.plan.mode,
-                window=entry.plan.window,
-                slot=snapshot.windows.get(entry.plan.name),
-            )
-            for entry in pending(queue)
-        ],
+        pending=[_pending_plan(entry, snapshot, block_time) for entry in pending(queue)],
         in_progress=(
             InProgress(name=journal.plan.name, height=journal.plan.height, step=journal.step.value)
             if journal is not None

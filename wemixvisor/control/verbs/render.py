@@ -3,12 +3,14 @@ governance proposals."""
 
 from __future__ import annotations
 
+import math
 import shlex
 import time
 from collections.abc import Sequence
 from datetime import datetime
 
 import msgspec
+from msgspec import UnsetType
 
 from wemixvisor.control.verbs.replies import (
     BackupListReply,
@@ -26,6 +28,7 @@ __all__ = [
     "NOT_YET_SEEN",
     "TableText",
     "duration",
+    "eta_text",
     "render_backups",
     "render_plans",
     "render_proposals",
@@ -56,6 +59,28 @@ def duration(seconds: float | None) -> str:
     if minutes:
         return f"{minutes}m{secs}s"
     return f"{seconds:.1f}s"
+
+
+def eta_text(blocks: int | None, seconds: float | None) -> str:
+    """An ETA in blocks and in time: `in 12 blocks, ETA 12.0s`; the time is `unknown` until the
+    daemon has measured the block time, the whole ETA unknown while the head is."""
+    if blocks is None:
+        return "ETA unknown (head unknown)"
+    if blocks == 0:
+        return "due now"
+    when = "unknown (block time not measured yet)" if seconds is None else _eta_time(seconds)
+    return f"in {blocks} block{'' if blocks == 1 else 's'}, ETA {when}"
+
+
+_YEAR = 365 * 86400.0
+
+
+def _eta_time(seconds: float) -> str:
+    """A time ahead; one beyond a year is only said to be (a daemon's figure is not trusted
+    to be sane, and no operator plans by the day a decade ahead)."""
+    if math.isnan(seconds) or seconds < 0:
+        return "unknown"
+    return "over a year" if seconds >= _YEAR else duration(seconds)
 
 
 def size(count: int) -> str:
@@ -124,7 +149,13 @@ def render_status(reply: StatusReply) -> str:
         shown = ", ".join(
             f"{p.name} at {p.height} "
             + ("(late)" if p.late else f"(switches {_switch(p.height)})")
-            + (f" [{window_note(p.window, p.slot)}]" if p.window is not None else "")
+            + (
+                f" [{window_note(p.window, p.slot, p.eta_blocks, p.eta_seconds)}]"
+                if p.window is not None
+                else f" {eta_text(p.eta_blocks, p.eta_seconds)}"
+                if not p.late
+                else ""
+            )
             for p in plans.pending
         )
         lines.append(f"plans     {len(plans.pending)} pending" + (f": {shown}" if shown else ""))
@@ -189,12 +220,13 @@ def render_plans(rows: Sequence[PlanRow]) -> str:
     after which it switches (H-1: H is the new binary's first block)."""
     if not rows:
         return "no plans"
-    header = ("NAME", "HEIGHT", "SWITCHES", "STATUS", "SOURCE", "LATE", "RESULT")
+    header = ("NAME", "HEIGHT", "SWITCHES", "ETA", "STATUS", "SOURCE", "LATE", "RESULT")
     cells = [
         (
             row.name,
             str(row.height),
             _switch(row.height) if row.status in _WAITING and not row.late else "",
+            _eta_cell(row),
             row.status.replace("_", " "),
             row.source,
             "yes" if row.late else "",
@@ -205,11 +237,34 @@ def render_plans(rows: Sequence[PlanRow]) -> str:
     return _table(header, cells, free_last=True)
 
 
-def window_note(window: int, slot: WindowState | None) -> str:
-    """A rolling-window plan in one line: its window, its slot, what it waits for, the ETA."""
+def _eta_cell(row: PlanRow) -> str:
+    """The ETA column of `upgrade list`: blocks and time until a waiting plan may switch."""
+    if row.status not in _WAITING or isinstance(row.eta_blocks, UnsetType):
+        return ""
+    seconds = None if isinstance(row.eta_seconds, UnsetType) else row.eta_seconds
+    if row.eta_blocks is None:
+        return "unknown"
+    if row.eta_blocks == 0:
+        return "now"
+    return f"{row.eta_blocks} blocks, " + (
+        "time unknown" if seconds is None else _eta_time(seconds)
+    )
+
+
+def window_note(
+    window: int,
+    slot: WindowState | None,
+    eta_blocks: int | None = None,
+    eta_seconds: float | None = None,
+) -> str:
+    """A rolling-window plan in one line: its window, its slot, what it waits for, the ETA
+    (`eta_blocks`/`eta_seconds`: the plan's, else the blocks to the slot alone)."""
     text = f"window of {window} blocks"
     if slot is None:
-        return text + ": slot not taken yet (surveyed when the window opens)"
+        text += ": slot not taken yet (surveyed when the window opens)"
+        if eta_blocks:
+            text += f"; window opens {eta_text(eta_blocks, eta_seconds)}"
+        return text
     if slot.slot_start is not None:
         who = "validator" if slot.validator else "non-validator, by address hash"
         text += (
@@ -222,8 +277,14 @@ def window_note(window: int, slot: WindowState | None) -> str:
         text += f"; waiting for quorum: {slot.active} other validators up, {slot.needed} needed"
     elif slot.verdict == "closed":
         text += f"; window closed ({slot.reason}): switches at H-1"
-    elif slot.eta_blocks:
-        text += f"; in {slot.eta_blocks} blocks"
+        if eta_blocks is not None:
+            text += f", {eta_text(eta_blocks, eta_seconds)}"
+    elif slot.verdict == "go":
+        text += "; its turn: switching"
+    else:
+        blocks = eta_blocks if eta_blocks is not None else slot.eta_blocks
+        if blocks:
+            text += f"; slot opens {eta_text(blocks, eta_seconds)}"
     return text
 
 
@@ -244,10 +305,14 @@ def render_upgrade_status(status: UpgradeStatus) -> str:
                 notes.append("late: runs at once")
             if row.status == "in_file":
                 notes.append(NOT_YET_SEEN)
+            blocks = None if isinstance(row.eta_blocks, UnsetType) else row.eta_blocks
+            seconds = None if isinstance(row.eta_seconds, UnsetType) else row.eta_seconds
             switch = "" if row.late else f": switches {_switch(row.height)}"
+            if not row.late and not isinstance(row.window, int) and row.status == "pending":
+                switch += f", {eta_text(blocks, seconds)}"
             lines.append(f"  {row.name} at height {row.height} ({', '.join(notes)}){switch}")
             if isinstance(row.window, int):
-                lines.append(f"    {window_note(row.window, row.slot or None)}")
+                lines.append(f"    {window_note(row.window, row.slot or None, blocks, seconds)}")
     else:
         lines.append("pending: none")
     if status.journal is not None:

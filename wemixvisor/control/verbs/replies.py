@@ -62,6 +62,10 @@ class PendingPlan(msgspec.Struct, frozen=True):
     mode: str = "at"
     window: int | None = None  # blocks, with mode "window" (SPEC §19)
     slot: WindowState | None = None  # the window plan's slot and verdict, once surveyed
+    # Blocks until it may switch (H-1; a window plan: its slot) and that many block times
+    # (null: the head or the block time is not known yet).
+    eta_blocks: int | None = None
+    eta_seconds: float | None = None
 
 
 class InProgress(msgspec.Struct, frozen=True):
@@ -189,6 +193,10 @@ class PlanRow(msgspec.Struct, frozen=True, kw_only=True):
     mode: str | UnsetType = UNSET  # "window" for a rolling-window plan (left out for "at")
     window: int | UnsetType = UNSET
     slot: WindowState | UnsetType = UNSET  # its slot, the verdict and the ETA, once surveyed
+    # For a plan still waiting: blocks until it may switch (H-1; a window plan: its slot) and
+    # that many measured block times (null: the head or the block time is not known yet).
+    eta_blocks: int | UnsetType | None = UNSET
+    eta_seconds: float | UnsetType | None = UNSET
 
 
 class ListUpgradesReply(msgspec.Struct, frozen=True):
@@ -199,6 +207,8 @@ class ListUpgradesReply(msgspec.Struct, frozen=True):
     journal: dict[str, Any] | None
     head: int | None
     problems: list[str]
+    # Seconds, as the daemon measured it (null: not yet; left out by a daemon that does not)
+    block_time: float | UnsetType | None = UNSET
 
 
 class UpgradeStatus(msgspec.Struct, frozen=True):
@@ -210,6 +220,8 @@ class UpgradeStatus(msgspec.Struct, frozen=True):
     journal: dict[str, Any] | None
     journal_error: str | None
     problems: list[str]
+    head: int | UnsetType | None = UNSET
+    block_time: float | UnsetType | None = UNSET  # seconds, as the daemon measured it
 
 
 class RehearseUpgradeReply(msgspec.Struct, frozen=True):

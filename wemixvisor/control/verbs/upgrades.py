@@ -20,6 +20,7 @@ from wemixvisor.control.protocol import (
     ScheduleUpgrade,
 )
 from wemixvisor.control.verbs.base import PlanContext, PlanSnapshot, Verb
+from wemixvisor.control.verbs.eta import switch_eta
 from wemixvisor.control.verbs.render import NOT_YET_SEEN, render_plans
 from wemixvisor.control.verbs.replies import (
     CancelUpgradeReply,
@@ -232,7 +233,7 @@ class ListUpgradesVerb(Verb[PlanContext, ListUpgrades, ListUpgradesReply]):
             if get(queue, plan.name) is None and plan.name not in seen:
                 seen.add(plan.name)
                 rows.append(_row(plan, status="in_file", late=False, result=NOT_YET_SEEN))
-        rows = [_with_readiness(ctx, snapshot, row) for row in rows]
+        rows = [_with_eta(snapshot, _with_readiness(ctx, snapshot, row)) for row in rows]
         rows.sort(key=lambda row: row.height)
         return ListUpgradesReply(
             daemon=ctx.daemon_state(),
@@ -240,10 +241,26 @@ class ListUpgradesVerb(Verb[PlanContext, ListUpgrades, ListUpgradesReply]):
             journal=snapshot.journal,
             head=snapshot.head,
             problems=problems,
+            block_time=snapshot.block_time,
         )
 
     def render(self, reply: ListUpgradesReply) -> str:
         return render_plans(reply.plans)
+
+
+def _with_eta(snapshot: PlanSnapshot, row: PlanRow) -> PlanRow:
+    """A waiting plan's row with the blocks and the time until it may switch."""
+    if row.status not in ("pending", "in_file"):
+        return row
+    eta = switch_eta(
+        row.height,
+        snapshot.head,
+        snapshot.block_time,
+        late=row.late,
+        window=row.window if isinstance(row.window, int) else None,
+        slot=row.slot if isinstance(row.slot, WindowState) else None,
+    )
+    return msgspec.structs.replace(row, eta_blocks=eta.blocks, eta_seconds=eta.seconds)
 
 
 def _with_readiness(ctx: PlanContext, snapshot: PlanSnapshot, row: PlanRow) -> PlanRow:
@@ -276,4 +293,6 @@ def upgrade_status(listing: ListUpgradesReply, journal_error: str | None = None)
         journal=listing.journal,
         journal_error=journal_error,
         problems=listing.problems,
+        head=listing.head,
+        block_time=listing.block_time,
     )

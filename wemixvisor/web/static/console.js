@@ -23,6 +23,8 @@
     stream: null,        // AbortController of the event stream
     saga: { name: null, steps: [] },
     lastHeightEvent: 0,  // Date.now() of the last height.observed event
+    slots: {},           // daemon id -> {plan name -> {slot, window} last seen}: kept once done
+    validatorIndex: {},  // daemon id -> its validator index, once a slot told it
   };
 
   const $ = (id) => document.getElementById(id);
@@ -118,12 +120,97 @@
     return status && status.head && typeof status.head.height === "number" ? status.head.height : null;
   }
 
+  // The block time the daemon measured, else the one this page measured from the events.
+  function blockTime(id) {
+    const status = state.status[id];
+    const measured = status && status.head ? status.head.block_time : null;
+    return typeof measured === "number" && measured > 0 ? measured : averageBlockTime();
+  }
+
+  function formatEta(blocks, seconds) {
+    if (typeof blocks !== "number") return "unknown";
+    if (blocks <= 0) return "now";
+    return blocks + " blocks, ETA " + (typeof seconds === "number" ? duration(seconds) : "unknown");
+  }
+
+  // Until the switch after block H-1 (H is the new binary's first block).
   function etaText(height, head) {
     if (head === null) return "unknown";
-    const left = height - head;
-    if (left <= 0) return "reached";
-    const avg = averageBlockTime();
-    return left + " blocks, ETA " + (avg === null ? "unknown" : duration(left * avg));
+    const left = height - 1 - head;
+    if (left <= 0) return "now";
+    const pace = blockTime(state.selected);
+    return formatEta(left, pace === null ? null : left * pace);
+  }
+
+  // A plan's ETA as its daemon computed it (blocks to H-1 or to its slot, times the measured
+  // block time); a daemon that sends none gets the page's own estimate.
+  function planEta(plan, head) {
+    if (plan.eta_blocks !== undefined) return formatEta(plan.eta_blocks, plan.eta_seconds);
+    return etaText(plan.height, head);
+  }
+
+  function slotText(slot) {
+    if (!slot || typeof slot.slot_start !== "number") return "not taken yet";
+    return (slot.slot_index + 1) + "/" + slot.slot_count + ", blocks " + slot.slot_start + "-" +
+      slot.slot_end + (slot.shared ? " (shared)" : "") +
+      (slot.validator === false ? " (by address hash)" : "");
+  }
+
+  function verdictText(slot) {
+    if (!slot) return "surveyed when the window opens";
+    switch (slot.verdict) {
+      case "before_slot": return "before its slot";
+      case "go": return "its turn: switching";
+      case "waiting_for_quorum":
+        return "waiting for quorum: " + slot.active + " other validators up, " + slot.needed +
+          " needed";
+      case "closed": return "window closed → switches at H−1" + (slot.reason ? " (" + slot.reason + ")" : "");
+      case "surveying": return "surveying the validators";
+      default: return String(slot.verdict);
+    }
+  }
+
+  function validatorText(id, status) {
+    const chain = status && status.chain;
+    if (!chain || chain.wbft !== true) return chain && chain.wbft === false ? "not WBFT" : "unknown";
+    const index = state.validatorIndex[id];
+    const role = chain.is_validator === true ? "validator" + (index !== undefined ? " #" + index : "")
+      : chain.is_validator === false ? "not a validator" : "unknown";
+    return role + " " + (chain.node_address || "");
+  }
+
+  // Rows of the slots table for one daemon: its window plans waiting, switching or done.
+  function slotRows(id, status) {
+    const seen = state.slots[id] || (state.slots[id] = {});
+    const rows = [];
+    const plans = status.plans;
+    if (!plans) return rows;
+    for (const plan of plans.pending || []) {
+      if (plan.window === null || plan.window === undefined) continue;
+      if (plan.slot) {
+        seen[plan.name] = { slot: plan.slot, window: plan.window };
+        if (plan.slot.validator === true && typeof plan.slot.slot_index === "number") {
+          state.validatorIndex[id] = plan.slot.slot_index;
+        }
+      }
+      rows.push([plan.name + " @ " + plan.height + " (window " + plan.window + ")",
+        slotText(plan.slot), verdictText(plan.slot), formatEta(plan.eta_blocks, plan.eta_seconds)]);
+    }
+    const running = plans.in_progress;
+    const known = running && seen[running.name];
+    if (known) {
+      rows.push([running.name + " @ " + running.height + " (window " + known.window + ")",
+        slotText(known.slot), "switching: " + running.step, "now"]);
+    }
+    const listing = state.upgrades[id];
+    for (const plan of (listing && listing.plans) || []) {
+      if (plan.mode !== "window" || (running && running.name === plan.name)) continue;
+      if (!["completed", "failed", "rolled_back"].includes(plan.status)) continue;
+      rows.push([plan.name + " @ " + plan.height + " (window " + plan.window + ")",
+        slotText(seen[plan.name] && seen[plan.name].slot),
+        plan.status === "completed" ? "done" : plan.status, "-"]);
+    }
+    return rows;
   }
 
   function quorumText(status) {
@@ -199,11 +286,13 @@
       row.append(idCell);
       if (!status || status.error) {
         row.append(el("td", status ? status.error : "…", "bad"), el("td"), el("td"), el("td"),
-          el("td"));
+          el("td"), el("td"));
       } else {
+        slotRows(daemon.id, status);  // learns the validator index from a slot
         row.append(
           el("td", status.node.state, "state-" + status.node.state),
           el("td", headOf(status) === null ? "unknown" : headOf(status)),
+          el("td", validatorText(daemon.id, status), "mono small-text"),
           el("td", status.node.version || "unknown"),
         );
         const next = readyForNext(status, state.upgrades[daemon.id], daemon.id);
@@ -212,6 +301,27 @@
       }
       body.append(row);
     }
+    renderSlots();
+  }
+
+  function renderSlots() {
+    const body = $("slots").querySelector("tbody");
+    body.replaceChildren();
+    for (const daemon of state.daemons) {
+      const status = state.status[daemon.id];
+      if (!status || status.error) continue;
+      for (const cells of slotRows(daemon.id, status)) {
+        const row = el("tr");
+        row.dataset.daemon = daemon.id;
+        row.append(el("td", daemon.id), ...cells.map((text) => el("td", text)));
+        const verdict = row.children[3];
+        verdict.className = cells[2] === "done" ? "ok"
+          : cells[2].startsWith("waiting") || cells[2].startsWith("window closed") ? "warn" : "";
+        body.append(row);
+      }
+    }
+    $("slots-none").hidden = body.children.length > 0;
+    $("slots").hidden = body.children.length === 0;
   }
 
   function renderNode() {
@@ -226,8 +336,8 @@
     $("node-state").className = "state-" + status.node.state;
     const head = headOf(status);
     $("head").textContent = head === null ? "unknown" : String(head);
-    const avg = averageBlockTime();
-    $("block-time").textContent = avg === null ? "unknown" : avg.toFixed(2) + " s";
+    const pace = blockTime(state.selected);
+    $("block-time").textContent = pace === null ? "unknown" : pace.toFixed(2) + " s";
     $("node-version").textContent = (status.node.version || "unknown") +
       (status.node.target ? " (" + status.node.target + ")" : "");
     $("node-pid").textContent = status.node.pid === null ? "-" : String(status.node.pid);
@@ -280,7 +390,7 @@
       }
       row.append(nameCell, el("td", plan.height),
         el("td", plan.status + (plan.result ? " — " + plan.result : "")),
-        el("td", waiting ? etaText(plan.height, head) : "-"));
+        el("td", waiting ? planEta(plan, head) : "-"));
       const readiness = el("td");
       if (waiting) {
         for (const [label, value] of readinessOf(plan, status)) {
