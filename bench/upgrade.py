@@ -100,6 +100,7 @@ class Round:
     first_head: int | None  # upgrade.completed.first_head, the daemon's view
     downtime: float
     overshoot_event: int  # upgrade.overshoot's `blocks`, 0 when none was published
+    armed: bool  # upgrade.armed came before upgrade.started: at the switch only the stop was left
 
     @property
     def beyond(self) -> int | None:
@@ -334,19 +335,21 @@ def measure_setting(setting: Setting, count: int, work: Path) -> list[Round]:
                     if done is None:
                         print(f"  {name}: no upgrade.completed", flush=True)
                         break
-                    completed, overshoot = done
+                    completed, overshoot, armed = done
                     result = Round(
                         height=height,
                         old_last=probe.old_binary_last(since, old, new),
                         first_head=completed.get("first_head"),
                         downtime=float(completed["downtime_seconds"]),
                         overshoot_event=overshoot,
+                        armed=armed,
                     )
                     rounds.append(result)
                     print(
                         f"  {setting.label} {name} {old}→{new}: H={height} old binary's last "
                         f"block={result.old_last} beyond H={result.beyond} daemon first "
-                        f"head={result.first_head} downtime={ms(result.downtime)}",
+                        f"head={result.first_head} downtime={ms(result.downtime)}"
+                        f"{' armed' if armed else ' NOT armed'}",
                         flush=True,
                     )
         finally:
@@ -370,18 +373,24 @@ def _wait_control(control: ControlClient, timeout: float = 30.0) -> None:
 
 def _wait_upgrade(
     subscriber: EventSubscriber, name: str, timeout: float
-) -> tuple[dict[str, Any], int] | None:
-    """`upgrade.completed` of `name` and the blocks of its `upgrade.overshoot` (0 if none)."""
+) -> tuple[dict[str, Any], int, bool] | None:
+    """`upgrade.completed` of `name`, the blocks of its `upgrade.overshoot` (0 if none), and
+    whether `upgrade.armed` came before its `upgrade.started`."""
     deadline = time.monotonic() + timeout
     overshoot = 0
+    armed = started = False
     while time.monotonic() < deadline:
         received = subscriber.receive(timeout=1.0)
         if received is None or received.payload.get("name") != name:
             continue
         if received.topic == "upgrade.overshoot":
             overshoot = int(received.payload["blocks"])
+        elif received.topic == "upgrade.armed":
+            armed = armed or not started
+        elif received.topic == "upgrade.started":
+            started = True
         elif received.topic == "upgrade.completed":
-            return received.payload, overshoot
+            return received.payload, overshoot, armed
         elif received.topic == "upgrade.failed":
             print(f"  upgrade failed: {received.payload}", flush=True)
             return None
@@ -455,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
                     str(sum(1 for b in beyond if b)),
                     f"{agree}/{len(rounds)}",
                     f"{reported}/{len(beyond)}",
+                    f"{sum(r.armed for r in rounds)}/{len(rounds)}",
                 ]
             )
         headers = [
@@ -466,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             "upgrades > 0",
             "first head =",
             "event =",
+            "armed",
         ]
         print_table(headers, rows)
 
