@@ -134,6 +134,9 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
         self._journal_file = state.journal_file(home)
         self._head: int | None = None
         self._rpc_available = False
+        self._head_lost = (
+            False  # RPC unavailable since the last head: where the chain is is unknown
+        )
         self._saga: UpgradeSaga | None = None
         self._preflight_ok: dict[str, bool] = {}
         self._checked_ahead: dict[str, int] = {}  # plan -> the switch head it was checked for
@@ -188,9 +191,14 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
             case HeadObserved():
                 self._latency.append((message.height, message.observed_at, time.monotonic()))
                 self._head = message.height
+                self._head_lost = False
                 self._on_head()
             case RpcAvailability(available=available):
                 self._rpc_available = available
+                if not available:
+                    # An unknown head triggers nothing, and the node is not held meanwhile.
+                    self._head_lost = True
+                    self._disarm("RPC is unavailable: the head is unknown")
             case RegisterPlans():
                 self._register(message)
             case CancelPlan():
@@ -370,7 +378,7 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
         """The pending plan whose switch comes first, with the head it waits for, when the
         head is within ARM_AHEAD_BLOCKS of it."""
         head = self._head
-        if head is None:
+        if head is None or self._head_lost:
             return None
         nearest: tuple[queue_rules.QueuedPlan, int] | None = None
         for entry in queue_rules.pending(self._queue):
@@ -402,10 +410,10 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
             return "the plan was replaced"
         if wanted is not None:
             return f"plan {wanted[0].plan.name} switches first (at head {wanted[1]})"
-        return (
-            f"the head ({self._head}) is no longer within {ARM_AHEAD_BLOCKS} blocks of the"
-            f" switch at {self._switch_head(entry)}"
-        )
+        switch_at = self._switch_head(entry)
+        if self._saga is not None and self._saga.switch_at != switch_at:
+            return f"its switch moved to head {switch_at}"
+        return f"the head ({self._head}) is more than {ARM_AHEAD_BLOCKS} blocks before the switch"
 
     def _disarm(self, reason: str) -> None:
         saga = self._saga

@@ -210,8 +210,10 @@ class UpgradeArmed(Event, tag="upgrade.armed", frozen=True):
 
 
 class UpgradeDisarmed(Event, tag="upgrade.disarmed", frozen=True):
-    """An armed plan was given up before its stop (cancelled, replaced, the head went back, the
-    configuration reloaded, its preflight failed, the daemon stopping): nothing changed."""
+    """An armed plan was given up before its stop (cancelled, replaced, another plan first, the
+    head gone back or unknown, the configuration reloaded, the daemon stopping): nothing
+    changed. Follows an `upgrade.armed`; a preflight problem found while arming is a
+    `plan.preflight_failed` instead."""
 
     name: str
     height: int

@@ -122,6 +122,7 @@ class UpgradeSaga:
         self._ended = False  # no longer waiting for a decision (it ended before the stop)
         self._committed = False  # past the decision: the stop is next
         self._lease_held = False
+        self._announced = False  # upgrade.armed was published (upgrade.disarmed then follows)
         self.node = NodeClient(bus, journal.holder, config.node.shutdown_grace)
         self.ctx = StepContext(
             journal=journal,
@@ -252,6 +253,7 @@ class UpgradeSaga:
                 self.armed_head,
                 self.switch_at,
             )
+            self._announced = True
             self.bus.publish(
                 ev.UpgradeArmed(
                     name=self.plan.name,
@@ -320,13 +322,14 @@ class UpgradeSaga:
         return []
 
     def _end_before_stop(self, reason: str, problems: list[str]) -> SagaResult:
-        """The saga ends before its stop with nothing changed: the lease given back,
-        `upgrade.disarmed` published."""
+        """The saga ends before its stop with nothing changed: the lease given back, and
+        `upgrade.disarmed` after an `upgrade.armed`."""
         self.node.release()
         logger.info("upgrade {} disarmed: {}", self.plan.name, reason)
-        self.bus.publish(
-            ev.UpgradeDisarmed(name=self.plan.name, height=self.plan.height, reason=reason)
-        )
+        if self._announced:
+            self.bus.publish(
+                ev.UpgradeDisarmed(name=self.plan.name, height=self.plan.height, reason=reason)
+            )
         return SagaResult(
             self.plan.name,
             Outcome.DISARMED,
