@@ -327,7 +327,10 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
         head = self._head
         if head is None:
             return
-        self._maybe_start()  # first: an armed saga's stop waits for nothing else
+        # First (after closing a window that passed, which says so before its plan runs): an
+        # armed saga's stop waits for nothing else.
+        self._window_on_head(head)
+        self._maybe_start()
         for entry in queue_rules.pending(self._queue):
             plan = entry.plan
             # The switch's own head: H-1, or a window plan's slot (its window's surveys until
@@ -340,7 +343,6 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
                 self._refresh_prestage(plan)
         if self._config.backup.prestage_horizon > 0:
             self._schedule_prestage()
-        self._window_on_head(head)
         self._review_arming()
 
     # arming
