@@ -17,8 +17,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from devtools.anvil import rpc_call, wait_for_rpc
+from devtools.anvil import free_port, rpc_call, wait_for_rpc
 from tests.daemon_harness import Daemon, EventLog
+from tests.test_overshoot import saga
 from tests.test_upgrade import Chain, chain_factory, root
 from wemixvisor.control.client import ControlClient
 
@@ -292,3 +293,32 @@ def test_a_preflight_problem_found_while_armed_is_a_preflight_failure_and_the_pl
     finally:
         events.close()
     assert daemon.terminate() == 0
+
+
+def test_go_and_disarm_are_decided_once_and_a_resumed_saga_is_never_armed(
+    tmp_path: Path, anvil_bin_1_5_1: Path
+) -> None:
+    silent = f"http://127.0.0.1:{free_port()}"
+    gone = saga(tmp_path / "gone", anvil_bin_1_5_1, silent, observed=None)
+    assert gone.armed
+    assert gone.disarm("the plan is cancelled")
+    assert not gone.armed
+    assert not gone.go(observed_height=4, late=False)  # too late: it is being disarmed
+    assert gone.journal.observed_height is None
+
+    going = saga(tmp_path / "going", anvil_bin_1_5_1, silent, observed=None)
+    assert going.go(observed_height=4, late=False)
+    assert going.journal.observed_height == 4
+    assert not going.armed
+    assert not going.disarm("the plan is cancelled")  # the stop is under way
+
+    # Resumed from its journal: past the decision; a go (the head at its switch again) keeps
+    # the journal of the run that started it.
+    resumed = saga(tmp_path / "resumed", anvil_bin_1_5_1, silent, observed=4)
+    resumed.journal.started_at = 1234.5
+    resumed.resuming()
+    assert not resumed.armed
+    assert resumed.go(observed_height=9, late=True)
+    assert (resumed.journal.observed_height, resumed.journal.late) == (4, False)
+    assert resumed.journal.started_at == 1234.5
+    assert not resumed.disarm("the configuration was reloaded")

@@ -134,9 +134,7 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
         self._journal_file = state.journal_file(home)
         self._head: int | None = None
         self._rpc_available = False
-        self._head_lost = (
-            False  # RPC unavailable since the last head: where the chain is is unknown
-        )
+        self._head_lost = False  # RPC went away after the last head: the head is unknown
         self._saga: UpgradeSaga | None = None
         self._preflight_ok: dict[str, bool] = {}
         self._checked_ahead: dict[str, int] = {}  # plan -> the switch head it was checked for
@@ -508,6 +506,8 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
             ),
         )
         saga.armed_head, saga.switch_at = armed_head, switch_at
+        if resume:
+            saga.resuming()
         self._saga = saga
         self.workers.run(
             f"upgrade-{journal.plan.name}",

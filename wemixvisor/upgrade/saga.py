@@ -161,6 +161,13 @@ class UpgradeSaga:
             self._decided.set()
             return True
 
+    def resuming(self) -> None:
+        """A saga resumed from its journal is past the decision: never armed, never told to go
+        (its journal keeps the head and times of the run that started it)."""
+        with self._decision:
+            self._go = True
+            self._decided.set()
+
     def disarm(self, reason: str) -> bool:
         """Give the armed saga up before its stop (it ends with Outcome.DISARMED, the lease
         given back); False once it was told to go, or ended."""
