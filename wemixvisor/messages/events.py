@@ -226,7 +226,7 @@ class UpgradeOvershoot(Event, tag="upgrade.overshoot", frozen=True):
 
     name: str
     height: int
-    head: int  # the old binary's head right before the stop
+    head: int  # the old binary's head: seen at the switch, or the new binary's first head
     blocks: int  # head - H + 1: blocks at or beyond H the old binary imported
 
 

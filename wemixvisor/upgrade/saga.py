@@ -465,8 +465,8 @@ class UpgradeSaga:
         elif self.journal.stop_requested_at is not None:
             # Resumed by another daemon run: only wall clocks span both runs.
             downtime = time.time() - (time.monotonic() - answered) - self.journal.stop_requested_at
-        # The new binary starts from the old one's last block: blocks imported while the stop
-        # was under way show here, after the check before the stop.
+        # The new binary starts from the old one's last block: blocks imported after the head
+        # seen at the switch (while the stop was under way) show here.
         overshoot_found = self._overshoot(self.ctx.first_head)
         self._mark(Step.COMPLETED)
         version = detect_version(self.home.upgrade_bin(self.plan.name))
