@@ -100,6 +100,8 @@ class Round:
     first_head: int | None  # upgrade.completed.first_head, the daemon's view
     downtime: float
     overshoot_event: int  # upgrade.overshoot's `blocks`, 0 when none was published
+    armed: bool  # upgrade.armed came before upgrade.started: at the switch only the stop was left
+    switch_gap: float | None  # height.observed of H-1 → upgrade.step `stopping` (event stamps)
 
     @property
     def beyond(self) -> int | None:
@@ -316,7 +318,9 @@ def measure_setting(setting: Setting, count: int, work: Path) -> list[Round]:
             argv, log_path=work / f"daemon-{setting.follow}-{setting.block_time:g}.log", env=env
         )
         wait_for_rpc(url, timeout=30)
-        subscriber = EventSubscriber([f"ipc://{home_dir}/wemixvisor/events.sock"], ["upgrade."])
+        subscriber = EventSubscriber(
+            [f"ipc://{home_dir}/wemixvisor/events.sock"], ["upgrade.", "height.observed"]
+        )
         control = ControlClient(f"ipc://{home_dir}/wemixvisor/control.sock", 5.0)
         try:
             _wait_control(control)
@@ -328,25 +332,29 @@ def measure_setting(setting: Setting, count: int, work: Path) -> list[Round]:
                     since = len(probe.samples)
                     height = int(rpc_call(url, "eth_blockNumber"), 16) + lead
                     control.request({"type": "schedule_upgrade", "name": name, "height": height})
-                    done = _wait_upgrade(subscriber, name, lead * setting.block_time + 90)
+                    done = _wait_upgrade(subscriber, name, height, lead * setting.block_time + 90)
                     probe.wait_for_version(new, since, timeout=10)
                     wait_for_rpc(url, timeout=20)
                     if done is None:
                         print(f"  {name}: no upgrade.completed", flush=True)
                         break
-                    completed, overshoot = done
+                    completed, overshoot, armed, gap = done
                     result = Round(
                         height=height,
                         old_last=probe.old_binary_last(since, old, new),
                         first_head=completed.get("first_head"),
                         downtime=float(completed["downtime_seconds"]),
                         overshoot_event=overshoot,
+                        armed=armed,
+                        switch_gap=gap,
                     )
                     rounds.append(result)
                     print(
                         f"  {setting.label} {name} {old}→{new}: H={height} old binary's last "
                         f"block={result.old_last} beyond H={result.beyond} daemon first "
-                        f"head={result.first_head} downtime={ms(result.downtime)}",
+                        f"head={result.first_head} downtime={ms(result.downtime)}"
+                        f"{' armed' if armed else ' NOT armed'}"
+                        f" H-1 seen -> stopping {ms(gap) if gap is not None else '-'}",
                         flush=True,
                     )
         finally:
@@ -369,19 +377,39 @@ def _wait_control(control: ControlClient, timeout: float = 30.0) -> None:
 
 
 def _wait_upgrade(
-    subscriber: EventSubscriber, name: str, timeout: float
-) -> tuple[dict[str, Any], int] | None:
-    """`upgrade.completed` of `name` and the blocks of its `upgrade.overshoot` (0 if none)."""
+    subscriber: EventSubscriber, name: str, height: int, timeout: float
+) -> tuple[dict[str, Any], int, bool, float | None] | None:
+    """`upgrade.completed` of `name`, the blocks of its `upgrade.overshoot` (0 if none),
+    whether `upgrade.armed` came before its `upgrade.started`, and the seconds from the
+    daemon's `height.observed` of H-1 to its `upgrade.step` `stopping` (the journal written,
+    the stop next), by the events' own stamps (None when H-1 was not observed)."""
     deadline = time.monotonic() + timeout
     overshoot = 0
+    armed = started = False
+    seen_last_old: float | None = None
+    gap: float | None = None
     while time.monotonic() < deadline:
         received = subscriber.receive(timeout=1.0)
-        if received is None or received.payload.get("name") != name:
+        if received is None:
             continue
+        payload = received.payload
+        if received.topic == "height.observed":
+            if payload["height"] == height - 1 and seen_last_old is None:
+                seen_last_old = float(payload["ts"])
+            continue
+        if payload.get("name") != name:
+            continue
+        stopping = received.topic == "upgrade.step" and payload["step"] == "stopping"
+        if stopping and seen_last_old is not None:
+            gap = float(payload["ts"]) - seen_last_old
         if received.topic == "upgrade.overshoot":
             overshoot = int(received.payload["blocks"])
+        elif received.topic == "upgrade.armed":
+            armed = armed or not started
+        elif received.topic == "upgrade.started":
+            started = True
         elif received.topic == "upgrade.completed":
-            return received.payload, overshoot
+            return received.payload, overshoot, armed, gap
         elif received.topic == "upgrade.failed":
             print(f"  upgrade failed: {received.payload}", flush=True)
             return None
@@ -455,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
                     str(sum(1 for b in beyond if b)),
                     f"{agree}/{len(rounds)}",
                     f"{reported}/{len(beyond)}",
+                    f"{sum(r.armed for r in rounds)}/{len(rounds)}",
                 ]
             )
         headers = [
@@ -466,8 +495,29 @@ def main(argv: list[str] | None = None) -> int:
             "upgrades > 0",
             "first head =",
             "event =",
+            "armed",
         ]
         print_table(headers, rows)
+
+        print("\n(c) the daemon's height.observed of H-1 -> its upgrade.step `stopping`")
+        gap_rows = []
+        for setting, rounds in results.items():
+            measured = [r.switch_gap for r in rounds if r.switch_gap is not None]
+            if not measured:
+                gap_rows.append([setting.label, "0", "-", "-", "-", "-"])
+                continue
+            gaps = Stats.of(measured)
+            gap_rows.append(
+                [
+                    setting.label,
+                    str(gaps.count),
+                    ms(gaps.minimum),
+                    ms(gaps.median),
+                    ms(gaps.p90),
+                    ms(gaps.maximum),
+                ]
+            )
+        print_table(["setting", "n", "min", "median", "p90", "max"], gap_rows)
 
         print(f"\n(b) downtime without backup ({VERSIONS[0]} <-> {VERSIONS[1]})")
         baseline = anvil_switch_baseline(work, args.baseline_rounds)

@@ -1,6 +1,6 @@
-"""How an upgrade judges an overshoot (SPEC §5, §10): the old binary's head right before the stop,
-read from a real node (the head the orchestrator saw when RPC does not answer), and once more
-from the new binary's first head, which shows blocks imported while the stop was under way."""
+"""How an upgrade judges an overshoot (SPEC §5, §10): from the head the orchestrator saw at the
+switch (nothing is asked of the node between the switch and the stop), and once more from the
+new binary's first head, which shows blocks imported while the stop was under way."""
 
 from __future__ import annotations
 
@@ -59,50 +59,42 @@ def mine_to(node: AnvilProcess, height: int) -> None:
         rpc_call(node.url, "evm_mine")
 
 
-def test_an_old_binary_holding_h_minus_1_is_no_overshoot(
-    node: AnvilProcess, tmp_path: Path, anvil_bin_1_5_1: Path
+def test_an_old_binary_seen_at_h_minus_1_is_no_overshoot(
+    tmp_path: Path, anvil_bin_1_5_1: Path
 ) -> None:
-    mine_to(node, H - 1)
-    upgrade = saga(tmp_path, anvil_bin_1_5_1, node.url, observed=H - 1)
-    assert upgrade._judge_overshoot() is None
+    upgrade = saga(tmp_path, anvil_bin_1_5_1, f"http://127.0.0.1:{free_port()}", observed=H - 1)
+    assert upgrade._overshoot(H - 1) is None
     assert upgrade.journal.late is False
 
 
-def test_the_chain_right_before_the_stop_decides_not_the_head_seen_earlier(
-    node: AnvilProcess, tmp_path: Path, anvil_bin_1_5_1: Path
-) -> None:
-    # Seen at H-1, but the node imported H and H+1 before the stop.
-    mine_to(node, H + 1)
-    upgrade = saga(tmp_path, anvil_bin_1_5_1, node.url, observed=H - 1)
-    event = upgrade._judge_overshoot()
-    assert event is not None
-    assert (event.name, event.height, event.head, event.blocks) == ("v2", H, H + 1, 2)
-    assert upgrade.journal.late is True
-
-
-def test_without_rpc_the_head_the_orchestrator_saw_decides(
+def test_the_head_seen_at_the_switch_decides_with_no_call_to_the_node(
     tmp_path: Path, anvil_bin_1_5_1: Path
 ) -> None:
+    # Seen at H+2 (RPC was down at H-1): judged from that head, nothing asked of the node
+    # between the switch and the stop (the address answers nothing).
     silent = f"http://127.0.0.1:{free_port()}"
     upgrade = saga(tmp_path, anvil_bin_1_5_1, silent, observed=H + 2)
-    event = upgrade._judge_overshoot()
+    event = upgrade._overshoot(upgrade.journal.observed_height)
     assert event is not None
-    assert (event.head, event.blocks) == (H + 2, 3)
+    assert (event.name, event.height, event.head, event.blocks) == ("v2", H, H + 2, 3)
+    assert upgrade.journal.late is True
     unknown = saga(tmp_path / "again", anvil_bin_1_5_1, silent, observed=None)
-    assert unknown._judge_overshoot() is None
+    assert unknown._overshoot(None) is None
 
 
 def test_blocks_imported_during_the_stop_are_reported_once_more_with_the_full_count(
     node: AnvilProcess, tmp_path: Path, anvil_bin_1_5_1: Path
 ) -> None:
     mine_to(node, H)
-    upgrade = saga(tmp_path, anvil_bin_1_5_1, node.url, observed=H - 1)
-    first = upgrade._judge_overshoot()
+    upgrade = saga(tmp_path, anvil_bin_1_5_1, node.url, observed=H)
+    first = upgrade._overshoot(H)
     assert first is not None
     assert first.blocks == 1
-    # The new binary's first head is the old binary's last block.
-    assert upgrade._overshoot(H) is None  # nothing new: reported once
-    later = upgrade._overshoot(H + 1)
+    # The new binary's first head is the old binary's last block (the chain's head here).
+    last = int(rpc_call(node.url, "eth_blockNumber"), 16)
+    assert upgrade._overshoot(last) is None  # nothing new: reported once
+    mine_to(node, H + 1)
+    later = upgrade._overshoot(int(rpc_call(node.url, "eth_blockNumber"), 16))
     assert later is not None
     assert (later.head, later.blocks) == (H + 1, 2)
     assert upgrade._overshoot(None) is None

@@ -120,6 +120,25 @@ def seen_or_next(events: EventLog, topic: str, timeout: float) -> dict[str, Any]
     return earlier if earlier is not None else events.wait_for(topic, timeout=timeout)
 
 
+def seen_or_next_where(
+    events: EventLog, topic: str, where: Callable[[dict[str, Any]], bool], timeout: float
+) -> dict[str, Any]:
+    """The first `topic` event matching `where` already seen, else the next one."""
+    earlier = next((p for p in events.seen if p["topic"] == topic and where(p)), None)
+    return earlier if earlier is not None else events.wait_for(topic, where, timeout=timeout)
+
+
+def heads_at(events: EventLog, topic: str) -> list[int]:
+    """The head the daemon had last reported when it published each `topic` event."""
+    head, heads = 0, []
+    for payload in events.seen:
+        if payload["topic"] == "height.observed":
+            head = payload["height"]
+        elif payload["topic"] == topic:
+            heads.append(head)
+    return heads
+
+
 def block_timestamps(url: str, last: int) -> list[int]:
     blocks = [rpc_call(url, "eth_getBlockByNumber", [hex(n), False]) for n in range(1, last + 1)]
     return [int(block["timestamp"], 16) for block in blocks]
@@ -172,6 +191,12 @@ def test_four_validators_upgrade_one_slot_after_another_and_the_chain_never_stop
         topics = {p["topic"] for p in events.seen}
         assert not topics & {"upgrade.failed", "upgrade.window_closed", "upgrade.overshoot"}
         assert done["name"] == "fork"
+    # Each was armed ahead of its own slot, not of H-1: in its slot only the stop was left.
+    for index, events in enumerate(logs):
+        armed = next(p for p in events.seen if p["topic"] == "upgrade.armed")
+        assert armed["switch_at"] == 6 + 4 * index, armed
+        assert armed["head"] < armed["switch_at"] <= observed[index]
+        assert "upgrade.disarmed" not in {p["topic"] for p in events.seen}
 
 
 def test_three_validators_wait_in_vain_the_window_closes_and_all_switch_at_h_minus_1(
@@ -183,8 +208,14 @@ def test_three_validators_wait_in_vain_the_window_closes_and_all_switch_at_h_min
         waiting = logs[0].wait_for("upgrade.waiting_for_quorum", timeout=HEIGHT * BLOCK_TIME)
         assert (waiting["active"], waiting["needed"], waiting["slot_start"]) == (2, 3, 6)
         # Said ahead of H as well: with 3 validators (quorum 3) any one's downtime halts the chain.
+        # (A check right as the chain starts finds nobody sealed yet: active_without_me 0.)
         for events in logs:
-            risk = seen_or_next(events, "validator.quorum_at_risk", HEIGHT * BLOCK_TIME)
+            risk = seen_or_next_where(
+                events,
+                "validator.quorum_at_risk",
+                lambda p: p["active_without_me"] == 2,
+                HEIGHT * BLOCK_TIME,
+            )
             assert (risk["validators"], risk["quorum"], risk["active_without_me"]) == (3, 3, 2)
         listing = msgspec.convert(nodes[0].control({"type": "list_upgrades"}), ListUpgradesReply)
         shown = render_upgrade_status(upgrade_status(listing))
@@ -196,6 +227,18 @@ def test_three_validators_wait_in_vain_the_window_closes_and_all_switch_at_h_min
         assert all("short of the quorum" in payload["reason"] for payload in closed)
         started = [seen_or_next(events, "upgrade.started", 30) for events in logs]
         assert [payload["observed_height"] for payload in started] == [HEIGHT - 1] * 3
+        # The preflight's re-check "shortly before the switch" keys on the slot: the last
+        # slot (blocks 18-23) is checked again (with its quorum warning) from block 8 on,
+        # before the slot, not 10 blocks before H-1.
+        last = next(
+            events
+            for events in logs
+            if next(p for p in events.seen if p["topic"] == "upgrade.waiting_for_quorum")[
+                "slot_start"
+            ]
+            == 18
+        )
+        assert any(8 <= head < 18 for head in heads_at(last, "validator.quorum_at_risk"))
         for events in logs:
             seen_or_next(events, "upgrade.completed", 60)
         network.wait_for(

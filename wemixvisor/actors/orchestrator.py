@@ -4,6 +4,12 @@ The actor keeps the queue (state/plans.json) and decides *when*; each saga runs 
 waits for the node, runs hooks, copies data) and reports back with a message. Preflight checks
 run as ONE job at a time over every plan whose check is due (they execute the new binaries);
 the one pre-staged backup copy is asked for the plan `staging_owner` names.
+
+A few blocks before a plan's switch (`ARM_AHEAD_BLOCKS`) its saga starts armed: everything
+before the stop that can be done early is done then, and at the switch the saga is told to go
+(`UpgradeSaga.go`). An armed saga that no longer fits — its plan cancelled or replaced, another
+plan first, the head gone back, the configuration reloaded — is disarmed and armed again when
+it fits once more.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from wemixvisor.actors.rolling_window import RollingWindow, WindowSurveyed
 from wemixvisor.actors.workers import tell_if_alive
 from wemixvisor.backup.staging import staging_owner
 from wemixvisor.bus import Bus
-from wemixvisor.chain.headwatch import next_trigger_height
+from wemixvisor.chain.headwatch import NEAR_TRIGGER_BLOCKS, next_trigger_height
 from wemixvisor.chain.wbft import start_signing_check
 from wemixvisor.config import Config, apply_reloadable
 from wemixvisor.home import state
@@ -49,7 +55,13 @@ from wemixvisor.upgrade.saga import Outcome, SagaResult, UpgradeSaga
 from wemixvisor.upgrade.window import WindowState
 
 PREFLIGHT_RECHECK = 60.0  # seconds between re-checks of a plan whose preflight failed
-PREFLIGHT_AHEAD_BLOCKS = 10  # re-check this many blocks before the switch (after H-1)
+PREFLIGHT_AHEAD_BLOCKS = 10  # re-check this many blocks before the switch (H-1, or the slot)
+ARM_AHEAD_BLOCKS = NEAR_TRIGGER_BLOCKS
+"""Blocks before its switch from which a plan is armed: the blocks where the head watcher polls
+fast. At 0.1 s blocks that leaves about half a second for the arming (the validator record's
+two calls are bounded at 0.25 s each); at 1 s blocks the node is held for about 5 s before
+the stop, where an operator's stop, restart, backup or restore is refused as busy, as during
+the upgrade itself."""
 _LATENCY_SAMPLES = 10_000
 
 
@@ -122,9 +134,11 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
         self._journal_file = state.journal_file(home)
         self._head: int | None = None
         self._rpc_available = False
+        self._head_lost = False  # RPC went away after the last head: the head is unknown
         self._saga: UpgradeSaga | None = None
         self._preflight_ok: dict[str, bool] = {}
-        self._checked_ahead: set[str] = set()
+        self._checked_ahead: dict[str, int] = {}  # plan -> the switch head it was checked for
+        self._arm_failed: set[str] = set()  # plans whose arming found preflight problems
         self._preflight_due: dict[str, Plan] = {}  # plans waiting for the preflight job
         self._preflight_running: set[str] = set()  # plans the running job has yet to report
         self._preflight_job = False
@@ -164,6 +178,10 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
     def teardown(self) -> None:
         self._wait_for_rehearsal_cleanup()
 
+    def release(self) -> None:
+        # An armed saga gives the node back; one under way goes on (the journal resumes it).
+        self._disarm("the orchestrator stopped")
+
     # messages
 
     def on_receive(self, message: Any) -> Any:
@@ -171,17 +189,23 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
             case HeadObserved():
                 self._latency.append((message.height, message.observed_at, time.monotonic()))
                 self._head = message.height
+                self._head_lost = False
                 self._on_head()
             case RpcAvailability(available=available):
                 self._rpc_available = available
+                if not available:
+                    # An unknown head triggers nothing, and the node is not held meanwhile.
+                    self._head_lost = True
+                    self._disarm("RPC is unavailable: the head is unknown")
             case RegisterPlans():
                 self._register(message)
             case CancelPlan():
                 self._cancel(message)
             case ListPlans():
+                running = self._saga is not None and not self._saga.armed
                 return QueueSnapshot(
                     queue=msgspec.convert(msgspec.to_builtins(self._queue), QueueState),
-                    journal=self._saga.journal if self._saga is not None else None,
+                    journal=self._saga.journal if self._saga is not None and running else None,
                     head=self._head,
                     preflight_ok=dict(self._preflight_ok),
                     windows=self.window_states(),
@@ -205,7 +229,10 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
                 if entry is not None and entry.status is PlanStatus.PENDING:
                     self._preflight(entry.plan)
             case ConfigChanged(config=config):
-                self._config = apply_reloadable(self._config, config)
+                before, self._config = self._config, apply_reloadable(self._config, config)
+                if self._config != before:
+                    # Armed on the configuration before: armed again on this one.
+                    self._disarm("the configuration was reloaded")
             case RehearsePlan():
                 self._on_rehearse(message)
             case ev.BackupStaged(plan=plan):
@@ -259,7 +286,8 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
                     updated=outcome is RegisterOutcome.UPDATED,
                 )
             )
-            self._checked_ahead.discard(plan.name)
+            self._checked_ahead.pop(plan.name, None)
+            self._arm_failed.discard(plan.name)
             self._preflight(plan)
         if changed:
             self._save_queue()
@@ -267,6 +295,7 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
         if message.done is not None:
             message.done.set(answers)
         self._maybe_start()
+        self._review_arming()
 
     def _cancel(self, message: CancelPlan) -> None:
         try:
@@ -286,6 +315,7 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
                     name=entry.plan.name, height=entry.plan.height, source=message.source
                 )
             )
+            self._review_arming()
         if message.done is not None:
             message.done.set(error)
 
@@ -295,26 +325,127 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
         head = self._head
         if head is None:
             return
+        # First (after closing a window that passed, which says so before its plan runs): an
+        # armed saga's stop waits for nothing else.
+        self._window_on_head(head)
+        self._maybe_start()
         for entry in queue_rules.pending(self._queue):
             plan = entry.plan
-            switch_after = queue_rules.last_old_block(plan.height)
+            # The switch's own head: H-1, or a window plan's slot (its window's surveys until
+            # the slot is known), so that the re-check and the staging refresh come before it.
+            switch_after = self._window_trigger(entry) - 1
             near = switch_after - PREFLIGHT_AHEAD_BLOCKS <= head < switch_after
-            if near and plan.name not in self._checked_ahead:
-                self._checked_ahead.add(plan.name)
+            if near and self._checked_ahead.get(plan.name, -1) < switch_after:
+                self._checked_ahead[plan.name] = switch_after
                 self._preflight(plan)
                 self._refresh_prestage(plan)
         if self._config.backup.prestage_horizon > 0:
             self._schedule_prestage()
-        self._window_on_head(head)
-        self._maybe_start()
+        self._review_arming()
+
+    # arming
+
+    def _review_arming(self) -> None:
+        """Arm the plan whose switch is within ARM_AHEAD_BLOCKS of the head; disarm a saga
+        armed for a plan that no longer is the one."""
+        wanted = self._arm_candidate()
+        saga = self._saga
+        if saga is not None:
+            if saga.armed and (wanted is None or wanted[0].plan != saga.plan):
+                self._disarm(self._disarm_reason(saga.plan, wanted))
+            return
+        if wanted is None or self._rollback is not None:
+            return
+        entry, switch_at = wanted
+        if not self._armable(entry):
+            return
+        try:
+            from_target = read_current(self._home).target
+        except LayoutError:
+            return  # at the switch the plan fails with the reason
+        journal = Journal(
+            plan=entry.plan,
+            step=Step.STOPPING,
+            from_target=from_target,
+            to_target=f"upgrades/{entry.plan.name}",
+            observed_height=None,
+            late=entry.late,
+            started_at=time.time(),
+        )
+        self._start_saga(journal, resume=False, armed_head=self._head, switch_at=switch_at)
+
+    def _arm_candidate(self) -> tuple[queue_rules.QueuedPlan, int] | None:
+        """The pending plan whose switch comes first, with the head it waits for, when the
+        head is within ARM_AHEAD_BLOCKS of it."""
+        head = self._head
+        if head is None or self._head_lost:
+            return None
+        nearest: tuple[queue_rules.QueuedPlan, int] | None = None
+        for entry in queue_rules.pending(self._queue):
+            switch_at = self._switch_head(entry)
+            if nearest is None or switch_at < nearest[1]:
+                nearest = (entry, switch_at)
+        if nearest is None or not arming_due(head, nearest[1]):
+            return None
+        return nearest
+
+    def _armable(self, entry: queue_rules.QueuedPlan) -> bool:
+        """Whether the plan may be armed now: not late (it starts at once), not held back for
+        its rehearsal, its binary not still downloading, its arming not failed already."""
+        name = entry.plan.name
+        checking = name in self._preflight_running or name in self._preflight_due
+        return not (
+            entry.late
+            or queue_rules.rehearsal_pending(entry) is not None
+            or name in self._arm_failed
+            or (checking and not self._home.upgrade_bin(name).exists())
+        )
+
+    def _disarm_reason(self, armed: Plan, wanted: tuple[queue_rules.QueuedPlan, int] | None) -> str:
+        entry = queue_rules.get(self._queue, armed.name)
+        if entry is None or entry.status is not PlanStatus.PENDING:
+            status = "gone" if entry is None else entry.status.value
+            return f"the plan is {status}"
+        if entry.plan != armed:
+            return "the plan was replaced"
+        if wanted is not None:
+            return f"plan {wanted[0].plan.name} switches first (at head {wanted[1]})"
+        switch_at = self._switch_head(entry)
+        if self._saga is not None and self._saga.switch_at != switch_at:
+            return f"its switch moved to head {switch_at}"
+        return f"the head ({self._head}) is more than {ARM_AHEAD_BLOCKS} blocks before the switch"
+
+    def _disarm(self, reason: str) -> None:
+        saga = self._saga
+        if saga is not None and saga.armed and saga.disarm(reason):
+            logger.info("disarming upgrade {}: {}", saga.plan.name, reason)
+
+    def _go(self, saga: UpgradeSaga, entry: queue_rules.QueuedPlan) -> None:
+        """The switch: the saga stops the node now; the queue says the plan runs."""
+        head = self._head
+        if head is not None and queue_rules.overshoot(entry.plan.height, head):
+            # First seen past H-1 (RPC was down, or a fast sync): it runs at once all the
+            # same, marked late; the saga reports the overshoot.
+            entry.late = True
+        if saga.go(observed_height=head, late=entry.late):
+            entry.status = PlanStatus.RUNNING
+            self._save_queue()
 
     def _maybe_start(self, chosen: queue_rules.QueuedPlan | None = None) -> None:
-        """Start the due plan's saga (or `chosen`'s: a window plan in its slot)."""
-        if self._saga is not None or self._rollback is not None:
+        """Start the due plan's saga (or `chosen`'s: a window plan in its slot): an armed saga
+        of that plan goes; one armed for another plan is disarmed first."""
+        if self._rollback is not None:
             return
         entry = chosen or queue_rules.due(self._queue, self._head)
         if entry is None:
             return
+        saga = self._saga
+        if saga is not None:
+            if saga.armed and saga.plan == entry.plan:
+                self._go(saga, entry)
+            elif saga.armed:
+                self._disarm(f"plan {entry.plan.name} is due first")
+            return  # a disarmed saga's end starts this one
         name = entry.plan.name
         if self._held_back_for_rehearsal(entry):
             return
@@ -334,10 +465,6 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
         else:
             reason = ""
         plan = entry.plan
-        if self._head is not None and queue_rules.overshoot(plan.height, self._head):
-            # First seen past H-1 (RPC was down, or a fast sync): it runs at once all the
-            # same, marked late; the saga reports the overshoot from the head before the stop.
-            entry.late = True
         if from_target is None:
             logger.error("upgrade {} cannot start: {}", plan.name, reason)
             self._finish_entry(entry, PlanStatus.FAILED, reason)
@@ -356,11 +483,18 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
             late=entry.late,
             started_at=time.time(),
         )
-        entry.status = PlanStatus.RUNNING
-        self._start_saga(journal, resume=False)
-        self._save_queue()
+        # Not armed ahead (first seen at its switch, or its arming did not fit): armed and
+        # told to go at once.
+        self._go(self._start_saga(journal, resume=False), entry)
 
-    def _start_saga(self, journal: Journal, *, resume: bool) -> None:
+    def _start_saga(
+        self,
+        journal: Journal,
+        *,
+        resume: bool,
+        armed_head: int | None = None,
+        switch_at: int | None = None,
+    ) -> UpgradeSaga:
         saga = UpgradeSaga(
             journal=journal,
             home=self._home,
@@ -371,15 +505,29 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
                 start_signing_check, config=self._config, publish=self._bus.publish
             ),
         )
+        saga.armed_head, saga.switch_at = armed_head, switch_at
+        if resume:
+            saga.resuming()
         self._saga = saga
         self.workers.run(
             f"upgrade-{journal.plan.name}",
             lambda _stopping: _SagaFinished(saga.run(resume=resume)),
         )
+        return saga
 
     def _on_saga_finished(self, result: SagaResult) -> None:
         journal = self._saga.journal if self._saga is not None else None
         self._saga = None
+        if result.outcome is Outcome.DISARMED:
+            # Nothing changed: the plan stays pending; a problem found while armed is a
+            # preflight failure found ahead (re-checked as any), and it is not armed again
+            # until a preflight passes.
+            if result.problems:
+                self._arm_failed.add(result.name)
+                self._on_preflight(_PreflightDone(result.name, result.height, [*result.problems]))
+            self._maybe_start()
+            self._review_arming()
+            return
         if result.outcome is Outcome.COMPLETED and result.first_head is not None:
             # A chain that does not move after the upgrade while the node answers RPC may be
             # waiting for 2/3 of the validators to upgrade too: reported, never rolled back.
@@ -398,6 +546,7 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
             self._finish_entry(entry, status, result.detail)
         self._schedule_prestage()
         self._maybe_start()
+        self._review_arming()
 
     def _on_network_check(self, check: _NetworkCheck) -> None:
         head = self._head
@@ -497,8 +646,10 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
             self.timers.schedule(
                 f"preflight-{result.name}", PREFLIGHT_RECHECK, _PreflightDue(result.name)
             )
-        elif self._preflight_ok.get(result.name) is False:
-            logger.info("preflight of {} passes now", result.name)
+        else:
+            self._arm_failed.discard(result.name)
+            if self._preflight_ok.get(result.name) is False:
+                logger.info("preflight of {} passes now", result.name)
         self._preflight_ok[result.name] = not result.problems
 
     # persistence
@@ -519,3 +670,10 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
         # The height actor polls faster near this height (SPEC §16).
         heights = (self._window_trigger(entry) for entry in queue_rules.pending(self._queue))
         self._bus.tell("height", NextTrigger(next_trigger_height(heights)))
+
+
+def arming_due(head: int, switch_at: int) -> bool:
+    """Whether a plan whose switch waits for head `switch_at` is armed at `head`: from
+    ARM_AHEAD_BLOCKS before it on (a window plan's slot may have begun: it waits for the
+    survey's go)."""
+    return head >= switch_at - ARM_AHEAD_BLOCKS

@@ -66,6 +66,8 @@ class RollingWindow:
 
         def _tell_next_trigger(self) -> None: ...
 
+        def _review_arming(self) -> None: ...
+
     def _init_rolling_window(self) -> None:
         self._windows: dict[str, WindowState] = {}
         self._surveying: set[str] = set()
@@ -93,6 +95,21 @@ class RollingWindow:
             return state.slot_start + 1
         first, _ = window_bounds(plan.height, plan.window, self._config.upgrade.window_margin)
         return max(first - SURVEY_AHEAD + 1, 1)
+
+    def _switch_head(self, entry: QueuedPlan) -> int:
+        """The head at which the plan's switch begins once seen: H-1, or for a window plan
+        whose slot is known and not waiting for the quorum, the slot's start (the survey there
+        says go). What the plan is armed ahead of."""
+        plan = entry.plan
+        last = queue_rules.last_old_block(plan.height)
+        if plan.mode != "window" or plan.window is None or entry.late:
+            return last
+        state = self._windows.get(plan.name)
+        if state is None or state.slot_start is None:
+            return last
+        if state.verdict in (WindowVerdict.CLOSED, WindowVerdict.WAIT_FOR_QUORUM):
+            return last
+        return min(state.slot_start, last)
 
     def _window_on_head(self, head: int) -> None:
         """Survey each window plan whose window is open (or about to), once per block."""
@@ -211,6 +228,7 @@ class RollingWindow:
                 )
         elif verdict is WindowVerdict.GO:
             self._maybe_start(entry)
+        self._review_arming()
 
     def _close(self, entry: QueuedPlan, reason: str) -> None:
         plan = entry.plan
@@ -230,6 +248,7 @@ class RollingWindow:
             )
         )
         self._tell_next_trigger()
+        self._review_arming()
 
 
 def _closing_reason(state: WindowState | None) -> str:

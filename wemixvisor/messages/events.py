@@ -196,13 +196,37 @@ class UpgradeStarted(Event, tag="upgrade.started", frozen=True):
     to_target: str
 
 
+class UpgradeArmed(Event, tag="upgrade.armed", frozen=True):
+    """A plan's switch is a few blocks away: everything before the stop that does not depend
+    on the moment is done (quick preflight, the node's lease, its arguments, the validator
+    record), so that at the switch only the journal write and the stop remain. Not a
+    commitment: `upgrade.disarmed` says when it was given up before the stop."""
+
+    name: str
+    height: int
+    head: int | None  # the head at which it was armed
+    switch_at: int | None  # the head the switch waits for: H-1, or a window plan's slot start
+    lease: bool  # whether the node's lease is held (else it is taken at the switch)
+
+
+class UpgradeDisarmed(Event, tag="upgrade.disarmed", frozen=True):
+    """An armed plan was given up before its stop (cancelled, replaced, another plan first, the
+    head gone back or unknown, the configuration reloaded, the daemon stopping): nothing
+    changed. Follows an `upgrade.armed`; a preflight problem found while arming is a
+    `plan.preflight_failed` instead."""
+
+    name: str
+    height: int
+    reason: str
+
+
 class UpgradeOvershoot(Event, tag="upgrade.overshoot", frozen=True):
     """The old binary was seen at or past H (RPC down at H-1, or a fast sync through H): on a
     real fork those blocks are invalid and must be rewound with the node's own tools."""
 
     name: str
     height: int
-    head: int  # the old binary's head right before the stop
+    head: int  # the old binary's head: seen at the switch, or the new binary's first head
     blocks: int  # head - H + 1: blocks at or beyond H the old binary imported
 
 

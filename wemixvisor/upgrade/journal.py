@@ -49,8 +49,9 @@ class Journal(msgspec.Struct, kw_only=True):
     failure: str | None = None
     failed_step: str | None = None
     resumed: int = 0
-    # Validator mode: whether the node validated, and with which address, right before the stop
-    # (None when unknown: not validator mode, not a WBFT chain, or the node did not answer).
+    # Validator mode: whether the node validated, and with which address, when the upgrade was
+    # armed, a few blocks before the stop (None when unknown: not validator mode, not a WBFT
+    # chain, or the node did not answer).
     validator: bool | None = None
     validator_address: str | None = None
     # The node's arguments before the upgrade, and those the plan gives the new binary (None:

@@ -5,12 +5,20 @@ any moment resumes the same upgrade on its next start: every step is idempotent,
 re-enters at a step that is safe to repeat. The saga holds the node's lease from its start to
 its end (a resumed saga takes it again): meanwhile nobody else stops or starts the node. The
 steps themselves are in `wemixvisor.upgrade.steps`; they may block, the actors never do.
+
+A new saga starts ARMED a few blocks before its switch: it does at once everything before the
+stop that does not depend on the moment (the node's lease, the quick preflight, the validator
+record, the node's arguments) and then waits for `go` (the head reached H-1, or a window plan's
+slot said go) or `disarm`. After `go` only the durable journal write and the stop stand between
+the head the orchestrator saw and the node's stop; before it nothing was written and the node
+runs untouched, so a disarmed (or killed) armed saga leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import enum
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +52,7 @@ class Outcome(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"  # rolled back (or aborted before anything changed)
     AWAITING_OPERATOR = "awaiting_operator"
+    DISARMED = "disarmed"  # armed, then given up before its stop: nothing changed
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class SagaResult:
     height: int = 0
     first_head: int | None = None  # the new binary's first head, for the network watch
     late: bool = False  # the old binary was seen at or past H
+    problems: tuple[str, ...] = ()  # DISARMED: what the preflight found while armed
 
 
 # Steps a resumed saga re-enters at: before the switch everything restarts from the stop; the
@@ -102,6 +112,17 @@ class UpgradeSaga:
         self.journal_path = journal_path
         self.on_post_upgrade = on_post_upgrade
         self._overshoot_blocks = 0  # blocks at or beyond H reported by upgrade.overshoot
+        # Arming (see the module's docstring): the orchestrator's `go` or `disarm`, once.
+        self.armed_head: int | None = None  # the head it was armed at (for upgrade.armed)
+        self.switch_at: int | None = None  # the head its switch waits for
+        self._decision = threading.Lock()
+        self._decided = threading.Event()
+        self._go = False
+        self._disarm_reason: str | None = None
+        self._ended = False  # no longer waiting for a decision (it ended before the stop)
+        self._committed = False  # past the decision: the stop is next
+        self._lease_held = False
+        self._announced = False  # upgrade.armed was published (upgrade.disarmed then follows)
         self.node = NodeClient(bus, journal.holder, config.node.shutdown_grace)
         self.ctx = StepContext(
             journal=journal,
@@ -118,6 +139,46 @@ class UpgradeSaga:
         """The plan being applied."""
         return self.journal.plan
 
+    # the orchestrator's decisions (any thread)
+
+    @property
+    def armed(self) -> bool:
+        """Arming or armed: neither told to go nor to disarm, and not ended."""
+        with self._decision:
+            return not (self._go or self._ended or self._disarm_reason is not None)
+
+    def go(self, *, observed_height: int | None, late: bool) -> bool:
+        """Stop the node now (the head the switch waits for was seen: `observed_height`); False
+        when the saga no longer waits for it (disarmed, or ended before the stop)."""
+        with self._decision:
+            if self._ended or self._disarm_reason is not None:
+                return False
+            if not self._go:
+                self.journal.observed_height = observed_height
+                self.journal.late = late
+                self.journal.started_at = time.time()
+                self._go = True
+            self._decided.set()
+            return True
+
+    def resuming(self) -> None:
+        """A saga resumed from its journal is past the decision: never armed, never told to go
+        (its journal keeps the head and times of the run that started it)."""
+        with self._decision:
+            self._go = True
+            self._decided.set()
+
+    def disarm(self, reason: str) -> bool:
+        """Give the armed saga up before its stop (it ends with Outcome.DISARMED, the lease
+        given back); False once it was told to go, or ended."""
+        with self._decision:
+            if self._go or self._ended:
+                return False
+            if self._disarm_reason is None:
+                self._disarm_reason = reason
+            self._decided.set()
+            return True
+
     # driving
 
     def run(self, *, resume: bool) -> SagaResult:
@@ -127,6 +188,11 @@ class UpgradeSaga:
             return self._run(resume=resume)
         except Exception as exc:  # noqa: BLE001  (a saga must end recorded, whatever happened)
             logger.exception("upgrade {} failed unexpectedly", self.plan.name)
+            if not self._committed and not resume:
+                # Before the stop nothing changed: the node keeps running on its binary.
+                with self._decision:
+                    self._ended = True
+                return self._end_before_stop(f"internal error: {exc!r}", [])
             return self._rollback(self.journal.step, f"internal error: {exc!r}")
         finally:
             self.node.release()
@@ -142,53 +208,27 @@ class UpgradeSaga:
 
     def _run(self, *, resume: bool) -> SagaResult:
         journal = self.journal
-        refused = self._lease()
-        if refused is not None and resume:
-            logger.error("resumed upgrade {} without the node's lease: {}", self.plan.name, refused)
-        if journal.step is Step.ROLLING_BACK:
-            return self._rollback(
-                Step(journal.failed_step or Step.STARTING), journal.failure or "resumed rollback"
-            )
-        if journal.step is Step.COMPLETED:
-            return self._finish()
-        start = _RESUME_AT[journal.step] if resume else Step.STOPPING
         if resume:
+            refused = self._lease()
+            if refused is not None:
+                logger.error(
+                    "resumed upgrade {} without the node's lease: {}", self.plan.name, refused
+                )
+            if journal.step is Step.ROLLING_BACK:
+                return self._rollback(
+                    Step(journal.failed_step or Step.STARTING),
+                    journal.failure or "resumed rollback",
+                )
+            if journal.step is Step.COMPLETED:
+                return self._finish()
+            start = _RESUME_AT[journal.step]
             journal.resumed += 1
             logger.warning("resuming upgrade {} at step {}", self.plan.name, start)
         else:
-            problems = check_plan(self.home, self.config, self.plan, quick=True)
-            if refused is not None:
-                problems.append(refused)
-            if problems:
-                # Nothing changed yet: the node keeps running on its binary.
-                reason = "; ".join(problems)
-                self.node.release()
-                self.bus.publish(
-                    ev.UpgradeFailed(
-                        name=self.plan.name,
-                        height=self.plan.height,
-                        step="preflight",
-                        reason=reason,
-                    )
-                )
-                clear_journal(self.journal_path)
-                return SagaResult(self.plan.name, Outcome.FAILED, f"preflight: {reason}")
-            if self.config.node.validator_mode:
-                self._record_validator()
-            steps.prepare_args(self.ctx)
-            overshoot = self._judge_overshoot()
-            self.bus.publish(
-                ev.UpgradeStarted(
-                    name=self.plan.name,
-                    height=self.plan.height,
-                    observed_height=journal.observed_height or 0,
-                    late=journal.late,
-                    from_target=journal.from_target,
-                    to_target=journal.to_target,
-                )
-            )
-            if overshoot is not None:
-                self.bus.publish(overshoot)
+            ended = self._arm_and_wait()
+            if ended is not None:
+                return ended
+            start = Step.STOPPING
         for step in _ORDER[_ORDER.index(start) :]:
             self._enter(step)
             try:
@@ -201,13 +241,116 @@ class UpgradeSaga:
                 return result
         return self._finish()
 
-    def _record_validator(self) -> None:
-        """Validator mode: note whether the node is a validator, and its address, before the
-        stop; the signing check after the upgrade looks for that address (SPEC §13.2).
+    def _arm_and_wait(self) -> SagaResult | None:
+        """Arm, wait for the orchestrator's decision, and after `go` announce the start; a
+        result when the saga ends before the stop (disarmed, or its preflight failed), None
+        when the stop is next."""
+        problems = self._arm()
+        with self._decision:
+            if problems and not self._go:
+                # Found ahead of the switch: the plan stays, the orchestrator reports it as a
+                # preflight failure, and the switch checks again.
+                self._ended = True
+        if self._ended:
+            return self._end_before_stop("preflight: " + "; ".join(problems), problems)
+        if not problems and not self._decided.is_set():
+            logger.info(
+                "upgrade {} armed at head {} for its switch at {}",
+                self.plan.name,
+                self.armed_head,
+                self.switch_at,
+            )
+            self._announced = True
+            self.bus.publish(
+                ev.UpgradeArmed(
+                    name=self.plan.name,
+                    height=self.plan.height,
+                    head=self.armed_head,
+                    switch_at=self.switch_at,
+                    lease=self._lease_held,
+                )
+            )
+        self._decided.wait()
+        with self._decision:
+            if not self._go:
+                self._ended = True
+        if self._ended:
+            return self._end_before_stop(self._disarm_reason or "disarmed", [])
+        self._committed = True
+        if not problems and not self._lease_held:
+            refused = self._lease()  # a backup or restore held the node when it was armed
+            if refused is not None:
+                problems.append(refused)
+        if problems:
+            # Told to go before the preflight found these: the node keeps running on its
+            # binary, and the upgrade fails.
+            reason = "; ".join(problems)
+            self.node.release()
+            self.bus.publish(
+                ev.UpgradeFailed(
+                    name=self.plan.name, height=self.plan.height, step="preflight", reason=reason
+                )
+            )
+            clear_journal(self.journal_path)
+            return SagaResult(self.plan.name, Outcome.FAILED, f"preflight: {reason}")
+        journal = self.journal
+        self.bus.publish(
+            ev.UpgradeStarted(
+                name=self.plan.name,
+                height=self.plan.height,
+                observed_height=journal.observed_height or 0,
+                late=journal.late,
+                from_target=journal.from_target,
+                to_target=journal.to_target,
+            )
+        )
+        # Judged from the head the orchestrator saw, with no call to the node in between:
+        # blocks imported since show in the new binary's first head (a second event then).
+        overshoot = self._overshoot(journal.observed_height)
+        if overshoot is not None:
+            self.bus.publish(overshoot)
+        return None
 
-        Two local calls of a few milliseconds, bounded tightly: the old binary must not import
-        blocks beyond H while they run. A node that cannot tell leaves both unknown.
-        """
+    def _arm(self) -> list[str]:
+        """Everything before the stop that does not depend on the moment: the node's lease
+        (without waiting: a backup or restore holding it is waited for after `go`), the quick
+        preflight, the validator record, the node's arguments. The problems found."""
+        reason = f"upgrade to {self.journal.to_target} at height {self.plan.height}"
+        try:
+            self._lease_held = self.node.acquire(reason).granted
+        except NodeUnavailable:
+            self._lease_held = False
+        problems = check_plan(self.home, self.config, self.plan, quick=True)
+        if problems:
+            return problems
+        if self.config.node.validator_mode:
+            self._record_validator()
+        steps.prepare_args(self.ctx)
+        return []
+
+    def _end_before_stop(self, reason: str, problems: list[str]) -> SagaResult:
+        """The saga ends before its stop with nothing changed: the lease given back, and
+        `upgrade.disarmed` after an `upgrade.armed`."""
+        self.node.release()
+        logger.info("upgrade {} disarmed: {}", self.plan.name, reason)
+        if self._announced:
+            self.bus.publish(
+                ev.UpgradeDisarmed(name=self.plan.name, height=self.plan.height, reason=reason)
+            )
+        return SagaResult(
+            self.plan.name,
+            Outcome.DISARMED,
+            reason,
+            height=self.plan.height,
+            problems=tuple(problems),
+        )
+
+    def _record_validator(self) -> None:
+        """Validator mode: note whether the node is a validator, and its address, while the
+        upgrade is armed; the signing check after the upgrade looks for that address (SPEC
+        §13.2). Two local calls of a few milliseconds, bounded tightly: a plan first seen at
+        its switch runs them right before the stop. A node that cannot tell leaves both
+        unknown."""
         chain = ChainClient(self.config.rpc.address, timeout=VALIDATOR_QUERY_TIMEOUT)
         client = WbftClient(chain)
         try:
@@ -220,13 +363,6 @@ class UpgradeSaga:
             logger.info("upgrade {}: validator status unknown ({})", self.plan.name, exc)
         finally:
             chain.close()
-
-    def _judge_overshoot(self) -> ev.UpgradeOvershoot | None:
-        """The old binary's head right before the stop, from the chain (the head the
-        orchestrator saw when RPC does not answer now). One local call, bounded tightly, as for
-        the validator status."""
-        head = steps.read_head(self.config.rpc.address, VALIDATOR_QUERY_TIMEOUT)
-        return self._overshoot(head if head is not None else self.journal.observed_height)
 
     def _overshoot(self, head: int | None) -> ev.UpgradeOvershoot | None:
         """The event when the old binary's `head` is at or past H by more blocks than reported
@@ -329,8 +465,8 @@ class UpgradeSaga:
         elif self.journal.stop_requested_at is not None:
             # Resumed by another daemon run: only wall clocks span both runs.
             downtime = time.time() - (time.monotonic() - answered) - self.journal.stop_requested_at
-        # The new binary starts from the old one's last block: blocks imported while the stop
-        # was under way show here, after the check before the stop.
+        # The new binary starts from the old one's last block: blocks imported after the head
+        # seen at the switch (while the stop was under way) show here.
         overshoot_found = self._overshoot(self.ctx.first_head)
         self._mark(Step.COMPLETED)
         version = detect_version(self.home.upgrade_bin(self.plan.name))

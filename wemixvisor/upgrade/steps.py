@@ -81,15 +81,6 @@ class StepContext:
         return self.journal.plan
 
 
-def read_head(address: str, timeout: float) -> int | None:
-    """The node's head by one `eth_blockNumber` call, None when it does not answer in time."""
-    client = ChainClient(address, timeout=timeout)
-    try:
-        return _head_quietly(client)
-    finally:
-        client.close()
-
-
 def stop_node(ctx: StepContext) -> None:
     """`stopping`: stop the node and wait until it is down; then DAEMON_RESTART_DELAY."""
     ctx.stop_began = time.monotonic()
@@ -196,10 +187,12 @@ def run_app_preupgrade(ctx: StepContext) -> None:
 
 
 def prepare_args(ctx: StepContext) -> None:
-    """Before the stop: journal the node's arguments and those the plan declares (the quick
-    preflight right before has checked the declaration; a record it cannot make stays None).
-    A plan with `info.node_args` leaves its copy beside the new binary now: the binary's
-    arguments are read from there when it starts, and written now it adds no downtime."""
+    """While the upgrade is armed, before the stop: journal the node's arguments and those the
+    plan declares (the quick preflight right before has checked the declaration; a record it
+    cannot make stays None). A plan with `info.node_args` leaves its copy beside the new binary
+    now: the binary's arguments are read from there when it starts, and written now it adds no
+    downtime. A copy left there by an earlier arming of another version of the plan is
+    rewritten too, so that the binary never starts with arguments the plan no longer gives."""
     try:
         ctx.journal.from_args = list(ctx.node.status().args)
     except NodeUnavailable:
@@ -209,7 +202,8 @@ def prepare_args(ctx: StepContext) -> None:
         ctx.journal.to_args = upgrade_node_args(directory, ctx.plan.info)
     except (LayoutError, NodeArgsError) as exc:
         logger.warning("upgrade {}: node arguments unknown: {}", ctx.plan.name, exc)
-    if ctx.plan.info is not None and "node_args" in ctx.plan.info:
+    declares = ctx.plan.info is not None and "node_args" in ctx.plan.info
+    if declares or _plan_copy(ctx).exists():
         copy_plan(ctx)
 
 
@@ -217,8 +211,11 @@ def copy_plan(ctx: StepContext) -> None:
     """Keep the plan beside the new binary: a record for the operator."""
     # Written while the new binary starts, not before: a durable write here would add to
     # the downtime.
-    plan_copy = ctx.home.target_dir(ctx.journal.to_target) / "upgrade-info.json"
-    atomic_write_bytes(plan_copy, msgspec.json.encode(plan_to_object(ctx.plan)))
+    atomic_write_bytes(_plan_copy(ctx), msgspec.json.encode(plan_to_object(ctx.plan)))
+
+
+def _plan_copy(ctx: StepContext) -> Path:
+    return ctx.home.target_dir(ctx.journal.to_target) / "upgrade-info.json"
 
 
 def verify(ctx: StepContext) -> None:
