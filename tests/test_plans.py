@@ -591,3 +591,33 @@ def test_a_queue_file_that_is_not_a_queue_is_a_plan_error(document: bytes) -> No
 def test_decode_state_only_raises_plan_error(document: bytes) -> None:
     with contextlib.suppress(PlanError):
         decode_state(document)
+
+
+def test_plans_left_running_without_a_journal_are_settled_by_current() -> None:
+    def entry(name: str, status: PlanStatus) -> QueuedPlan:
+        return QueuedPlan(plan=Plan(name=name, height=100), status=status)
+
+    state = QueueState(
+        plans=[
+            entry("switched", PlanStatus.RUNNING),
+            entry("not-yet", PlanStatus.RUNNING),
+            entry("journaled", PlanStatus.RUNNING),
+            entry("done", PlanStatus.COMPLETED),
+            entry("waiting", PlanStatus.PENDING),
+        ]
+    )
+    settled = plans.settle_unjournaled(state, "journaled", "upgrades/switched", at=5.0)
+    assert [e.plan.name for e in settled] == ["switched", "not-yet"]
+    assert [e.status for e in state.plans] == [
+        PlanStatus.COMPLETED,
+        PlanStatus.PENDING,
+        PlanStatus.RUNNING,
+        PlanStatus.COMPLETED,
+        PlanStatus.PENDING,
+    ]
+    assert state.plans[0].finished_at == 5.0
+    # A broken `current` settles nothing as completed.
+    state.plans[2].status = PlanStatus.RUNNING
+    assert [e.status for e in plans.settle_unjournaled(state, None, None, at=6.0)] == [
+        PlanStatus.PENDING
+    ]

@@ -331,3 +331,61 @@ def test_go_and_disarm_are_decided_once_and_a_resumed_saga_is_never_armed(
     assert (resumed.journal.observed_height, resumed.journal.late) == (4, False)
     assert resumed.journal.started_at == 1234.5
     assert not resumed.disarm("the configuration was reloaded")
+
+
+def left_running(chain: Chain) -> None:
+    """The queue as a daemon killed between saving it and writing the journal leaves it."""
+    path = chain.home / "wemixvisor" / "state" / "plans.json"
+    queue = msgspec.json.decode(path.read_bytes())
+    for entry in queue["plans"]:
+        if entry["plan"]["name"] == NAME:
+            entry["status"], entry["finished_at"], entry["result"] = "running", None, None
+    path.write_bytes(msgspec.json.encode(queue))
+
+
+def test_a_plan_left_running_without_a_journal_before_its_switch_runs_again(
+    chain: Chain,
+) -> None:
+    daemon, events = started(chain)
+    try:
+        height = scheduled(chain, events)
+        armed_at(chain, events, height)
+        daemon.kill()
+    finally:
+        events.close()
+    left_running(chain)
+    assert not journal_file(chain).exists()
+
+    again, events = started(chain)
+    try:
+        assert queued_status(chain) == "pending"
+        upgraded_at_h_minus_1(chain, events, height)
+    finally:
+        events.close()
+    assert again.terminate() == 0
+    assert f"plan {NAME} was left running without its journal" in again.log_text()
+
+
+def test_a_plan_left_running_after_its_switch_is_completed_not_run_again(chain: Chain) -> None:
+    daemon, events = started(chain)
+    try:
+        height = scheduled(chain, events)
+        upgraded_at_h_minus_1(chain, events, height)
+    finally:
+        events.close()
+    assert daemon.terminate() == 0
+    left_running(chain)
+    assert chain.current() == f"upgrades/{NAME}"
+
+    again, events = started(chain)
+    try:
+        assert queued_status(chain) == "completed"
+        head = chain.head()
+        mine_to(chain, head + 2)
+        seen_at(events, head + 2)
+        events.wait_for("supervisor.heartbeat")
+        assert not {"upgrade.armed", "upgrade.started"} & set(topics(events))
+        assert chain.client_version() == "anvil/v1.7.1"
+    finally:
+        events.close()
+    assert again.terminate() == 0

@@ -162,6 +162,7 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
             aside = state.move_aside(self._journal_file)
             logger.error("{}; moved to {}; starting the node on `current` as it is", exc, aside)
             self._bus.tell("node", StartNode(reason="unreadable journal"))
+        self._settle_unjournaled(journal.plan.name if journal is not None else None)
         if journal is not None:
             entry = queue_rules.get(self._queue, journal.plan.name)
             if entry is not None:
@@ -174,6 +175,23 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
         self._schedule_prestage()
         # After a restart of this actor, plans told to the one before may be lost.
         self._bus.tell("files", ResendPlans())
+
+    def _settle_unjournaled(self, journaled: str | None) -> None:
+        try:
+            target: str | None = read_current(self._home).target
+        except LayoutError:
+            target = None
+        settled = queue_rules.settle_unjournaled(self._queue, journaled, target, at=time.time())
+        for entry in settled:
+            logger.warning(
+                "plan {} was left running without its journal (the daemon stopped between "
+                "the two); `current` points at {}: {}",
+                entry.plan.name,
+                target,
+                entry.status.value,
+            )
+        if settled:
+            self._save_queue()
 
     def teardown(self) -> None:
         self._wait_for_rehearsal_cleanup()

@@ -393,6 +393,29 @@ def cancel(state: QueueState, name: str, *, at: float, reason: str = "cancelled"
     return entry
 
 
+def settle_unjournaled(
+    state: QueueState, journaled: str | None, current_target: str | None, *, at: float
+) -> list[QueuedPlan]:
+    """Plans left `running` with no journal by a daemon killed in the few milliseconds
+    between the queue and the journal (its start, or its end): settled by where `current`
+    points. On the plan's own target the switch happened and only a finished upgrade
+    clears its journal: completed. Otherwise it runs again: pending, since a plan wrongly
+    taken for failed would leave the node on a binary that cannot follow the fork, while
+    one run again at worst fails again. The plans settled."""
+    settled = []
+    for entry in state.plans:
+        if entry.status is not PlanStatus.RUNNING or entry.plan.name == journaled:
+            continue
+        if current_target == f"upgrades/{entry.plan.name}":
+            entry.status = PlanStatus.COMPLETED
+            entry.finished_at = at
+            entry.result = "completed (found switched, its journal already cleared)"
+        else:
+            entry.status = PlanStatus.PENDING
+        settled.append(entry)
+    return settled
+
+
 def pending(state: QueueState) -> list[QueuedPlan]:
     """Pending plans, lowest height first."""
     return sorted(
