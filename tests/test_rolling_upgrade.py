@@ -260,8 +260,8 @@ def test_a_validator_already_down_makes_the_others_wait_until_it_returns(
     anvil_pid = int(record["pid"])
     with network_of(nodes) as network:
         # Validator 3 hangs (SIGSTOP) well before the window opens at block 6: the network
-        # goes on with 3 of 4. (A hung node keeps its chain; an anvil restarted after a long
-        # outage could not be caught up by the double.)
+        # goes on with 3 of 4. (Hung, not killed: its daemon would restart a killed node at
+        # once, and the outage must last until the window opens.)
         network.wait_for_height(1)
         os.kill(anvil_pid, signal.SIGSTOP)
         try:
