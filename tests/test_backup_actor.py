@@ -206,13 +206,16 @@ def test_one_operation_at_a_time_and_the_upgrade_waits_for_its_turn(
     with pytest.raises(backups.BackupNotFound):
         restore_refused.get(timeout=5)
     # The upgrade's backup is not refused: it runs once the manual one is over.
-    finished: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+    finished: pykka.ThreadingFuture[backups.PendingSeal] = pykka.ThreadingFuture()
     actor.tell(FinishBackup("v2", done=finished))
     with pytest.raises(pykka.Timeout):
         finished.get(timeout=0.3)
 
     release.set()
-    upgrade_id = finished.get(timeout=20)
+    seal = finished.get(timeout=20)
+    upgrade_id = seal.id
+    seal.request()
+    seal.wait(20)
     completed = wait_event(events, "backup.completed", lambda e: e.id == backup_id)
     assert completed.kind == "full"
     assert completed.total_bytes == 400_000
@@ -235,9 +238,14 @@ def test_pre_staging_gives_way_to_the_backup_at_height(
     actor = BackupActor.start(config=config, home=home, bus=bus)
 
     actor.tell(PrestageBackup("v2"))
-    finished: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+    finished: pykka.ThreadingFuture[backups.PendingSeal] = pykka.ThreadingFuture()
     actor.tell(FinishBackup("v2", done=finished))
-    backup_id = finished.get(timeout=30)
+    seal = finished.get(timeout=30)
+    backup_id = seal.id
+    # Copied, not sealed yet: the backup does not count until the saga asks for the seal.
+    assert backups.read_manifest(config.backup.dir / backup_id) is None
+    seal.request()
+    seal.wait(30)
 
     cancelled = wait_event(events, "backup.cancelled")
     assert cancelled.label == "pre-v2"

@@ -129,6 +129,7 @@ class UpgradeSaga:
             logger.exception("upgrade {} failed unexpectedly", self.plan.name)
             return self._rollback(self.journal.step, f"internal error: {exc!r}")
         finally:
+            steps.seal_backup(self.ctx)  # never left waiting, whatever happened
             self.node.release()
 
     def _lease(self) -> str | None:
@@ -145,6 +146,10 @@ class UpgradeSaga:
         refused = self._lease()
         if refused is not None and resume:
             logger.error("resumed upgrade {} without the node's lease: {}", self.plan.name, refused)
+        if resume:
+            steps.check_resumed_backup(
+                self.ctx, redo=journal.step in (Step.SWITCH, Step.APP_PREUPGRADE)
+            )
         if journal.step is Step.ROLLING_BACK:
             return self._rollback(
                 Step(journal.failed_step or Step.STARTING), journal.failure or "resumed rollback"
@@ -297,6 +302,7 @@ class UpgradeSaga:
 
     def _start_new(self) -> SagaResult | None:
         if not self.config.upgrade.restart_after_upgrade:
+            steps.await_seal(self.ctx)
             self.node.release()  # the operator starts the node: it is theirs again
             self.bus.publish(
                 ev.UpgradeAwaitingOperator(
@@ -322,6 +328,7 @@ class UpgradeSaga:
     # endings
 
     def _finish(self) -> SagaResult:
+        steps.await_seal(self.ctx)
         downtime = None
         answered = self.ctx.first_answer_at or time.monotonic()
         if self.ctx.stop_began is not None:
@@ -405,6 +412,7 @@ class UpgradeSaga:
             )
         self.node.stop(f"rollback of {self.plan.name}")
         switch_current(self.home, journal.from_target)
+        steps.await_seal(self.ctx)  # the backup is restored only once complete
         restored = None
         if journal.new_binary_started and journal.backup is not None:
             restored = steps.restore_backup(self.ctx, journal.backup)
