@@ -222,16 +222,7 @@ def prestage_body(ctx: JobContext, op: Operation) -> Body:
         if ctx.staging is None:
             tracker.close()
         else:
-            ctx.staging.put(
-                backups.StagingWatch(
-                    tracker,
-                    plan_name,
-                    target.name,
-                    {entry.path: entry for entry in result.staged},
-                    result.racy,
-                    result.total_bytes,
-                )
-            )
+            ctx.staging.put(backups.StagingWatch.of(tracker, plan_name, target, result))
         logger.info(
             "pre-staged {} for {}: {} bytes, {} copied in {:.2f}s",
             target.name,

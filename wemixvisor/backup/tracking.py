@@ -31,6 +31,7 @@ from pathlib import Path
 
 from loguru import logger
 
+from wemixvisor.backup.copy import StageResult
 from wemixvisor.backup.manifest import ManifestEntry
 
 try:
@@ -89,7 +90,7 @@ class ChangeTracker:
         self._untrusted: str | None = None
         self._watches: dict[int, str] = {}
         self._inotify: INotify | None = None
-        self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._wake_read = self._wake_write = -1
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._closed = False
@@ -101,8 +102,9 @@ class ChangeTracker:
             return self._untrusted
 
     def fileno(self) -> int | None:
-        """The inotify descriptor (None before `start` or without inotify)."""
-        return None if self._inotify is None else self._inotify.fileno()
+        """The inotify descriptor (None before `start`, without inotify, or once closed)."""
+        inotify = self._inotify
+        return None if inotify is None or inotify.closed else inotify.fileno()
 
     def start(self) -> None:
         """Watch `root` and every directory below it, then read events on a thread.
@@ -114,6 +116,7 @@ class ChangeTracker:
             return
         try:
             self._inotify = INotify()
+            self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             self._distrust(f"inotify is unavailable ({os.strerror(exc.errno or 0)})")
             return
@@ -170,12 +173,13 @@ class ChangeTracker:
                 with contextlib.suppress(OSError):
                     self._inotify.close()
             for fd in (self._wake_read, self._wake_write):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
 
     def _stop_thread(self, thread: threading.Thread) -> None:
         self._stopping = True
-        if not self._closed:
+        if not self._closed and self._wake_write >= 0:
             with contextlib.suppress(OSError):
                 os.write(self._wake_write, b"x")
         if thread is not threading.current_thread():
@@ -310,6 +314,14 @@ class StagingWatch:
     record: dict[str, ManifestEntry]
     racy: list[str]
     total_bytes: int
+
+    @classmethod
+    def of(
+        cls, tracker: ChangeTracker, plan: str, target: Path, result: StageResult
+    ) -> StagingWatch:
+        """The watch of the staging copy `target` that pre-staging `result` left."""
+        record = {entry.path: entry for entry in result.staged}
+        return cls(tracker, plan, target.name, record, result.racy, result.total_bytes)
 
 
 class StagingWatches:

@@ -147,9 +147,7 @@ class UpgradeSaga:
         if refused is not None and resume:
             logger.error("resumed upgrade {} without the node's lease: {}", self.plan.name, refused)
         if resume:
-            steps.check_resumed_backup(
-                self.ctx, redo=journal.step in (Step.SWITCH, Step.APP_PREUPGRADE)
-            )
+            steps.check_resumed_backup(self.ctx)
         if journal.step is Step.ROLLING_BACK:
             return self._rollback(
                 Step(journal.failed_step or Step.STARTING), journal.failure or "resumed rollback"

@@ -155,16 +155,22 @@ def await_seal(ctx: StepContext) -> None:
         save_journal(ctx.journal_path, ctx.journal)
 
 
-def check_resumed_backup(ctx: StepContext, *, redo: bool) -> None:
+def check_resumed_backup(ctx: StepContext) -> None:
     """A resumed upgrade whose backup at H was copied but never sealed (the daemon died in
-    between): that copy is incomplete and never counts. With `redo` (the new binary has not
-    run: the data dir is still as at H) the backup is made again, else the upgrade goes on
-    without one."""
+    between): that copy is incomplete and never counts. Before the switch the backup step runs
+    again anyway; after it, while the new binary has not run (the data dir is still as at H)
+    the backup is made again now, and otherwise the upgrade goes on without one."""
     backup_id = ctx.journal.backup
-    if ctx.config.backup.skip or backup_id is None or _backup_complete(ctx.config, backup_id):
+    step = ctx.journal.step
+    if (
+        ctx.config.backup.skip
+        or backup_id is None
+        or step in (Step.STOPPING, Step.BACKUP, Step.CUSTOM_PREUPGRADE)
+        or _backup_complete(ctx.config, backup_id)
+    ):
         return
     ctx.journal.backup = None
-    if redo:
+    if step in (Step.SWITCH, Step.APP_PREUPGRADE):
         logger.warning(
             "upgrade {}: backup {} was not sealed before the daemon stopped; making it again",
             ctx.plan.name,
@@ -174,6 +180,7 @@ def check_resumed_backup(ctx: StepContext, *, redo: bool) -> None:
             finish_backup(ctx)
         except StepFailed as failure:
             logger.error("upgrade {}: {}; going on without a backup", ctx.plan.name, failure)
+            save_journal(ctx.journal_path, ctx.journal)
         return
     logger.error(
         "upgrade {}: backup {} was not sealed before the daemon stopped and the new binary may"
