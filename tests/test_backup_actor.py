@@ -412,3 +412,37 @@ def test_a_restore_brings_the_chain_back_to_the_backup_and_it_serves_again(chain
     assert after < at_backup + 4, "the blocks made after the backup are gone"
     assert rpc_call(url, "eth_getTransactionByHash", [tx]) is None
     wait_head(url, after + 1)
+
+
+def change_trackers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("change-tracker")]
+
+
+def test_the_staging_copy_is_watched_until_discarded_relabelled_or_the_actor_stops(
+    tmp_path: Path, anvil_bin_1_5_1: Path
+) -> None:
+    home, config = make_home(tmp_path, anvil_bin_1_5_1)
+    fill(home.data_dir, 3, 1024)
+    bus = Bus()
+    events = Collector.start()
+    bus.register("events", events)
+    actor = BackupActor.start(config=config, home=home, bus=bus)
+    before = len(change_trackers())
+
+    actor.tell(PrestageBackup("v2"))
+    wait_event(events, "backup.staged", lambda e: e.plan == "v2")
+    assert len(change_trackers()) == before + 1
+    # Relabelled for another plan: the old watch goes, the copy's new one replaces it.
+    actor.tell(PrestageBackup("v3"))
+    wait_event(events, "backup.staged", lambda e: e.plan == "v3")
+    assert len(change_trackers()) == before + 1
+    # No plan needs the copy any more (cancelled): it goes, and its watch with it.
+    actor.tell(PrestageBackup(None))
+    wait_event(events, "backup.pruned")
+    assert len(change_trackers()) == before
+
+    actor.tell(PrestageBackup("v4"))
+    wait_event(events, "backup.staged", lambda e: e.plan == "v4")
+    assert len(change_trackers()) == before + 1
+    actor.stop()
+    assert len(change_trackers()) == before
