@@ -371,4 +371,8 @@ def test_the_tracker_thread_ends_with_finish_and_close(data: Path) -> None:
     second.start()
     assert isinstance(second.finish(), set)
     assert len(trackers()) == before
+    # Tracking is over; the instance is released by close (its cost is the kernel's).
+    assert second.fileno() is not None
+    assert second.finish() == "tracking ended"
+    second.close()
     assert second.fileno() is None

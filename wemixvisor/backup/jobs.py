@@ -309,6 +309,7 @@ def finish_body(ctx: JobContext, op: Operation, request: FinishBackup) -> Body:
         )
         answer(request.done, seal)
         if not seal.wait_requested(op.cancel, SEAL_WAIT):
+            unsealed.abandon()
             seal.failed(backups.BackupError(f"backup {unsealed.id} was never sealed"))
             _report_failure(bus, unsealed.id, label, "upgrade", backups.BackupError("never sealed"))
             return None

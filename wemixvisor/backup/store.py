@@ -14,6 +14,8 @@ The backup package's public names are re-exported here: callers import this one 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import shutil
 import threading
@@ -469,6 +471,7 @@ class UnsealedBackup:
         copy_seconds: float,
         applied: Applied | None,
         tracked: bool,
+        tracker: ChangeTracker | None = None,
     ) -> None:
         self.target = target
         self.label = label
@@ -480,6 +483,12 @@ class UnsealedBackup:
         self.copy_seconds = copy_seconds
         self._applied = applied
         self.tracked = tracked  # the changes came from tracking, not from a scan
+        self._tracker = tracker  # released with the seal: the release costs the kernel time
+
+    def abandon(self) -> None:
+        """Never sealed (the daemon stops): the backup stays incomplete; its tracker goes."""
+        if self._tracker is not None:
+            self._tracker.close()
 
     @property
     def id(self) -> str:
@@ -490,6 +499,7 @@ class UnsealedBackup:
         """Make the backup count: its manifest (built from the staging record and the delta,
         in memory), one flush of the filesystem for the copy and the manifest, then the
         manifest's rename (see `write_manifest`)."""
+        self.abandon()
         entries = self._entries()
         files = [entry for entry in entries if entry.kind == "file"]
         manifest = Manifest(
@@ -541,22 +551,48 @@ def copy_upgrade_backup(
     that, then marks the backup complete. The copy is renamed to the time of H and equals the
     stopped data dir. Without a staged copy this is a full copy. A complete backup of the plan
     made at or after `since` (an upgrade resumed after its backup had completed) is reused as
-    the staged copy. The watch is closed whatever happens.
+    the staged copy. The watch's tracker is closed by the seal (or on failure here).
     """
     try:
-        label = upgrade_label(plan_name)
-        if not data_dir.is_dir():
-            raise BackupError(f"data dir {data_dir} does not exist")
-        began = time.monotonic()
-        found = find_plan_backup(backups_dir, plan_name, complete=False)
-        if found is None and since > 0:
-            found = find_plan_backup(backups_dir, plan_name, complete=True, since=since)
-        changes, why = _tracked_changes(data_dir, found, watch)
-        if changes is None:
-            logger.warning("backup at H of {}: scanning the whole data dir ({})", plan_name, why)
-    finally:
+        unsealed = _copy_upgrade_backup(
+            data_dir,
+            backups_dir,
+            plan_name,
+            watch=watch,
+            since=since,
+            progress=progress,
+            available=available,
+            on_target=on_target,
+        )
+    except BaseException:
         if watch is not None:
             watch.tracker.close()
+        raise
+    unsealed._tracker = None if watch is None else watch.tracker
+    return unsealed
+
+
+def _copy_upgrade_backup(
+    data_dir: Path,
+    backups_dir: Path,
+    plan_name: str,
+    *,
+    watch: StagingWatch | None,
+    since: float,
+    progress: Progress,
+    available: int | None,
+    on_target: Callable[[Path], None],
+) -> UnsealedBackup:
+    label = upgrade_label(plan_name)
+    if not data_dir.is_dir():
+        raise BackupError(f"data dir {data_dir} does not exist")
+    began = time.monotonic()
+    found = find_plan_backup(backups_dir, plan_name, complete=False)
+    if found is None and since > 0:
+        found = find_plan_backup(backups_dir, plan_name, complete=True, since=since)
+    changes, why = _tracked_changes(data_dir, found, watch)
+    if changes is None:
+        logger.warning("backup at H of {}: scanning the whole data dir ({})", plan_name, why)
     ident = new_backup_id(backups_dir, label)
     record: list[ManifestEntry] | None = None
     if found is None:
@@ -585,10 +621,21 @@ def copy_upgrade_backup(
         os.rename(staged, target)
     on_target(target)
     if changes is not None and watch is not None:
+        tree = changes.entries
+        delta = plan_delta(changes.want, changes.have, inode=True)
+        # Files deleted from the data dir are deleted from the copy by the seal, once the node
+        # runs: freeing a large file's blocks costs milliseconds, and until the seal nothing
+        # uses the copy. What replaces them (a file turned directory) is made now.
+        later = [e for e in delta.remove if e.kind != "dir" and e.path not in tree]
+        delta = dataclasses.replace(
+            delta,
+            remove=[e for e in delta.remove if e.kind == "dir" or e.path in tree],
+            freed_bytes=delta.freed_bytes - sum(e.size for e in later),
+        )
         applied = apply_delta(
             data_dir,
             target / DATA,
-            plan_delta(changes.want, changes.have, inode=True),
+            delta,
             live=False,
             recorded=True,
             space_dir=backups_dir,
@@ -596,13 +643,12 @@ def copy_upgrade_backup(
             progress=progress,
             available=available,
         )
-        tree = changes.entries
         return UnsealedBackup(
             target,
             label=label,
             source=data_dir,
             plan=plan_name,
-            entries=lambda: list(tree.values()),
+            entries=lambda: _removed_later(target / DATA, later, tree, applied),
             changed_bytes=applied.changed_bytes,
             began=began,
             copy_seconds=time.monotonic() - began,
@@ -631,6 +677,27 @@ def copy_upgrade_backup(
         applied=result.applied,
         tracked=False,
     )
+
+
+def _removed_later(
+    copy: Path,
+    removals: list[ManifestEntry],
+    tree: dict[str, ManifestEntry],
+    applied: Applied,
+) -> list[ManifestEntry]:
+    """Delete the files the node deleted from the copy (their directories keep the source's
+    mtimes); the entries of the whole tree."""
+    parents: set[str] = set()
+    for entry in removals:
+        with contextlib.suppress(FileNotFoundError):
+            (copy / entry.path).unlink()
+        parents.add(entry.path.rpartition("/")[0])
+    for parent in parents:
+        applied.touched.add(copy / parent if parent else copy)
+        found = tree.get(parent)
+        if found is not None:
+            os.utime(copy / parent, ns=(found.mtime_ns, found.mtime_ns), follow_symlinks=False)
+    return list(tree.values())
 
 
 def _tracked_changes(

@@ -133,30 +133,33 @@ class ChangeTracker:
         """Stop tracking and return the dirty paths, or why they cannot be trusted.
 
         Called once the node is stopped: the events still queued in the kernel are read here,
-        so every change made before this call is counted. The tracker is closed afterwards.
+        so every change made before this call is counted. Tracking ends here, but the inotify
+        instance is only released by `close`: that costs the kernel a few milliseconds (its
+        watches are torn down), which the caller spends once the node runs again.
         """
-        try:
-            thread = self._thread
-            if thread is not None:
-                died = not thread.is_alive()
-                self._stop_thread(thread)
-                if thread.is_alive():
-                    self._distrust("the tracker's thread did not stop")
-                elif died:
-                    self._distrust("the tracker's thread died")
-            with self._lock:
-                if self._untrusted is None and self._inotify is not None:
-                    try:
-                        self._drain()
-                    except (OSError, ValueError) as exc:
-                        self._untrusted = f"reading the last events failed ({exc})"
-                if self._untrusted is not None:
-                    return self._untrusted
-                if self._inotify is None:
-                    return "the tracker never started"
-                return self._dirty if self._dirty is not None else "no record"
-        finally:
-            self.close()
+        thread = self._thread
+        if thread is not None:
+            died = not thread.is_alive()
+            self._stop_thread(thread)
+            if thread.is_alive():
+                self._distrust("the tracker's thread did not stop")
+            elif died:
+                self._distrust("the tracker's thread died")
+        with self._lock:
+            if self._closed:
+                return "the tracker was closed"
+            if self._untrusted is None and self._inotify is not None:
+                try:
+                    self._drain()
+                except (OSError, ValueError) as exc:
+                    self._set_untrusted(f"reading the last events failed ({exc})")
+            if self._untrusted is not None:
+                return self._untrusted
+            if self._inotify is None:
+                return "the tracker never started"
+            self._untrusted = "tracking ended"  # whatever happens next is not recorded
+            dirty, self._dirty = self._dirty, None
+            return dirty if dirty is not None else "no record"
 
     def close(self) -> None:
         """Stop the thread and release the inotify descriptor (idempotent)."""
