@@ -2,9 +2,13 @@
 
 A full backup mirrors the data dir (`backup.copy`) into a new backup directory whose manifest
 (`backup.manifest`) is marked complete last, written from the same pass that copied (no second
-scan). An upgrade backup is pre-staged while the node runs and mirrored again after the node
-stopped at H: the data dir is scanned once and compared with the record the pre-staging wrote
-in the copy's manifest, so only the files the node changed meanwhile are touched.
+scan). An upgrade backup is pre-staged while the node runs, with a change tracker
+(`backup.tracking`) watching the data dir from before the copy's scan. After the node stopped
+at H only the paths the tracker saw change are looked at and copied (when its record cannot be
+trusted, the data dir is scanned once and compared with the record the pre-staging wrote in
+the copy's manifest instead). Nothing is flushed then: the backup is sealed — deleted files
+removed, the manifest written, one flush, the manifest renamed into place — once the node
+runs again, and only a sealed backup is complete.
 
 The whole queue shares ONE pre-staged copy: it belongs to the next plan due and is relabelled
 (renamed, never copied again) when another plan becomes next.

@@ -254,7 +254,9 @@ class UpgradeSaga:
     def _enter(self, step: Step) -> None:
         self.journal.step = step
         skipped = self._skipped(step)
-        if not skipped:
+        # Entering the backup is not journaled either: a resume re-enters at the stop whether
+        # the journal says `stopping` or `backup`, and the downtime is spared a durable write.
+        if not skipped and step is not Step.BACKUP:
             # Each durable write costs milliseconds of downtime between the stop and the start,
             # so a step with nothing to do is announced but not journaled: resuming at the
             # step before it is the same.

@@ -128,8 +128,9 @@ def finish_backup(ctx: StepContext) -> None:
     except backups.BackupError as exc:
         raise StepFailed(Step.BACKUP, f"backup failed: {exc}") from None
     ctx.seal = seal
+    # Journaled with the next step, not now (a durable write costs downtime): a daemon killed
+    # before that resumes at the stop and makes the backup again, from this very copy.
     journal.backup = seal.id
-    save_journal(ctx.journal_path, journal)
 
 
 def seal_backup(ctx: StepContext) -> None:
