@@ -16,8 +16,9 @@ For each shape:
    the data dir), `--upgrades` times with backups and as many with UNSAFE_SKIP_BACKUP=true:
    each plan is registered far enough ahead for its pre-staging; once the last refresh of the
    staging copy before H is done (`backup.staged`), 2 % of the data is changed, so that the
-   backup at H copies that delta. `upgrade.completed.downtime_seconds` is the stop request →
-   the new binary's first RPC answer. Target: with backup ≤ 2x without.
+   backup at H copies that delta (the runs without backups make no such change).
+   `upgrade.completed.downtime_seconds` is the stop request → the new binary's first RPC
+   answer; the backup's seal runs after that answer. Target: with backup ≤ 2x without.
 
 Pending writes are flushed (`sync`) before every timed in-process step but the seal, whose own
 syncfs flushes what the work at H left in the page cache. wemixvisor's backups end
@@ -289,7 +290,7 @@ def downtimes(shape: Shape, base: Path, upgrades: int, *, skip: bool, seed: int)
                 seconds.append(float(done["downtime_seconds"]))
                 at_h = (
                     f", backup copy while stopped {backup['node_stopped_seconds'] * 1000:.1f} ms"
-                    f" (sealed {backup['seconds'] * 1000:.1f} ms after the stop)"
+                    f" (seal began {backup['seconds'] * 1000:.1f} ms after the copy began)"
                     if backup
                     else ""
                 )
