@@ -376,3 +376,12 @@ def test_the_tracker_thread_ends_with_finish_and_close(data: Path) -> None:
     assert second.finish() == "tracking ended"
     second.close()
     assert second.fileno() is None
+
+
+def test_a_missing_data_dir_is_never_tracked(tmp_path: Path) -> None:
+    tracker = backups.ChangeTracker(tmp_path / "nowhere")
+    tracker.start()
+    assert tracker.untrusted is not None
+    assert "does not exist" in tracker.untrusted
+    assert tracker.finish() == tracker.untrusted
+    tracker.close()

@@ -122,6 +122,8 @@ class ChangeTracker:
             return
         with self._lock:
             self._watch_tree("", mark=False)
+            if not self._watches:
+                self._set_untrusted(f"cannot watch {self._show('')}: it does not exist")
         if self._untrusted is not None:
             return
         self._thread = threading.Thread(
