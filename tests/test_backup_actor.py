@@ -206,13 +206,16 @@ def test_one_operation_at_a_time_and_the_upgrade_waits_for_its_turn(
     with pytest.raises(backups.BackupNotFound):
         restore_refused.get(timeout=5)
     # The upgrade's backup is not refused: it runs once the manual one is over.
-    finished: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+    finished: pykka.ThreadingFuture[backups.PendingSeal] = pykka.ThreadingFuture()
     actor.tell(FinishBackup("v2", done=finished))
     with pytest.raises(pykka.Timeout):
         finished.get(timeout=0.3)
 
     release.set()
-    upgrade_id = finished.get(timeout=20)
+    seal = finished.get(timeout=20)
+    upgrade_id = seal.id
+    seal.request()
+    seal.wait(20)
     completed = wait_event(events, "backup.completed", lambda e: e.id == backup_id)
     assert completed.kind == "full"
     assert completed.total_bytes == 400_000
@@ -235,9 +238,14 @@ def test_pre_staging_gives_way_to_the_backup_at_height(
     actor = BackupActor.start(config=config, home=home, bus=bus)
 
     actor.tell(PrestageBackup("v2"))
-    finished: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+    finished: pykka.ThreadingFuture[backups.PendingSeal] = pykka.ThreadingFuture()
     actor.tell(FinishBackup("v2", done=finished))
-    backup_id = finished.get(timeout=30)
+    seal = finished.get(timeout=30)
+    backup_id = seal.id
+    # Copied, not sealed yet: the backup does not count until the saga asks for the seal.
+    assert backups.read_manifest(config.backup.dir / backup_id) is None
+    seal.request()
+    seal.wait(30)
 
     cancelled = wait_event(events, "backup.cancelled")
     assert cancelled.label == "pre-v2"
@@ -404,3 +412,37 @@ def test_a_restore_brings_the_chain_back_to_the_backup_and_it_serves_again(chain
     assert after < at_backup + 4, "the blocks made after the backup are gone"
     assert rpc_call(url, "eth_getTransactionByHash", [tx]) is None
     wait_head(url, after + 1)
+
+
+def change_trackers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("change-tracker")]
+
+
+def test_the_staging_copy_is_watched_until_discarded_relabelled_or_the_actor_stops(
+    tmp_path: Path, anvil_bin_1_5_1: Path
+) -> None:
+    home, config = make_home(tmp_path, anvil_bin_1_5_1)
+    fill(home.data_dir, 3, 1024)
+    bus = Bus()
+    events = Collector.start()
+    bus.register("events", events)
+    actor = BackupActor.start(config=config, home=home, bus=bus)
+    before = len(change_trackers())
+
+    actor.tell(PrestageBackup("v2"))
+    wait_event(events, "backup.staged", lambda e: e.plan == "v2")
+    assert len(change_trackers()) == before + 1
+    # Relabelled for another plan: the old watch goes, the copy's new one replaces it.
+    actor.tell(PrestageBackup("v3"))
+    wait_event(events, "backup.staged", lambda e: e.plan == "v3")
+    assert len(change_trackers()) == before + 1
+    # No plan needs the copy any more (cancelled): it goes, and its watch with it.
+    actor.tell(PrestageBackup(None))
+    wait_event(events, "backup.pruned")
+    assert len(change_trackers()) == before
+
+    actor.tell(PrestageBackup("v4"))
+    wait_event(events, "backup.staged", lambda e: e.plan == "v4")
+    assert len(change_trackers()) == before + 1
+    actor.stop()
+    assert len(change_trackers()) == before

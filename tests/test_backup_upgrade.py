@@ -323,3 +323,64 @@ def test_operator_backups_through_the_daemon_survive_its_kill_and_restore_the_ch
     finally:
         events.close()
     assert second.terminate() == 0
+
+
+def test_a_daemon_killed_between_the_copy_and_the_seal_leaves_the_backup_incomplete(
+    chain_factory: Callable[[], Chain],
+) -> None:
+    chain = chain_factory()
+    filler = chain.fill(20, MiB)
+    # The custom pre-upgrade hook runs after the backup's copy and before the node starts
+    # again: the first time, it kills the daemon (its parent) there, before any seal.
+    hook = chain.home / "wemixvisor" / "kill-daemon.sh"
+    hook.write_text(
+        "#!/bin/sh\n"
+        "if [ ! -e killed-once ]; then touch killed-once; kill -9 $PPID; sleep 30; fi\n"
+        "exit 0\n"
+    )
+    hook.chmod(0o755)
+    first = chain.daemon(COSMOVISOR_CUSTOM_PREUPGRADE="kill-daemon.sh")
+    events = EventLog(first.events_endpoint)
+    try:
+        running(events, chain)
+        chain.write_plan("v1.7.1", chain.head() + 6)
+        events.wait_for("backup.staged", timeout=20)
+        assert first.process is not None
+        assert first.process.wait(timeout=60) == -9
+        assert not [p for p in events.seen if p["topic"] == "backup.completed"]
+    finally:
+        events.close()
+    assert "tracked changes) in" in first.log_text()
+    [journal_path] = chain.home.rglob("journal.json")
+    journal = msgspec.json.decode(journal_path.read_bytes())
+    assert journal["step"] == "custom_preupgrade"
+    copied = chain.store / journal["backup"]
+    # Copied, never sealed: incomplete, never restored, not listed as complete.
+    assert (copied / "data" / "state.json").exists()
+    assert backups.read_manifest(copied) is None
+    assert chain.complete_backups() == []
+    listed = chain.tool("backup", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [row] = msgspec.json.decode(listed.stdout)["backups"]
+    assert row["id"] == copied.name
+    assert row["complete"] is False
+
+    # The resumed upgrade makes its backup again (a scan: no tracking survived the restart)
+    # and seals it once the new binary answers.
+    second = chain.daemon(COSMOVISOR_CUSTOM_PREUPGRADE="kill-daemon.sh")
+    events = EventLog(second.events_endpoint)
+    try:
+        done = events.wait_for("backup.completed", lambda p: p["kind"] == "upgrade", timeout=60)
+        completed = events.wait_for("upgrade.completed", timeout=60)
+        assert completed["name"] == "v1.7.1"
+        assert done["total_bytes"] >= filler
+        assert chain.complete_backups() == [done["id"]]
+        assert [p.name for p in chain.store.iterdir()] == [done["id"]]
+        manifest = backups.read_manifest(chain.store / done["id"])
+        assert manifest is not None
+        assert backups.verify_against(chain.store / done["id"] / "data", manifest.entries) == []
+        assert chain.client_version() == "anvil/v1.7.1"
+    finally:
+        events.close()
+    assert "scanning the whole data dir" in second.log_text()
+    assert second.terminate() == 0

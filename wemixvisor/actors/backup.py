@@ -89,13 +89,20 @@ class BackupActor(SupervisedActor):
         # The one staging copy's next owner, copied once nothing else runs or waits.
         self._prestage_wanted: PrestageBackup | None = None
         self._shutting_down = threading.Event()
+        # The change tracking of the staging copy (a thread of its own), handed between jobs.
+        self._staging = backups.StagingWatches()
 
     def teardown(self) -> None:
         # Jobs stop at their next chunk, leaving an incomplete backup (pruned later) and the
-        # node as it is.
+        # node as it is. A backup at H not sealed yet stays incomplete.
         self._shutting_down.set()
         if self._op is not None:
             self._op.cancel.set()
+
+    def release(self) -> None:
+        # Stopped or failed: the watch on the staging copy goes (the next actor has none, and
+        # its backup at H scans).
+        self._staging.close()
 
     # messages
 
@@ -216,7 +223,12 @@ class BackupActor(SupervisedActor):
 
     def _start(self, request: Any, op_id: str) -> None:
         ctx = jobs.JobContext(
-            self._config, self._home, self._bus, self._available, self._shutting_down
+            self._config,
+            self._home,
+            self._bus,
+            self._available,
+            self._shutting_down,
+            self._staging,
         )
         match request:
             case CreateBackup():

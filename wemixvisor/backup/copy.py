@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 from wemixvisor.backup.errors import BackupCancelled, BackupError
 from wemixvisor.backup.manifest import ManifestEntry
 from wemixvisor.backup.space import check_space
@@ -107,6 +109,94 @@ _REGULAR = stat.S_IFREG
 _DIRECTORY = stat.S_IFDIR
 _SYMLINK = stat.S_IFLNK
 _name = operator.attrgetter("name")
+
+
+def _check_name(root: Path, rel: str) -> None:
+    if not rel.isascii():
+        try:
+            rel.encode()
+        except UnicodeEncodeError:
+            raise BackupError(f"cannot back up {root / rel!r}: its name is not UTF-8") from None
+
+
+def _entry_of(rel: str, info: os.stat_result, path: Path) -> ManifestEntry | None:
+    """The entry `scan` makes of `rel` from its lstat `info` (None: not data)."""
+    mode = info.st_mode
+    kind = mode & _FORMAT
+    if kind == _REGULAR:
+        return ManifestEntry(
+            rel, "file", info.st_size, info.st_mtime_ns, mode & 0o7777, None, info.st_ino
+        )
+    if kind == _DIRECTORY:
+        return ManifestEntry(rel, "dir", 0, info.st_mtime_ns, mode & 0o7777)
+    if kind == _SYMLINK:
+        return ManifestEntry(rel, "symlink", target=os.readlink(path))
+    return None
+
+
+@dataclass(frozen=True)
+class Rescan:
+    """The source's entries after looking again at the paths a tracker saw change.
+
+    `entries` is the whole tree (the record with the changes applied, parents first);
+    `want` and `have` are the changed part of it and of the record, which `plan_delta`
+    compares (parents first)."""
+
+    entries: dict[str, ManifestEntry]
+    want: list[ManifestEntry]
+    have: list[ManifestEntry]
+
+
+def rescan_changed(
+    root: Path, record: dict[str, ManifestEntry], changed: Iterable[str]
+) -> Rescan | str:
+    """Look again at the `changed` paths under `root` (one lstat each; a directory that is
+    new to the record is scanned whole) and apply what is found to a copy of `record`, the
+    entries of an earlier scan. A string says why this cannot stand for a scan: a changed
+    file with several hard links (its other names changed unseen).
+
+    Equal to a fresh `scan(root)` provided every path changed since `record` was taken is in
+    `changed` (with the directory each change happened in).
+    """
+    entries = dict(record)
+    touched: set[str] = set()
+    for rel in sorted(changed):
+        if not rel:
+            continue  # the root itself: its mode is copied by every mirror
+        _check_name(root, rel)
+        path = root / rel
+        old = entries.get(rel)
+        try:
+            info = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            info = None
+        entry = None if info is None else _entry_of(rel, info, path)
+        if entry is not None and entry.kind == "file" and info is not None and info.st_nlink > 1:
+            return f"{path!r} changed and has {info.st_nlink} hard links"
+        if old is not None and (entry is None or entry.kind != old.kind):
+            del entries[rel]
+            touched.add(rel)
+            if old.kind == "dir":
+                inside = f"{rel}/"
+                for gone in [key for key in entries if key.startswith(inside)]:
+                    del entries[gone]
+                    touched.add(gone)
+            old = None
+        if entry is None:
+            continue
+        entries[rel] = entry
+        touched.add(rel)
+        if entry.kind == "dir" and old is None:
+            for child in scan(path):
+                full = f"{rel}/{child.path}"
+                entries[full] = msgspec.structs.replace(child, path=full)
+                touched.add(full)
+    order = sorted(touched)
+    return Rescan(
+        entries,
+        [entries[rel] for rel in order if rel in entries],
+        [record[rel] for rel in order if rel in record],
+    )
 
 
 def _same(want: ManifestEntry, have: ManifestEntry, *, inode: bool = False) -> bool:
@@ -252,6 +342,7 @@ class _Copier:
     base: int = 0  # bytes already in the copy before this mirror
     done: int = 0  # bytes copied by this mirror
     copied: list[Path] = field(default_factory=list)
+    racy: list[str] = field(default_factory=list)
     reflink: bool = True
     copy_range: bool = True
 
@@ -294,6 +385,7 @@ class _Copier:
                 mtime = info.st_mtime_ns
                 if self.live and time.time_ns() - mtime < _RACY_NS:
                     mtime -= 1
+                    self.racy.append(entry.path)
                 mode = stat.S_IMODE(info.st_mode)
                 os.fchmod(dst, mode)
                 os.utime(dst, ns=(info.st_atime_ns, mtime))
@@ -432,15 +524,32 @@ def _flush(root: Path, copied: list[Path], touched_dirs: set[Path]) -> None:
 
 
 @dataclass(frozen=True)
+class Applied:
+    """What `apply_delta` did: bytes copied, the record of each file copied (None: it
+    vanished from the running node), the files copied racily, and the files and directories
+    to flush."""
+
+    changed_bytes: int
+    copied: dict[str, ManifestEntry | None]
+    racy: list[str]
+    files: list[Path]
+    touched: set[Path]
+
+
+@dataclass(frozen=True)
 class StageResult:
     """What one mirror did: the source's entries at that time, the record of what the copy
-    holds now (what the next mirror compares with), and the bytes copied."""
+    holds now (what the next mirror compares with), and the bytes copied. `racy` lists the
+    files copied from a running node within a timestamp tick of their last change (their
+    record never matches the source: whatever tracks changes must look at them again)."""
 
     entries: list[ManifestEntry]
     staged: list[ManifestEntry]
     total_bytes: int
     changed_bytes: int
     seconds: float
+    racy: list[str] = field(default_factory=list)
+    applied: Applied | None = None  # what was written (to flush, when not flushed yet)
 
     @property
     def file_count(self) -> int:
@@ -459,6 +568,7 @@ def stage(
     progress: Progress = lambda done, total: None,
     cancel: threading.Event | None = None,
     available: int | None = None,
+    flush: bool = True,
 ) -> StageResult:
     """Mirror `source` into `dest`: copy new and changed files, remove what is gone.
 
@@ -468,7 +578,8 @@ def stage(
     manifest lists). `have` is the record an earlier mirror into `dest` returned (`staged`):
     it stands for the copy, which is then not scanned, and files are compared by inode too.
     Free space (bytes and inodes) on `space_dir` is checked first, for the net growth.
-    Progress counts the bytes of the whole tree that are in the copy.
+    Progress counts the bytes of the whole tree that are in the copy. Without `flush` the
+    copy is left in the page cache: the caller flushes it before a manifest claims it.
     """
     began = time.monotonic()
     want = scan(source) if entries is None else entries
@@ -478,6 +589,59 @@ def stage(
         have = scan(dest)
     delta = plan_delta(want, have, inode=recorded)
     total = sum(entry.size for entry in want)  # only files have a size
+    applied = apply_delta(
+        source,
+        dest,
+        delta,
+        live=live,
+        recorded=recorded,
+        space_dir=space_dir,
+        total=total,
+        progress=progress,
+        cancel=cancel,
+        available=available,
+    )
+    if flush:
+        flush_copy(dest, applied)
+    staged: list[ManifestEntry] = want
+    if applied.copied:
+        held = [applied.copied.get(entry.path, entry) for entry in want]
+        staged = [entry for entry in held if entry is not None]
+    return StageResult(
+        entries=want,
+        staged=staged,
+        total_bytes=total,
+        changed_bytes=applied.changed_bytes,
+        seconds=time.monotonic() - began,
+        racy=applied.racy,
+        applied=applied,
+    )
+
+
+def flush_copy(dest: Path, applied: Applied) -> None:
+    """Make what `apply_delta` wrote under `dest` durable (one syncfs where possible)."""
+    _flush(dest, applied.files, applied.touched)
+
+
+def apply_delta(
+    source: Path,
+    dest: Path,
+    delta: Delta,
+    *,
+    live: bool,
+    recorded: bool,
+    space_dir: Path,
+    total: int,
+    progress: Progress = lambda done, total: None,
+    cancel: threading.Event | None = None,
+    available: int | None = None,
+) -> Applied:
+    """Carry out `delta` from `source` onto `dest` (nothing is flushed).
+
+    `recorded`: the delta was planned against a record of the copy rather than a scan of it,
+    so what it removes or creates may already be so. `total` is the bytes of the whole source
+    tree (progress). Free space for the net growth is checked first.
+    """
     check_space(space_dir, delta.net_bytes, available, files=delta.new_inodes)
     copier = _Copier(
         progress=progress,
@@ -527,16 +691,5 @@ def stage(
     with contextlib.suppress(FileNotFoundError):
         root = source.stat()
         os.chmod(dest, stat.S_IMODE(root.st_mode))
-    _flush(dest, copier.copied, touched)
     progress(copier.base + copier.done, max(total, copier.base + copier.done))
-    staged: list[ManifestEntry] = want
-    if copied:
-        held = [copied.get(entry.path, entry) for entry in want]
-        staged = [entry for entry in held if entry is not None]
-    return StageResult(
-        entries=want,
-        staged=staged,
-        total_bytes=total,
-        changed_bytes=copier.done,
-        seconds=time.monotonic() - began,
-    )
+    return Applied(copier.done, copied, copier.racy, copier.copied, touched)

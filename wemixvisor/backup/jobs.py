@@ -38,6 +38,10 @@ from wemixvisor.plans.queue import PlanError, PlanStatus
 PROGRESS_INTERVAL = 0.5
 """Seconds between two backup.progress events of one operation (at most 2 per second)."""
 
+SEAL_WAIT = 6 * 3600.0
+"""Bound on the wait of the backup at H for the saga to ask for its seal (the saga asks on
+every path; this only keeps a job from waiting forever)."""
+
 _STOPPED = (NodeState.STOPPED, NodeState.EXITED, NodeState.FATAL)
 
 Settle = Callable[[], None]
@@ -63,6 +67,7 @@ class JobContext:
     bus: Bus
     available: int | None
     shutting_down: threading.Event
+    staging: backups.StagingWatches | None = None  # the actor's watch on its staging copy
 
 
 def fail(future: Any, exc: BaseException) -> None:
@@ -180,6 +185,11 @@ def prestage_body(ctx: JobContext, op: Operation) -> Body:
             target_id[0] = progress.op_id = target.name
             bus.publish(ev.BackupStarted(id=target.name, label=label, kind="prestage"))
 
+        # The copy's changes are tracked from before its scan until H (the last watch, of an
+        # older copy, goes now: this copy changes meanwhile).
+        if ctx.staging is not None:
+            ctx.staging.close()
+        tracker = backups.ChangeTracker(config.node.data_dir)
         try:
             target, result = backups.prestage_upgrade_backup(
                 config.node.data_dir,
@@ -189,8 +199,10 @@ def prestage_body(ctx: JobContext, op: Operation) -> Body:
                 cancel=op.cancel,
                 available=available,
                 on_target=started,
+                tracker=tracker,
             )
         except backups.BackupCancelled:
+            tracker.close()
             logger.info("pre-staging for {} gave way to another backup operation", plan_name)
             bus.publish(
                 ev.BackupCancelled(
@@ -201,8 +213,16 @@ def prestage_body(ctx: JobContext, op: Operation) -> Body:
             )
             return None
         except (backups.BackupError, OSError) as exc:
+            tracker.close()
             _report_failure(bus, target_id[0], label, "prestage", exc)
             return None
+        except BaseException:
+            tracker.close()
+            raise
+        if ctx.staging is None:
+            tracker.close()
+        else:
+            ctx.staging.put(backups.StagingWatch.of(tracker, plan_name, target, result))
         logger.info(
             "pre-staged {} for {}: {} bytes, {} copied in {:.2f}s",
             target.name,
@@ -232,6 +252,8 @@ def _discard_body(ctx: JobContext) -> Body:
     config, bus, home = ctx.config, ctx.bus, ctx.home
 
     def body() -> Settle | None:
+        if ctx.staging is not None:
+            ctx.staging.close()
         try:
             needed = backups.journal_needs(home, config.backup.dir)
             removed = backups.discard_staging(config.backup.dir, keep=None, needed=needed)
@@ -247,7 +269,9 @@ def _discard_body(ctx: JobContext) -> Body:
 
 
 def finish_body(ctx: JobContext, op: Operation, request: FinishBackup) -> Body:
-    """The upgrade's backup at H (the saga stopped the node): what changed since staging."""
+    """The upgrade's backup at H: what changed since staging is copied while the saga holds
+    the node stopped; the saga gets a `PendingSeal` at once and asks for the seal once the
+    node runs again, and the backup only counts (is complete) once sealed."""
     config, bus, home, available = ctx.config, ctx.bus, ctx.home, ctx.available
     label = backups.upgrade_label(request.plan_name)
 
@@ -259,11 +283,13 @@ def finish_body(ctx: JobContext, op: Operation, request: FinishBackup) -> Body:
             target_id[0] = progress.op_id = target.name
             bus.publish(ev.BackupStarted(id=target.name, label=label, kind="upgrade"))
 
+        watch = None if ctx.staging is None else ctx.staging.take(request.plan_name)
         try:
-            manifest = backups.finish_upgrade_backup(
+            unsealed = backups.copy_upgrade_backup(
                 config.node.data_dir,
                 config.backup.dir,
                 request.plan_name,
+                watch=watch,
                 since=request.since,
                 progress=progress,
                 available=available,
@@ -273,9 +299,30 @@ def finish_body(ctx: JobContext, op: Operation, request: FinishBackup) -> Body:
             _report_failure(bus, target_id[0], label, "upgrade", exc)
             error = backups.BackupError(describe(exc))
             return lambda: fail(request.done, error)
+        seal = backups.PendingSeal(unsealed.id)
+        logger.info(
+            "backup {} copied ({} bytes, {}) in {:.3f}s; sealed once the node runs",
+            unsealed.id,
+            unsealed.changed_bytes,
+            "tracked changes" if unsealed.tracked else "one scan",
+            unsealed.copy_seconds,
+        )
+        answer(request.done, seal)
+        if not seal.wait_requested(op.cancel, SEAL_WAIT):
+            unsealed.abandon()
+            seal.failed(backups.BackupError(f"backup {unsealed.id} was never sealed"))
+            _report_failure(bus, unsealed.id, label, "upgrade", backups.BackupError("never sealed"))
+            return None
+        try:
+            manifest = unsealed.seal()
+        except (backups.BackupError, OSError) as exc:
+            error = backups.BackupError(f"sealing backup {unsealed.id} failed: {describe(exc)}")
+            seal.failed(error)
+            _report_failure(bus, unsealed.id, label, "upgrade", exc)
+            return None
+        seal.sealed()
         _report_completed(bus, manifest)
         # The upgrade goes on at once; pruning old backups is no part of its downtime.
-        answer(request.done, manifest.id)
         _auto_prune(config, home, bus)
         return None
 

@@ -150,9 +150,10 @@ def write_manifest(
     """Replace the manifest of backup `target` atomically and durably.
 
     With `sync` (one flush of the whole filesystem, False when the system has none), the new
-    file is renamed into place first and flushed with its rename in that one call: the
-    manifest is what makes a backup complete, and one lost in a crash leaves the backup
-    incomplete, never wrong. Otherwise each is fsynced.
+    file is written, then everything pending on the filesystem (the copy the manifest
+    describes, and the file) is flushed in that one call, and only then is the file renamed
+    into place and the rename made durable: the manifest is what makes a backup complete, so
+    it never names data that a crash could still lose. Otherwise each is fsynced.
     """
     try:
         raw = msgspec.json.encode(manifest)
@@ -169,16 +170,12 @@ def write_manifest(
             view = memoryview(raw)
             while view:
                 view = view[os.write(fd, view) :]
+            if not sync(target):
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    if not sync(target):
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(target)
+    fsync_dir(target)
 
 
 def read_capped_manifest(path: Path, limit: int = MAX_MANIFEST_BYTES) -> bytes:

@@ -35,7 +35,8 @@ class PrestageBackup(msgspec.Struct, frozen=True):
 
 class FinishBackup(msgspec.Struct, frozen=True):
     """The node is stopped: bring the pre-staged copy of `plan_name` up to date (or make a full
-    one if none was staged) and mark it complete. `done` gets the backup id (str) or raises
+    one if none was staged). `done` gets a wemixvisor.backup.store.PendingSeal (the backup's
+    id, and the seal to ask for once the node runs again: only then is it complete) or raises
     wemixvisor.backup.store.BackupError."""
 
     plan_name: str

@@ -195,6 +195,7 @@ class UpgradeSaga:
                 return self._end_before_stop(f"internal error: {exc!r}", [])
             return self._rollback(self.journal.step, f"internal error: {exc!r}")
         finally:
+            steps.seal_backup(self.ctx)  # never left waiting, whatever happened
             self.node.release()
 
     def _lease(self) -> str | None:
@@ -214,6 +215,7 @@ class UpgradeSaga:
                 logger.error(
                     "resumed upgrade {} without the node's lease: {}", self.plan.name, refused
                 )
+            steps.check_resumed_backup(self.ctx)
             if journal.step is Step.ROLLING_BACK:
                 return self._rollback(
                     Step(journal.failed_step or Step.STARTING),
@@ -387,7 +389,9 @@ class UpgradeSaga:
     def _enter(self, step: Step) -> None:
         self.journal.step = step
         skipped = self._skipped(step)
-        if not skipped:
+        # Entering the backup is not journaled either: a resume re-enters at the stop whether
+        # the journal says `stopping` or `backup`, and the downtime is spared a durable write.
+        if not skipped and step is not Step.BACKUP:
             # Each durable write costs milliseconds of downtime between the stop and the start,
             # so a step with nothing to do is announced but not journaled: resuming at the
             # step before it is the same.
@@ -433,6 +437,7 @@ class UpgradeSaga:
 
     def _start_new(self) -> SagaResult | None:
         if not self.config.upgrade.restart_after_upgrade:
+            steps.await_seal(self.ctx)
             self.node.release()  # the operator starts the node: it is theirs again
             self.bus.publish(
                 ev.UpgradeAwaitingOperator(
@@ -458,6 +463,7 @@ class UpgradeSaga:
     # endings
 
     def _finish(self) -> SagaResult:
+        steps.await_seal(self.ctx)
         downtime = None
         answered = self.ctx.first_answer_at or time.monotonic()
         if self.ctx.stop_began is not None:
@@ -541,6 +547,7 @@ class UpgradeSaga:
             )
         self.node.stop(f"rollback of {self.plan.name}")
         switch_current(self.home, journal.from_target)
+        steps.await_seal(self.ctx)  # the backup is restored only once complete
         restored = None
         if journal.new_binary_started and journal.backup is not None:
             restored = steps.restore_backup(self.ctx, journal.backup)

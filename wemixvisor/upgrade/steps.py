@@ -74,6 +74,7 @@ class StepContext:
     start_requested_at: float = field(default_factory=time.time)
     first_answer_at: float | None = None  # monotonic: the new binary's first RPC answer
     first_head: int | None = None
+    seal: backups.PendingSeal | None = None  # the backup at H, copied but not sealed yet
 
     @property
     def plan(self) -> Plan:
@@ -93,30 +94,94 @@ def stop_node(ctx: StepContext) -> None:
 
 
 def finish_backup(ctx: StepContext) -> None:
-    """`backup`: ask the BackupActor to finish the plan's pre-staged backup and wait for it.
+    """`backup`: ask the BackupActor to bring the plan's pre-staged backup up to date and wait
+    for the copy (the node is stopped: only what changed since the pre-staging is copied).
 
-    The node is stopped: only what changed since the pre-staging is copied. A daemon killed
-    meanwhile resumes here, and a backup of this upgrade that completed is reused.
+    The backup is sealed (flushed and marked complete) once the node runs again: `seal_backup`
+    asks for that, `await_seal` waits for it. A daemon killed meanwhile resumes here, and a
+    backup of this upgrade that completed is reused.
     """
     if ctx.config.backup.skip:
         return
     journal = ctx.journal
     if journal.backup is not None and _backup_complete(ctx.config, journal.backup):
         return  # resumed after the backup had completed
-    done: pykka.ThreadingFuture[str] = pykka.ThreadingFuture()
+    done: pykka.ThreadingFuture[backups.PendingSeal] = pykka.ThreadingFuture()
     request = FinishBackup(ctx.plan.name, done=done, since=journal.started_at)
     if not _tell_backup(ctx.bus, request):
         raise StepFailed(Step.BACKUP, "backup failed: no backup actor is running")
     try:
-        backup_id: str = done.get(timeout=BACKUP_TIMEOUT)
+        seal = done.get(timeout=BACKUP_TIMEOUT)
     except pykka.Timeout:
         raise StepFailed(
             Step.BACKUP, f"backup failed: not finished within {BACKUP_TIMEOUT:g}s"
         ) from None
     except backups.BackupError as exc:
         raise StepFailed(Step.BACKUP, f"backup failed: {exc}") from None
-    journal.backup = backup_id
-    save_journal(ctx.journal_path, journal)
+    ctx.seal = seal
+    # Journaled with the next step, not now (a durable write costs downtime): a daemon killed
+    # before that resumes at the stop and makes the backup again, from this very copy.
+    journal.backup = seal.id
+
+
+def seal_backup(ctx: StepContext) -> None:
+    """Let the backup at H be sealed now (the node answers again, or will not run): never
+    waits."""
+    if ctx.seal is not None:
+        ctx.seal.request()
+
+
+def await_seal(ctx: StepContext) -> None:
+    """Seal the backup at H and wait for it: the upgrade is reported completed, and the backup
+    restored, only once it is complete. A backup that could not be sealed is incomplete: the
+    journal forgets it (it is never restored) and the log says so."""
+    seal, ctx.seal = ctx.seal, None
+    if seal is None:
+        return
+    seal.request()
+    try:
+        seal.wait(BACKUP_TIMEOUT)
+    except backups.BackupError as exc:
+        logger.error("upgrade {}: {}; it is incomplete and will not be used", ctx.plan.name, exc)
+        ctx.journal.backup = None
+        save_journal(ctx.journal_path, ctx.journal)
+
+
+def check_resumed_backup(ctx: StepContext) -> None:
+    """A resumed upgrade whose backup at H was copied but never sealed (the daemon died in
+    between): that copy is incomplete and never counts. Before the switch the backup step runs
+    again anyway; after it, while the new binary has not run (the data dir is still as at H)
+    the backup is made again now, and otherwise the upgrade goes on without one."""
+    backup_id = ctx.journal.backup
+    step = ctx.journal.step
+    if (
+        ctx.config.backup.skip
+        or backup_id is None
+        or step in (Step.STOPPING, Step.BACKUP, Step.CUSTOM_PREUPGRADE)
+        or _backup_complete(ctx.config, backup_id)
+    ):
+        return
+    ctx.journal.backup = None
+    if step in (Step.SWITCH, Step.APP_PREUPGRADE):
+        logger.warning(
+            "upgrade {}: backup {} was not sealed before the daemon stopped; making it again",
+            ctx.plan.name,
+            backup_id,
+        )
+        try:
+            finish_backup(ctx)
+        except StepFailed as failure:
+            logger.error("upgrade {}: {}; going on without a backup", ctx.plan.name, failure)
+            save_journal(ctx.journal_path, ctx.journal)
+        return
+    logger.error(
+        "upgrade {}: backup {} was not sealed before the daemon stopped and the new binary may"
+        " have run since: it is incomplete, will not be restored, and the upgrade goes on"
+        " without a backup",
+        ctx.plan.name,
+        backup_id,
+    )
+    save_journal(ctx.journal_path, ctx.journal)
 
 
 def restore_backup(ctx: StepContext, backup_id: str) -> str | None:
@@ -241,6 +306,7 @@ def verify(ctx: StepContext) -> None:
                 if head is not None:
                     ctx.first_answer_at = time.monotonic()
                     ctx.first_head = head
+                    seal_backup(ctx)  # the downtime is over: the backup's flush may run
                     status, asked_at = ctx.node.status(), time.monotonic()
                     continue
             now = time.monotonic()
