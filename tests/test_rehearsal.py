@@ -181,9 +181,17 @@ def test_the_rehearsal_is_asked_where_its_arguments_say(
 
 @pytest.mark.parametrize(
     ("head", "expected", "enough"),
-    [(None, None, False), (0, None, True), (5, 10, False), (10, 10, True), (11, 10, True)],
+    [
+        (None, None, False),
+        (None, 10, False),
+        (0, None, True),
+        (0, 0, True),
+        (0, 10, False),  # a chain of its own
+        (5, 10, True),  # the copy, reopened at its last persisted state
+        (11, 10, True),
+    ],
 )
-def test_an_answer_counts_once_it_shows_the_copied_head(
+def test_an_answer_counts_once_it_shows_the_copied_chain(
     head: int | None, expected: int | None, enough: bool
 ) -> None:
     assert rehearsal.answered_enough(head, expected) is enough
@@ -280,6 +288,9 @@ def test_a_good_binary_rehearses_hours_ahead_on_a_copy_and_leaves_nothing_behind
 
         started = events.wait_for("upgrade.rehearsal_started", timeout=60)
         assert started["port"] != chain.port
+        # The head the daemon saw as the copy began is recorded with it, and checked.
+        assert started["expected_head"] is not None
+        assert 3 <= started["expected_head"] <= chain.head()
         rehearsed = events.wait_for("upgrade.rehearsed", timeout=90)
         assert rehearsed["ok"] is True, rehearsed
         # The copied chain was loaded: the rehearsal answered with its blocks.
@@ -475,17 +486,19 @@ def staged_home(root: Path, anvil_bin_1_5_1: Path, anvil_bin_1_7_1: Path) -> tup
 
 
 @pytest.mark.parametrize(
-    ("recorded", "passes"),
+    ("recorded", "args", "passes"),
     [
-        (None, True),  # nothing recorded: any answer
-        (5, True),  # the copied head
-        (10**6, False),  # a head the copy does not hold
-        ("5", True),  # not a head: unknown
-        (-1, True),
+        (None, ANVIL_REHEARSAL, True),  # nothing recorded: any answer
+        (5, ANVIL_REHEARSAL, True),  # the copied chain
+        (10**6, ANVIL_REHEARSAL, True),  # reopened behind the head seen: still the copy's chain
+        (5, '["--port", "{port}"]', False),  # the data ignored: a new chain
+        (0, '["--port", "{port}"]', True),  # copied at genesis: block 0 is it
+        ("5", ANVIL_REHEARSAL, True),  # not a head: unknown
+        (-1, ANVIL_REHEARSAL, True),
     ],
 )
-def test_a_rehearsal_passes_only_at_the_head_recorded_with_the_copy(
-    staged_home: tuple[Home, Path], recorded: object, passes: bool
+def test_a_rehearsal_passes_only_on_the_copied_chain(
+    staged_home: tuple[Home, Path], recorded: object, args: str, passes: bool
 ) -> None:
     home, staged = staged_home
     if recorded is not None:
@@ -493,16 +506,20 @@ def test_a_rehearsal_passes_only_at_the_head_recorded_with_the_copy(
         manifest["head"] = recorded
         (staged / backups.MANIFEST).write_bytes(msgspec.json.encode(manifest))
     (home.visor_dir / "config.toml").write_text(
-        f'[upgrade]\nrehearsal_args = {ANVIL_REHEARSAL}\nrehearsal_timeout = "2s"\n'
+        f'[upgrade]\nrehearsal_args = {args}\nrehearsal_timeout = "2s"\n'
     )
     config = load_config({"DAEMON_HOME": str(home.root), "DAEMON_NAME": "anvil"})
     before = sorted(p.name for p in (staged / backups.DATA).iterdir())
     outcome = rehearsal.rehearse(home, config, "v1.7.1", stopping=threading.Event())
     assert outcome.ok is passes, outcome
     assert outcome.head is not None
-    assert outcome.head >= 5
+    if args == ANVIL_REHEARSAL:
+        assert outcome.head >= 5
     if not passes:
-        assert f"did not reach the copied head {recorded}" in outcome.reason
+        assert outcome.head == 0
+        assert f"it answers at block 0: a new chain, not the copied one (at block {recorded}" in (
+            outcome.reason
+        )
     # The backup is as it was, and the scratch copy is gone.
     assert sorted(p.name for p in (staged / backups.DATA).iterdir()) == before
     assert not any(p.name.startswith(rehearsal.SCRATCH_PREFIX) for p in staged.parent.iterdir())

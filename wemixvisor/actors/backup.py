@@ -207,7 +207,7 @@ class BackupActor(SupervisedActor):
         op.cancel.set()
         finishing = isinstance(request, FinishBackup) and request.plan_name == op.plan
         if not finishing and self._prestage_wanted is None:
-            self._prestage_wanted = PrestageBackup(op.plan)
+            self._prestage_wanted = PrestageBackup(op.plan, op.head)
 
     def _next(self) -> None:
         if self._op is not None:
@@ -234,9 +234,9 @@ class BackupActor(SupervisedActor):
             case CreateBackup():
                 op = jobs.Operation(op_id, Kind.FULL)
                 body = jobs.create_body(ctx, op, request)
-            case PrestageBackup(plan_name=plan_name):
+            case PrestageBackup(plan_name=plan_name, head=head):
                 op = jobs.Operation(
-                    f"prestage-{plan_name or 'none'}", Kind.PRESTAGE, plan=plan_name
+                    f"prestage-{plan_name or 'none'}", Kind.PRESTAGE, plan=plan_name, head=head
                 )
                 body = jobs.prestage_body(ctx, op)
             case FinishBackup(plan_name=plan_name):

@@ -63,6 +63,7 @@ class OperatorDuties:
     _home: Home
     _bus: Bus
     _queue: QueueState
+    _head: int | None
     _saga: UpgradeSaga | None
     workers: Workers
 
@@ -148,7 +149,7 @@ class OperatorDuties:
         if plan.name in self._rehearsal_wanted or self._config.backup.skip:
             return
         self._rehearsal_wanted.add(plan.name)
-        self._bus.tell("backup", PrestageBackup(plan.name))
+        self._bus.tell("backup", PrestageBackup(plan.name, self._head))
 
     def _on_staged(self, name: str) -> None:
         entry = queue_rules.get(self._queue, name)

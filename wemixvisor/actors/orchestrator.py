@@ -630,12 +630,12 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
         owner = staging_owner(self._queue.plans, self._head, horizon)
         if owner != self._staging_owner:
             self._staging_owner = owner
-            self._bus.tell("backup", PrestageBackup(owner))
+            self._bus.tell("backup", PrestageBackup(owner, self._head))
 
     def _refresh_prestage(self, plan: Plan) -> None:
         """Shortly before H: bring the plan's staging copy up to date once more."""
         if not self._config.backup.skip and self._staging_owner == plan.name:
-            self._bus.tell("backup", PrestageBackup(plan.name))
+            self._bus.tell("backup", PrestageBackup(plan.name, self._head))
 
     def _on_preflight(self, result: _PreflightDone) -> None:
         self._preflight_running.discard(result.name)

@@ -56,6 +56,7 @@ class Operation:
     kind: Kind
     plan: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    head: int | None = None  # pre-staging: the chain head as it was asked for
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,7 @@ def prestage_body(ctx: JobContext, op: Operation) -> Body:
                 available=available,
                 on_target=started,
                 tracker=tracker,
+                head=op.head,
             )
         except backups.BackupCancelled:
             tracker.close()

@@ -77,6 +77,8 @@ class Manifest(msgspec.Struct, kw_only=True):
     seconds: float = 0.0
     staged: bool = False  # incomplete, and `entries` records what the copy holds
     stopped_seconds: float | None = None  # how long the node was stopped for this backup
+    # Pre-staged copies: the chain head the daemon saw as the copy began (None: not known).
+    head: int | None = None
 
 
 class BackupSummary(msgspec.Struct, kw_only=True):

@@ -200,6 +200,7 @@ def _write_incomplete(
     plan: str | None,
     created_at: float | None = None,
     result: StageResult | None = None,
+    head: int | None = None,
 ) -> None:
     """Write the manifest of a backup that is not (or no longer) complete: never restored.
 
@@ -219,6 +220,7 @@ def _write_incomplete(
         changed_bytes=0 if result is None else result.changed_bytes,
         seconds=0.0 if result is None else result.seconds,
         staged=result is not None,
+        head=head,
     )
     save_manifest(target, manifest)
 
@@ -406,8 +408,10 @@ def prestage_upgrade_backup(
     available: int | None = None,
     on_target: Callable[[Path], None] = lambda target: None,
     tracker: ChangeTracker | None = None,
+    head: int | None = None,
 ) -> tuple[Path, StageResult]:
-    """Copy the data dir of a running node into the plan's staging backup (incomplete).
+    """Copy the data dir of a running node into the plan's staging backup (incomplete);
+    `head`, the chain head as the copy begins, is recorded with it (a rehearsal checks it).
 
     There is one staging copy at most: the plan's own is refreshed, another plan's is
     relabelled and refreshed (only what changed since is copied), and only without any is a
@@ -450,7 +454,13 @@ def prestage_upgrade_backup(
         available=available,
     )
     _write_incomplete(
-        target, label=label, source=data_dir, kind="upgrade", plan=plan_name, result=result
+        target,
+        label=label,
+        source=data_dir,
+        kind="upgrade",
+        plan=plan_name,
+        result=result,
+        head=head,
     )
     return target, result
 

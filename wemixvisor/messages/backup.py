@@ -31,6 +31,7 @@ class PrestageBackup(msgspec.Struct, frozen=True):
     needs a copy now; the staging copy of any plan not running is removed."""
 
     plan_name: str | None
+    head: int | None = None  # the chain head the asker saw: recorded with the copy
 
 
 class FinishBackup(msgspec.Struct, frozen=True):

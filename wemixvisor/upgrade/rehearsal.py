@@ -1,12 +1,13 @@
 """Rehearsal of a plan's new binary, hours before H (SPEC §19).
 
 The new binary runs on a scratch copy of the plan's pre-staged backup, on a free port, without
-peers (`[upgrade] rehearsal_args`, per chain), until it answers RPC at the copied head: a binary
-that cannot open this node's data is caught before H, not at H. The live data dir and the backup
-are only read. The scratch copy lives in `<backups>/.rehearsal-<run>-<plan>/` (a reflink or a
-plain copy, never hard links, so nothing the rehearsal writes reaches the backup); it and the
-process are always removed afterwards, and a daemon's next start removes what a killed daemon
-left (`remove_leftovers`).
+peers (`[upgrade] rehearsal_args`, per chain), until it answers RPC on the copied chain (past
+genesis when the copy's chain was: the head the daemon saw as the copy began is recorded with
+it): a binary that cannot open this node's data, or ignores it, is caught before H, not at H.
+The live data dir and the backup are only read. The scratch copy lives in
+`<backups>/.rehearsal-<run>-<plan>/` (a reflink or a plain copy, never hard links, so nothing
+the rehearsal writes reaches the backup); it and the process are always removed afterwards,
+and a daemon's next start removes what a killed daemon left (`remove_leftovers`).
 
 `rehearse` blocks: it runs as an orchestrator job. The decisions (`fill_args`, `endpoint_kind`,
 `answered_enough`) are pure.
@@ -93,11 +94,17 @@ def endpoint_kind(template: Sequence[str]) -> str | None:
 
 
 def answered_enough(head: int | None, expected: int | None) -> bool:
-    """Whether an answer shows the copied chain: at or past the head recorded with the copy,
-    or any answer at all when none was recorded."""
+    """Whether an answer shows the copied chain rather than a new one: past genesis when the
+    chain had blocks as it was copied (`expected`, the head recorded with the copy), any
+    answer when it had none or nothing was recorded.
+
+    Not "at the recorded head": the copy is taken while the node runs, and a node reopening
+    such a copy may rewind to its last persisted state (geth's database, anvil's
+    `--state-interval`), so only a binary that ignores the copied data and starts a chain of
+    its own is told apart with certainty."""
     if head is None:
         return False
-    return expected is None or head >= expected
+    return expected is None or expected == 0 or head > 0
 
 
 @dataclass
@@ -380,7 +387,7 @@ def _wait_answer(
     started: float,
     stopping: threading.Event,
 ) -> RehearsalOutcome:
-    """Until the rehearsed binary answers at the copied head, exits, or its time is up."""
+    """Until the rehearsed binary answers on the copied chain, exits, or its time is up."""
     timeout = config.upgrade.rehearsal_timeout
     head: int | None = None
     while True:
@@ -398,6 +405,9 @@ def _wait_answer(
             if head is None:
                 reason = f"RPC did not answer within {timeout:g}s"
             else:
-                reason = f"head {head} did not reach the copied head {expected} in {timeout:g}s"
+                reason = (
+                    f"it answers at block {head}: a new chain, not the copied one (at block "
+                    f"{expected} as it was copied) after {timeout:g}s"
+                )
             return RehearsalOutcome(False, head=head, reason=reason)
         stopping.wait(POLL_INTERVAL)
