@@ -73,6 +73,8 @@ def test_the_ipc_socket_is_reopened_after_the_node_restarts(
         with pytest.raises(RpcError):
             client.block_number()
         second.start()
+        # anvil answers HTTP a moment before its IPC socket exists: wait for the socket file.
+        wait_until(lambda: Path(ipc).is_socket(), timeout=10, what="the IPC socket")
         assert client.block_number() == 0  # the next call opens a new socket
     finally:
         client.close()
@@ -170,11 +172,34 @@ def _answer_then_close(handler: _Hostile) -> None:
     handler.close_connection = True
 
 
+def _raw(handler: _Hostile, answer: bytes, *, close: bool = True) -> None:
+    handler.wfile.write(answer)
+    handler.wfile.flush()
+    handler.close_connection = close
+
+
 _DEEP = 200_000
+_OK_HEAD = b"HTTP/1.1 200 OK\r\n"
+_FORTY_TWO = b'{"jsonrpc":"2.0","id":1,"result":"0x2a"}'
+_FORTY_TWO_LENGTH = b"Content-Length: %d\r\n\r\n" % len(_FORTY_TWO)
 
 _Answers = {
     "chunked": _chunked,
+    "extra-bytes": lambda h: _raw(
+        h,
+        _OK_HEAD + _FORTY_TWO_LENGTH + _FORTY_TWO + b"junk",
+        close=False,
+    ),
     "answer-then-close": _answer_then_close,
+    "http-1.0": lambda h: _raw(h, b"HTTP/1.0 200 OK\r\n" + _FORTY_TWO_LENGTH + _FORTY_TWO),
+    "until-close": lambda h: _raw(h, _OK_HEAD + b"Connection: close\r\n\r\n" + _FORTY_TWO),
+    "chunked-with-trailer": lambda h: _raw(
+        h,
+        _OK_HEAD
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+        + b"%x;ext=1\r\n%s\r\n0\r\nX-Trailer: 1\r\n\r\n" % (len(_FORTY_TWO), _FORTY_TWO),
+        close=False,
+    ),
 }
 
 _Hostile.behaviours = {
@@ -207,6 +232,22 @@ _Hostile.behaviours = {
     ),
     "no-jsonrpc": lambda h: _send(h, b'{"id":1,"result":"0x1"}'),
     "bad-status-line": lambda h: (h.wfile.write(b"NOT HTTP AT ALL\r\n\r\n"), h.wfile.flush()),
+    "huge-headers": lambda h: _raw(h, _OK_HEAD + b"X-Pad: " + b"a" * 70_000 + b"\r\n\r\n{}"),
+    "header-without-colon": lambda h: _raw(h, _OK_HEAD + b"garbage\r\n\r\n{}"),
+    "bad-content-length": lambda h: _raw(h, _OK_HEAD + b"Content-Length: -5\r\n\r\n{}"),
+    "gzip-transfer": lambda h: _raw(h, _OK_HEAD + b"Transfer-Encoding: gzip\r\n\r\n{}"),
+    "bad-chunk-size": lambda h: _raw(h, _OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"),
+    "chunk-over-cap": lambda h: _raw(
+        h, _OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\nfffffffff\r\n", close=False
+    ),
+    "chunk-without-crlf": lambda h: _raw(
+        h, _OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n"
+    ),
+    "endless-chunk-line": lambda h: _raw(
+        h, _OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + b"0" * 5000, close=False
+    ),
+    "status-only": lambda h: _raw(h, b"HTTP/1.1 200 OK\r\n"),
+    "status-garbage": lambda h: _raw(h, b"HTTP/1.1 2x0 OK\r\n\r\n"),
     "truncated": lambda h: (
         h.send_response(200),
         h.send_header("Content-Length", "100"),
@@ -274,6 +315,28 @@ def test_a_chunked_answer_is_read_whole(hostile: Callable[[str], str]) -> None:
     client.close()
 
 
+@pytest.mark.parametrize("behaviour", ["http-1.0", "until-close", "chunked-with-trailer"])
+def test_every_framing_of_a_good_answer_is_read(
+    hostile: Callable[[str], str], behaviour: str
+) -> None:
+    client = ChainClient(hostile(behaviour), timeout=1.0)
+    assert [client.block_number() for _ in range(3)] == [42, 42, 42]
+    assert client.request("eth_blockNumber") == "0x2a"
+    client.close()
+
+
+def test_answer_bytes_beyond_the_declared_length_end_the_connection(
+    hostile: Callable[[str], str],
+) -> None:
+    client = ChainClient(hostile("http-1.0"), timeout=1.0)
+    hostile.server.behaviour = "extra-bytes"  # type: ignore[attr-defined]
+    assert client.block_number() == 42
+    assert client.block_number() == 42
+    ports = hostile.server.ports  # type: ignore[attr-defined]
+    assert len(set(ports)) == 2  # the bytes nobody asked for were never read as an answer
+    client.close()
+
+
 def test_a_connection_the_node_closed_is_reopened_by_the_next_call(
     hostile: Callable[[str], str],
 ) -> None:
@@ -303,9 +366,11 @@ def test_credentials_in_the_address_are_sent_as_basic_authentication(
     client.close()
 
 
-@pytest.mark.parametrize("address", ["http://", "http://127.0.0.1:port", "https://:8545"])
+@pytest.mark.parametrize(
+    "address", ["http://", "http://127.0.0.1:port", "https://:8545", "http://h:1/a b"]
+)
 def test_an_http_address_without_host_or_port_is_an_rpc_error(address: str) -> None:
-    with pytest.raises(RpcError, match="not an http"):
+    with pytest.raises(RpcError, match=r"not an http|cannot be sent"):
         ChainClient(address, timeout=1.0).block_number()
 
 

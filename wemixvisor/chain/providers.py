@@ -1,10 +1,10 @@
 """web3 providers for the node, set up for a supervisor: short timeouts, no hidden retries,
 size-capped answers.
 
-- http(s): web3's `HTTPProvider` on one kept-alive HTTP/1.1 connection (`KeptAliveConnection`,
+- http(s): web3's `HTTPProvider` on one kept-alive HTTP/1.1 connection (`chain.keepalive`,
   never through the environment's HTTP proxy), its retry middleware off; the answer is read with
   a deadline for the whole call and a size cap, so a peer trickling bytes or sending gigabytes is
-  an error.
+  an error. The head poll sends a request built once (`answer_without_params`).
 - IPC: web3's `IPCProvider` (one persistent socket), the answer read the same way; a socket the
   node closed is dropped and reopened by the next call.
 - ws(s) calls: web3's `WebSocketProvider`, one connection per call (web3 has no synchronous
@@ -19,15 +19,9 @@ long `extraData`. This module imports web3 (≈ 40 MB, ≈ 1 s): the client impo
 from __future__ import annotations
 
 import asyncio
-import base64
-import http.client
 import logging
-import select
 import socket
-import ssl
 import time
-import urllib.parse
-import weakref
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -41,6 +35,7 @@ from web3.providers.ipc import PersistentSocket
 from web3.types import RPCEndpoint, RPCResponse
 
 from wemixvisor.chain.istanbul import Istanbul
+from wemixvisor.chain.keepalive import KeptAliveConnection
 from wemixvisor.chain.rpc import MalformedAnswer, RpcError, describe_value, is_quantity
 
 MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024
@@ -58,128 +53,6 @@ _READ_CHUNK: Final = 65536
 _answer_decoder: Final = msgspec.json.Decoder()
 
 
-def _read_capped_http(response: http.client.HTTPResponse, deadline: float, timeout: float) -> bytes:
-    if response.status != 200:
-        raise RpcError(f"HTTP {response.status}")
-    declared = response.getheader("Content-Length", "")
-    if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
-        raise RpcError(f"answer over {MAX_RESPONSE_BYTES} bytes")
-    body = bytearray()
-    while True:
-        # The timeout bounds the whole call, not each read: a peer trickling a byte at a time
-        # must not keep a caller waiting for ever.
-        if time.monotonic() > deadline:
-            raise RpcError(f"timed out: no complete answer within {timeout:g}s")
-        chunk = response.read1(_READ_CHUNK)
-        body += chunk
-        if len(body) > MAX_RESPONSE_BYTES:
-            raise RpcError(f"answer over {MAX_RESPONSE_BYTES} bytes")
-        if response.length == 0 or not chunk:
-            if response.length:  # declared more than it sent before closing
-                raise RpcError("connection closed before a full answer")
-            response.close()  # read whole: the connection is free for the next call
-            return bytes(body)
-
-
-class KeptAliveConnection:
-    """One HTTP/1.1 connection to the node, kept open between calls and reopened when the node
-    closed it (a restart, an idle timeout). Not thread-safe: the client serialises its calls.
-
-    The standard library's `http.client` rather than `requests`: the head is polled every few
-    hundred milliseconds for the daemon's whole life, and a call through `requests` costs about
-    three times the CPU for the same bytes on the wire (bench/README.md, crash_restart).
-    """
-
-    def __init__(self, endpoint_uri: str, timeout: float, headers: dict[str, str]) -> None:
-        parts = urllib.parse.urlsplit(endpoint_uri)
-        try:
-            port = parts.port
-        except ValueError:
-            port = -1
-        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
-            raise RpcError(f"not an http(s) address with a host and port: {endpoint_uri!r}")
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = port
-        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._timeout = timeout
-        self._headers = dict(headers)
-        if parts.username is not None:
-            # http(s)://user:password@host: basic authentication, as requests read it.
-            credentials = f"{urllib.parse.unquote(parts.username)}:"
-            credentials += urllib.parse.unquote(parts.password or "")
-            token = base64.b64encode(credentials.encode()).decode("ascii")
-            self._headers["Authorization"] = f"Basic {token}"
-        # In a list that outlives this object: a client dropped without `close` has its socket
-        # closed when it is collected, as a requests session's pool would.
-        self._slot: list[http.client.HTTPConnection | None] = [None]
-        weakref.finalize(self, _close_slot, self._slot)
-
-    def post(self, body: bytes) -> bytes:
-        """POST `body` and return the answer's body: status 200, at most MAX_RESPONSE_BYTES,
-        complete within the timeout. Any failure closes the connection (a late answer must
-        never be read as the next call's)."""
-        deadline = time.monotonic() + self._timeout
-        connection = self._slot[0]
-        if connection is None or _dropped(connection):
-            connection = self._open()
-        response: http.client.HTTPResponse | None = None
-        try:
-            connection.request("POST", self._path, body, self._headers)
-            response = connection.getresponse()
-            answer = _read_capped_http(response, deadline, self._timeout)
-        except BaseException:
-            if response is not None:
-                response.close()  # an answer that closes the connection owns its socket
-            self.close()
-            raise
-        if response.will_close:
-            self.close()
-        return answer
-
-    def _open(self) -> http.client.HTTPConnection:
-        self.close()
-        connection: http.client.HTTPConnection
-        if self._https:
-            connection = http.client.HTTPSConnection(
-                self._host, self._port, timeout=self._timeout, context=_tls_context()
-            )
-        else:
-            connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
-        self._slot[0] = connection
-        return connection
-
-    def close(self) -> None:
-        """Close the connection (the next call opens a new one)."""
-        _close_slot(self._slot)
-
-
-def _close_slot(slot: list[http.client.HTTPConnection | None]) -> None:
-    connection, slot[0] = slot[0], None
-    if connection is not None:
-        connection.close()
-
-
-def _dropped(connection: http.client.HTTPConnection) -> bool:
-    """Whether an open kept-alive connection can no longer carry a call: readable while idle
-    means the node closed it (or sent something nobody asked for)."""
-    sock = connection.sock
-    if sock is None:
-        return False  # not connected yet: `request` connects
-    readable, _, _ = select.select([sock], [], [], 0)
-    return bool(readable)
-
-
-_tls: ssl.SSLContext | None = None
-
-
-def _tls_context() -> ssl.SSLContext:
-    global _tls  # noqa: PLW0603 - one context for the process, made on first use
-    if _tls is None:
-        _tls = ssl.create_default_context()
-    return _tls
-
-
 class CappedHTTPProvider(HTTPProvider):
     """web3's `HTTPProvider` on one kept-alive connection, one attempt per call, capped
     answers."""
@@ -190,7 +63,9 @@ class CappedHTTPProvider(HTTPProvider):
             request_kwargs={"timeout": timeout},
             exception_retry_configuration=None,
         )
-        self._connection = KeptAliveConnection(endpoint_uri, timeout, self.get_request_headers())
+        self._connection = KeptAliveConnection(
+            endpoint_uri, timeout, self.get_request_headers(), MAX_RESPONSE_BYTES
+        )
         self._prepared: dict[RPCEndpoint, bytes] = {}
 
     def _make_request(self, method: RPCEndpoint, request_data: bytes) -> bytes:
@@ -198,16 +73,18 @@ class CappedHTTPProvider(HTTPProvider):
 
     def answer_without_params(self, method: RPCEndpoint) -> RPCResponse:
         """The answer to `method` called without parameters, by the shortest path: the request
-        encoded once (by web3) and sent again as is, the answer decoded with msgspec and checked
-        to be a JSON object; the caller gives it to web3's `formatted_response`.
+        encoded once (by web3, then as HTTP) and sent again as is, the answer decoded with
+        msgspec and checked to be a JSON object; the caller gives it to web3's
+        `formatted_response`.
 
         This is the head poll's path: `eth_blockNumber` every poll interval for the daemon's
         whole life, whose answer no middleware changes.
         """
-        body = self._prepared.get(method)
-        if body is None:
-            body = self._prepared[method] = self.encode_rpc_request(method, [])
-        answer = _answer_decoder.decode(self._connection.post(body))
+        request = self._prepared.get(method)
+        if request is None:
+            body = self.encode_rpc_request(method, [])
+            request = self._prepared[method] = self._connection.prepare(body)
+        answer = _answer_decoder.decode(self._connection.post_prepared(request))
         if not isinstance(answer, dict):
             raise MalformedAnswer(f"the answer is {describe_value(answer)}, not a JSON object")
         return cast(RPCResponse, answer)
