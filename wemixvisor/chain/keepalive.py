@@ -4,9 +4,9 @@ The head is asked every poll interval for the daemon's whole life, so what one c
 what the idle daemon costs. A call is one `sendall` of the request (built once for a call that
 repeats: `prepare`) and the reading of one answer here: its status line and headers, then a
 body framed by Content-Length, chunked, or ended by the close of the connection. Measured on an
-idle daemon (bench/README.md, crash_restart), `requests` cost about three times the CPU of
-`http.client` for the same call, and `http.client` (its header parsing goes through the email
-package) about twice this.
+idle daemon (bench/README.md, crash_restart), a poll through `requests` cost two to three
+times the CPU of one through `http.client`, and `http.client` (its header parsing goes through
+the email package) about twice this.
 
 Every answer is bounded: headers to `MAX_HEADER_BYTES`, the body to the caller's cap, the whole
 call to its timeout (a peer trickling bytes cannot hold a caller). Any failure closes the
