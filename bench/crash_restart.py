@@ -9,8 +9,10 @@ One run measures, with the same anvil binary and arguments:
   first crash of a node that had been RUNNING (the case that must restart at once; repeated
   crashes may rightly back off). Kills land at a random phase of the supervisor's own polling
   timer, otherwise every round would hit the same point of it;
-- idle: each daemon's own RSS and CPU (not the node's) over a window, all three side by side;
-  wemixvisor follows the head through web3 (its HTTP provider), so its RSS includes web3.
+- idle: each daemon's own RSS and CPU (not the node's) over a window, all three side by side,
+  opened once each daemon's start-up is over (wemixvisor: `status` shows it following the head
+  and its first chain facts read) and a warm-up passed; wemixvisor follows the head through
+  web3 (its HTTP provider), so its RSS includes web3.
 
 Usage: `python -m bench.crash_restart [--rounds N] [--idle-seconds S]` (or `python
 bench/crash_restart.py ...`). Exit status 1 when a row could not be measured.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import os
 import random
 import subprocess
@@ -73,6 +76,8 @@ class Supervisor:
     # Period of the supervisor's own polling loop: kills are spread uniformly over it.
     timer_period: float
     launch: Callable[[ProcessTracker, Path, int, Path], subprocess.Popen[bytes]]
+    # Waits until the supervisor's own start-up is over (not only the node's), if it has one.
+    started: Callable[[Path], None] | None = None
 
 
 def launch_supervisord(
@@ -172,6 +177,37 @@ def launch_wemixvisor(
     )
 
 
+def wemixvisor_started(workdir: Path) -> None:
+    """Until `status` shows the daemon following the head and its first chain facts read: web3
+    is loaded and every actor has done its start-up work (the idle window must not see it)."""
+    deadline = time.monotonic() + RPC_TIMEOUT
+    env = {
+        **os.environ,
+        "DAEMON_HOME": str(workdir / "home"),
+        "DAEMON_NAME": NODE_NAME,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    while True:
+        answer = subprocess.run(
+            [tool("wemixvisor"), "status", "--json"],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        try:
+            status = json.loads(answer.stdout)
+            if status["head"]["height"] is not None and status["chain"]["checked_at"]:
+                return
+        except (ValueError, KeyError, TypeError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"wemixvisor never followed the head: {answer.stdout[-300:]!r}")
+        time.sleep(0.2)
+
+
 def measure_anvil_start(tracker: ProcessTracker, workdir: Path, anvil: Path, port: int) -> float:
     """Spawn → RPC of anvil itself, on a port freed by SIGKILL as after a crash."""
     url = f"http://127.0.0.1:{port}"
@@ -239,6 +275,8 @@ def run_idle(
             daemon = supervisor.launch(tracker, workdir, port, anvil)
             tracker.remember(find_child(daemon.pid, NODE_NAME, timeout=RPC_TIMEOUT).pid)
             wait_for_rpc(f"http://127.0.0.1:{port}", RPC_TIMEOUT)
+            if supervisor.started is not None:
+                supervisor.started(workdir)
         except Exception as exc:
             results[label] = report_failure(label, "idle", exc, workdir)
             continue
@@ -339,7 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             circus_launcher(args.circus_check_delay),
         ),
         # Event driven, so no timer is expected; the 1 s spread costs little.
-        Supervisor(f"wemixvisor {version_of('wemixvisor')}", 1.0, launch_wemixvisor),
+        Supervisor(
+            f"wemixvisor {version_of('wemixvisor')}", 1.0, launch_wemixvisor, wemixvisor_started
+        ),
     ]
     rng = random.Random(args.seed)
     crash: dict[str, list[float] | str] = {}

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wemixvisor.actors.files import CONFIG_ROLES, FileSourceActor, PollFiles
+from wemixvisor.actors.files import CONFIG_ROLES, FileSourceActor, PollFiles, _ChangedFiles, _Tick
 from wemixvisor.bus import Bus
 from wemixvisor.config import Config, load_config
 from wemixvisor.messages.config import ConfigChanged
@@ -161,6 +161,43 @@ def test_plans_present_at_start_are_sent_once_and_again_only_when_changed(rig: R
     write_atomically(rig.plan_path, b'{"name": "v1", "height": 150}')
     messages = rig.wait_for("orchestrator", lambda m: len(m) == 3)
     assert messages[-1].plans == [Plan(name="v1", height=150, source="file")]
+
+
+def test_a_rewrite_of_the_same_size_in_the_same_second_is_noticed_by_the_poll(rig: Rig) -> None:
+    rig.plan_path.write_bytes(b'{"name": "v1", "height": 100}')
+    rig.start()
+    rig.wait_for("orchestrator", lambda m: len(m) == 1)
+    before = rig.plan_path.stat()
+
+    # In place, same size, the clock one nanosecond on: mtime_ns tells it apart.
+    with rig.plan_path.open("r+b") as file:
+        file.write(b'{"name": "v1", "height": 200}')
+    os.utime(rig.plan_path, ns=(before.st_atime_ns, before.st_mtime_ns + 1))
+    messages = rig.wait_for("orchestrator", lambda m: len(m) == 2)
+    assert messages[-1].plans == [Plan(name="v1", height=200, source="file")]
+
+    # Replaced by a rename, same size, the very same mtime_ns: the inode tells it apart.
+    write_atomically(rig.plan_path, b'{"name": "v1", "height": 300}')
+    os.utime(rig.plan_path, ns=(before.st_atime_ns, before.st_mtime_ns + 1))
+    messages = rig.wait_for("orchestrator", lambda m: len(m) == 3)
+    assert messages[-1].plans == [Plan(name="v1", height=300, source="file")]
+
+
+def test_the_poller_wakes_the_actor_only_for_a_change_or_unsettled_work(tmp_path: Path) -> None:
+    plan, absent = tmp_path / "upgrade-info.json", tmp_path / "absent"
+    plan.write_bytes(b"{}")
+    changed = _ChangedFiles((plan, absent))
+    assert changed() == _Tick()  # the first look always ticks
+    assert changed() == _Tick()  # and so does every look while the actor is not quiet
+    changed.quiet.set()
+    assert changed() is None
+    absent.write_bytes(b"")
+    assert changed() == _Tick()
+    assert changed() is None
+    absent.unlink()
+    assert changed() == _Tick()
+    changed.quiet.clear()
+    assert changed() == _Tick()
 
 
 def test_a_restarted_actor_sends_the_files_again(rig: Rig) -> None:

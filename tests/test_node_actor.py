@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from wemixvisor.messages.node import (
     StopNode,
     WatchNode,
 )
+from wemixvisor.node.process import TreeSampler
 
 
 class Collector(pykka.ThreadingActor):
@@ -112,6 +114,19 @@ def test_status_reports_pid_version_and_resource_use_of_a_running_node(node: Any
     assert status.uptime is not None and status.uptime >= 0
     assert status.adopted is False
     assert topics(events)[:2] == ["node.starting", "node.running"]
+    # The heartbeat's ask reads neither CPU nor RSS: it gets the last sample, the tree unwalked.
+    light = ref.ask(GetNodeStatus(stats=False), timeout=5)
+    assert light.state is NodeState.RUNNING
+    assert (light.cpu_percent, light.rss_bytes) == (status.cpu_percent, status.rss_bytes)
+
+
+def test_a_sampler_gives_its_last_sample_without_walking_the_tree() -> None:
+    sampler = TreeSampler(max_age=0.0)
+    assert sampler.last(os.getpid()) == (0.0, 0)
+    sampled = sampler.sample(os.getpid())
+    assert sampled[1] > 1_000_000
+    assert sampler.last(os.getpid()) == sampled
+    assert sampler.last(os.getppid()) == (0.0, 0)  # another process: never sampled
 
 
 def test_stop_start_and_restart_are_expected_transitions_seen_by_watchers(node: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.server
 import socket
 import tempfile
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from devtools.anvil import AnvilProcess
+from tests.support import wait_until
 from wemixvisor.chain.client import ChainClient, load_web3
 from wemixvisor.chain.rpc import MalformedAnswer, RpcError, RpcMethodNotFound
 
@@ -71,6 +73,8 @@ def test_the_ipc_socket_is_reopened_after_the_node_restarts(
         with pytest.raises(RpcError):
             client.block_number()
         second.start()
+        # anvil answers HTTP a moment before its IPC socket exists: wait for the socket file.
+        wait_until(lambda: Path(ipc).is_socket(), timeout=10, what="the IPC socket")
         assert client.block_number() == 0  # the next call opens a new socket
     finally:
         client.close()
@@ -96,9 +100,19 @@ class _Hostile(http.server.BaseHTTPRequestHandler):
     behaviours: dict[str, Callable[[_Hostile], None]] = {}
     protocol_version = "HTTP/1.1"  # keep-alive, as a node serves it
 
+    def setup(self) -> None:
+        super().setup()
+        self.server.open_connections.add(self.client_address)  # type: ignore[attr-defined]
+
+    def finish(self) -> None:
+        super().finish()
+        self.server.open_connections.discard(self.client_address)  # type: ignore[attr-defined]
+
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", "0")))
         self.server.ports.append(self.client_address[1])  # type: ignore[attr-defined]
+        if "Authorization" in self.headers:
+            self.server.authorization.append(self.headers["Authorization"])  # type: ignore[attr-defined]
         self.behaviours[self.server.behaviour](self)  # type: ignore[attr-defined]
 
     def log_message(self, *args: object) -> None:
@@ -142,6 +156,52 @@ def _undeclared_flood(handler: _Hostile) -> None:
         pass
 
 
+def _chunked(handler: _Hostile) -> None:
+    handler.send_response(200)
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    for part in (b'{"jsonrpc":"2.0",', b'"id":1,"result":"0x2a"}'):
+        handler.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+    handler.wfile.write(b"0\r\n\r\n")
+
+
+def _answer_then_close(handler: _Hostile) -> None:
+    # Answers as if the connection stayed open (HTTP/1.1, no "Connection: close"), then
+    # closes it: the next call must notice and open a new one, not fail.
+    _send(handler, b'{"jsonrpc":"2.0","id":1,"result":"0x7"}')
+    handler.close_connection = True
+
+
+def _raw(handler: _Hostile, answer: bytes, *, close: bool = True) -> None:
+    handler.wfile.write(answer)
+    handler.wfile.flush()
+    handler.close_connection = close
+
+
+_DEEP = 200_000
+_OK_HEAD = b"HTTP/1.1 200 OK\r\n"
+_FORTY_TWO = b'{"jsonrpc":"2.0","id":1,"result":"0x2a"}'
+_FORTY_TWO_LENGTH = b"Content-Length: %d\r\n\r\n" % len(_FORTY_TWO)
+
+_Answers = {
+    "chunked": _chunked,
+    "extra-bytes": lambda h: _raw(
+        h,
+        _OK_HEAD + _FORTY_TWO_LENGTH + _FORTY_TWO + b"junk",
+        close=False,
+    ),
+    "answer-then-close": _answer_then_close,
+    "http-1.0": lambda h: _raw(h, b"HTTP/1.0 200 OK\r\n" + _FORTY_TWO_LENGTH + _FORTY_TWO),
+    "until-close": lambda h: _raw(h, _OK_HEAD + b"Connection: close\r\n\r\n" + _FORTY_TWO),
+    "chunked-with-trailer": lambda h: _raw(
+        h,
+        _OK_HEAD
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+        + b"%x;ext=1\r\n%s\r\n0\r\nX-Trailer: 1\r\n\r\n" % (len(_FORTY_TWO), _FORTY_TWO),
+        close=False,
+    ),
+}
+
 _Hostile.behaviours = {
     "not-json": lambda h: _send(h, b"<html>nope</html>"),
     "array": lambda h: _send(h, b"[1,2,3]"),
@@ -157,6 +217,37 @@ _Hostile.behaviours = {
     "undeclared-flood": _undeclared_flood,
     "trickle": _trickle,
     "hung": _hang,
+    "deep-result": lambda h: _send(
+        h, b'{"jsonrpc":"2.0","id":1,"result":' + b"[" * _DEEP + b"]" * _DEEP + b"}"
+    ),
+    "deep-answer": lambda h: _send(h, b"[" * _DEEP),
+    "deep-error": lambda h: _send(
+        h, b'{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":' + b"[" * _DEEP + b"}}"
+    ),
+    "not-utf8": lambda h: _send(h, b'{"jsonrpc":"2.0","id":1,"result":"\xff\xfe"}'),
+    "number-answer": lambda h: _send(h, b"42"),
+    "huge-number": lambda h: _send(h, b'{"jsonrpc":"2.0","id":1,"result":1e999}'),
+    "result-and-error": lambda h: _send(
+        h, b'{"jsonrpc":"2.0","id":1,"result":"0x1","error":{"code":-1,"message":"x"}}'
+    ),
+    "no-jsonrpc": lambda h: _send(h, b'{"id":1,"result":"0x1"}'),
+    "bad-status-line": lambda h: (h.wfile.write(b"NOT HTTP AT ALL\r\n\r\n"), h.wfile.flush()),
+    "huge-headers": lambda h: _raw(h, _OK_HEAD + b"X-Pad: " + b"a" * 70_000 + b"\r\n\r\n{}"),
+    "header-without-colon": lambda h: _raw(h, _OK_HEAD + b"garbage\r\n\r\n{}"),
+    "bad-content-length": lambda h: _raw(h, _OK_HEAD + b"Content-Length: -5\r\n\r\n{}"),
+    "gzip-transfer": lambda h: _raw(h, _OK_HEAD + b"Transfer-Encoding: gzip\r\n\r\n{}"),
+    "bad-chunk-size": lambda h: _raw(h, _OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"),
+    "chunk-over-cap": lambda h: _raw(
+        h, _OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\nfffffffff\r\n", close=False
+    ),
+    "chunk-without-crlf": lambda h: _raw(
+        h, _OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n"
+    ),
+    "endless-chunk-line": lambda h: _raw(
+        h, _OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + b"0" * 5000, close=False
+    ),
+    "status-only": lambda h: _raw(h, b"HTTP/1.1 200 OK\r\n"),
+    "status-garbage": lambda h: _raw(h, b"HTTP/1.1 2x0 OK\r\n\r\n"),
     "truncated": lambda h: (
         h.send_response(200),
         h.send_header("Content-Length", "100"),
@@ -167,11 +258,16 @@ _Hostile.behaviours = {
 }
 
 
+_Hostile.behaviours.update(_Answers)
+
+
 @pytest.fixture
 def hostile() -> Iterator[Callable[[str], str]]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
     server.daemon_threads = True
     server.ports = []  # type: ignore[attr-defined]
+    server.authorization = []  # type: ignore[attr-defined]
+    server.open_connections = set()  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
 
@@ -185,7 +281,7 @@ def hostile() -> Iterator[Callable[[str], str]]:
     server.server_close()
 
 
-@pytest.mark.parametrize("behaviour", sorted(_Hostile.behaviours))
+@pytest.mark.parametrize("behaviour", sorted(set(_Hostile.behaviours) - set(_Answers)))
 def test_hostile_answers_are_errors_within_the_timeout(
     hostile: Callable[[str], str], behaviour: str
 ) -> None:
@@ -196,6 +292,86 @@ def test_hostile_answers_are_errors_within_the_timeout(
     assert time.monotonic() - began < 3.0
     assert len(str(caught.value)) < 400  # a huge answer is never echoed whole
     client.close()
+
+
+@pytest.mark.parametrize("behaviour", ["deep-result", "deep-answer", "deep-error"])
+def test_deeply_nested_answers_are_malformed_on_every_path(
+    hostile: Callable[[str], str], behaviour: str
+) -> None:
+    # The head's prepared path (msgspec) and web3's own (json) both refuse the nesting with an
+    # error, never a crash of the interpreter.
+    client = ChainClient(hostile(behaviour), timeout=2.0)
+    with pytest.raises(MalformedAnswer):
+        client.block_number()
+    with pytest.raises(RpcError):
+        client.request("eth_blockNumber")
+    client.close()
+
+
+def test_a_chunked_answer_is_read_whole(hostile: Callable[[str], str]) -> None:
+    client = ChainClient(hostile("chunked"), timeout=1.0)
+    assert [client.block_number() for _ in range(3)] == [42, 42, 42]
+    assert len(set(hostile.server.ports)) == 1  # type: ignore[attr-defined]
+    client.close()
+
+
+@pytest.mark.parametrize("behaviour", ["http-1.0", "until-close", "chunked-with-trailer"])
+def test_every_framing_of_a_good_answer_is_read(
+    hostile: Callable[[str], str], behaviour: str
+) -> None:
+    client = ChainClient(hostile(behaviour), timeout=1.0)
+    assert [client.block_number() for _ in range(3)] == [42, 42, 42]
+    assert client.request("eth_blockNumber") == "0x2a"
+    client.close()
+
+
+def test_answer_bytes_beyond_the_declared_length_end_the_connection(
+    hostile: Callable[[str], str],
+) -> None:
+    client = ChainClient(hostile("http-1.0"), timeout=1.0)
+    hostile.server.behaviour = "extra-bytes"  # type: ignore[attr-defined]
+    assert client.block_number() == 42
+    assert client.block_number() == 42
+    ports = hostile.server.ports  # type: ignore[attr-defined]
+    assert len(set(ports)) == 2  # the bytes nobody asked for were never read as an answer
+    client.close()
+
+
+def test_a_connection_the_node_closed_is_reopened_by_the_next_call(
+    hostile: Callable[[str], str],
+) -> None:
+    client = ChainClient(hostile("answer-then-close"), timeout=1.0)
+    for _ in range(3):
+        # Wait until the server has closed it: the client must notice, not fail the call.
+        wait_until(lambda: not _connection_open(hostile), timeout=5)
+        assert client.block_number() == 7
+    ports = hostile.server.ports  # type: ignore[attr-defined]
+    assert len(set(ports)) == 3  # a new connection for each call, none failed
+    client.close()
+
+
+def _connection_open(hostile: Callable[[str], str]) -> bool:
+    return bool(hostile.server.open_connections)  # type: ignore[attr-defined]
+
+
+def test_credentials_in_the_address_are_sent_as_basic_authentication(
+    hostile: Callable[[str], str],
+) -> None:
+    address = hostile("chunked").replace("http://", "http://operator:s%40cret@")
+    client = ChainClient(address, timeout=1.0)
+    assert client.block_number() == 42
+    assert hostile.server.authorization == [  # type: ignore[attr-defined]
+        "Basic " + base64.b64encode(b"operator:s@cret").decode()
+    ]
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "address", ["http://", "http://127.0.0.1:port", "https://:8545", "http://h:1/a b"]
+)
+def test_an_http_address_without_host_or_port_is_an_rpc_error(address: str) -> None:
+    with pytest.raises(RpcError, match=r"not an http|cannot be sent"):
+        ChainClient(address, timeout=1.0).block_number()
 
 
 def test_a_height_is_only_ever_a_hex_quantity(hostile: Callable[[str], str]) -> None:

@@ -33,6 +33,15 @@ class Recorder(SupervisedActor):
         match message:
             case ("poll", interval, paced):
                 self.poller = self.workers.poll("ticks", lambda: "tick", interval, paced=paced)
+            case ("poll-quiet", quiet_calls):
+                calls = iter(range(quiet_calls + 1))
+                # None (nothing to tell) for the first calls, then a tick, then None for ever.
+                self.poller = self.workers.poll(
+                    "ticks",
+                    lambda: "tick" if next(calls, None) == quiet_calls else None,
+                    0.001,
+                    paced=True,
+                )
             case ("interval", interval):
                 assert self.poller is not None
                 self.poller.set_interval(interval)
@@ -81,6 +90,12 @@ def test_a_poller_ticks_and_its_interval_changes_on_the_fly() -> None:
     wait_for(ref, lambda seen: len(seen) == 1)  # the first call is at once
     ref.tell(("interval", 0.01))
     wait_for(ref, lambda seen: len(seen) >= 5)
+
+
+def test_a_paced_poller_with_nothing_to_tell_keeps_calling() -> None:
+    ref = Recorder.start()
+    ref.tell(("poll-quiet", 5))
+    wait_for(ref, lambda seen: seen == ["tick"])
 
 
 def test_workers_end_and_release_runs_when_the_actor_fails() -> None:

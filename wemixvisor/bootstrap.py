@@ -287,7 +287,7 @@ class Daemon:
 
     def _heartbeat(self) -> None:
         try:
-            status: NodeStatus = self.bus.ask("node", GetNodeStatus(), timeout=2.0)
+            status: NodeStatus = self.bus.ask("node", GetNodeStatus(stats=False), timeout=2.0)
             node_state = status.state.value
         except (pykka.Timeout, pykka.ActorDeadError):
             node_state = "UNKNOWN"

@@ -1,6 +1,7 @@
 """FileSourceActor: turns the plan files and config.toml into messages (SPEC §3, §4).
 
-It polls three files with `stat` every `rpc.poll_interval` and reads one only when it changed:
+It polls three files with `stat` every `rpc.poll_interval` and reads one only when it changed
+(the stat runs on the poller's thread, which wakes the actor only for a change or unsettled work):
 `<data dir>/upgrade-info.json` (one plan), `<data dir>/upgrade-info.json.batch` (an array of
 plans) and `$DAEMON_HOME/wemixvisor/config.toml`. A file is acted on only when complete: content
 that parses is acted on at once; content that does not is rejected only after it stayed the same
@@ -15,7 +16,9 @@ the old configuration stays.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -44,6 +47,7 @@ from wemixvisor.plans.files import (
     parse_batch_file,
     plan_file,
     plan_file_rejection,
+    stat_file,
 )
 from wemixvisor.plans.queue import MAX_PLAN_BYTES, Plan, PlanError, parse_plan
 
@@ -58,6 +62,32 @@ _LOGGED_NAMES = 10
 
 class _Tick(msgspec.Struct, frozen=True):
     """The poll timer fired."""
+
+
+class _ChangedFiles:
+    """The files poller's call, on the poller's thread: a tick for the actor only when a
+    watched file's stamp (mtime_ns, size, inode) changed since the last tick, or while the actor
+    said it is not `quiet` (content waiting to settle, plans not delivered yet). An idle daemon
+    then costs one `stat` per file per interval and no wakeup of the actor."""
+
+    def __init__(self, paths: tuple[Path, ...]) -> None:
+        self._paths = paths
+        self._stamps: tuple[object, ...] | None = None
+        self.quiet = threading.Event()
+
+    def __call__(self) -> _Tick | None:
+        stamps = tuple(_stamp(path) for path in self._paths)
+        if self.quiet.is_set() and stamps == self._stamps:
+            return None
+        self._stamps = stamps
+        return _Tick()
+
+
+def _stamp(path: Path) -> object:
+    try:
+        return stat_file(path)
+    except OSError as exc:
+        return exc.errno  # the watch reports the error; a different one is a change
 
 
 class FileSourceActor(SupervisedActor):
@@ -111,12 +141,17 @@ class FileSourceActor(SupervisedActor):
         self._outbox: dict[str, RegisterPlans] = {}
         self._delivered: dict[str, RegisterPlans] = {}
         self._ticker: Poller | None = None
+        self._changed_files = _ChangedFiles(
+            (self._plan_watch.path, self._batch_watch.path, self._config_watch.path)
+        )
 
     def setup(self) -> None:
         # The first tick comes at once: it reads every file present, so a restarted daemon sees
         # its plans again (the orchestrator ignores plans it already knows). A tick is sent only
         # once the previous one was handled: a slow poll never piles ticks up in the mailbox.
-        self._ticker = self.workers.poll("files-poll", _Tick, self._interval, paced=True)
+        self._ticker = self.workers.poll(
+            "files-poll", self._changed_files, self._interval, paced=True
+        )
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -145,6 +180,15 @@ class FileSourceActor(SupervisedActor):
         self._poll_batch_file()
         self._deliver()
         self._poll_config(explicit=explicit)
+        self._update_quiet()
+
+    def _update_quiet(self) -> None:
+        """Tell the poller whether it may skip ticks while no watched file changes."""
+        watches = (self._plan_watch, self._batch_watch, self._config_watch)
+        if not self._outbox and all(watch.quiet for watch in watches):
+            self._changed_files.quiet.set()
+        else:
+            self._changed_files.quiet.clear()
 
     def _poll_plan_file(self) -> None:
         reading = self._plan_watch.poll()
@@ -211,6 +255,7 @@ class FileSourceActor(SupervisedActor):
         for source, message in self._delivered.items():
             self._outbox.setdefault(source, message)
         self._deliver()
+        self._update_quiet()
 
     def _reject(self, rejection: PlanRejection, source: str) -> None:
         logger.warning("plan rejected ({}): {}", source, rejection.reason)

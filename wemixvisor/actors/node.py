@@ -202,8 +202,8 @@ class NodeActor(SupervisedActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case GetNodeStatus():
-                return self._status()
+            case GetNodeStatus(stats=stats):
+                return self._status(sample=stats)
             case _Exited():
                 self._on_exited(message)
             case _StartupConfirmed(generation=generation) if generation == self._generation:
@@ -522,9 +522,11 @@ class NodeActor(SupervisedActor):
             lambda _stopping: _VersionDetected(binary, proc_os.detect_version(Path(binary))),
         )
 
-    def _status(self) -> NodeStatus:
+    def _status(self, *, sample: bool = True) -> NodeStatus:
         process = self._process
-        cpu, rss = self._sampler.sample(process.pid) if process is not None else (0.0, 0)
+        cpu, rss = 0.0, 0
+        if process is not None:
+            cpu, rss = (self._sampler.sample if sample else self._sampler.last)(process.pid)
         now = time.monotonic()
         lease = self._leases.current
         return NodeStatus(

@@ -160,7 +160,10 @@ class Poller(Worker):
                 if self._paced:
                     self._idle.clear()
                 result = self._call()
-                if result is not None and not self.tell(result):
+                if result is None:
+                    if self._paced:
+                        self._idle.set()  # nothing was told: nothing to wait for
+                elif not self.tell(result):
                     return
                 if self._interval_after is not None:
                     wait = self._interval_after(result)

@@ -110,7 +110,7 @@ def _transport_problem(exc: BaseException) -> str | None:
             return "timed out"
     # The deepest transport error says most ("InvalidStatus: server rejected WebSocket...").
     for cause in reversed(chain):
-        if type(cause).__module__.startswith(("requests", "urllib3", "websockets")):
+        if type(cause).__module__.startswith(("http.client", "urllib3", "websockets")):
             return f"{type(cause).__name__}: {_short(str(cause))}"
     for cause in chain:
         if isinstance(cause, (OSError, ProviderConnectionError)):
@@ -150,6 +150,14 @@ def translated(address: str) -> Iterator[None]:
         raise rpc_failure(address, exc) from None
 
 
+def _block_number(w3: Web3) -> Any:
+    method = cast("RPCEndpoint", "eth_blockNumber")
+    answer_without_params = getattr(w3.provider, "answer_without_params", None)
+    if answer_without_params is None:
+        return w3.manager.request_blocking(method, [])
+    return w3.manager.formatted_response(answer_without_params(method), [])
+
+
 class ChainClient:
     """One node endpoint: http(s)://, ws(s):// or an IPC path. Blocking: actors call it from
     their workers. Calls from several threads are serialised."""
@@ -177,8 +185,13 @@ class ChainClient:
         return self._ask(lambda w3: w3.manager.request_blocking(endpoint, params or []))
 
     def block_number(self) -> int:
-        """`eth_blockNumber`, strictly a hex quantity (never a guessed height)."""
-        return parse_quantity(self.request("eth_blockNumber"), "a block height")
+        """`eth_blockNumber`, strictly a hex quantity (never a guessed height).
+
+        Over HTTP the provider's prepared path (`answer_without_params`), its answer checked by
+        web3's `formatted_response`: the head is polled for the daemon's whole life, and the
+        middleware has nothing to do for this method.
+        """
+        return parse_quantity(self._ask(_block_number), "a block height")
 
     def client_version(self) -> str:
         """`web3_clientVersion`."""

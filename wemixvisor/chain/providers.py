@@ -1,9 +1,10 @@
 """web3 providers for the node, set up for a supervisor: short timeouts, no hidden retries,
 size-capped answers.
 
-- http(s): web3's `HTTPProvider` on one kept-alive `requests` session (never through the
-  environment's HTTP proxy), its retry middleware off; the answer is read with a deadline for
-  the whole call and a size cap, so a peer trickling bytes or sending gigabytes is an error.
+- http(s): web3's `HTTPProvider` on one kept-alive HTTP/1.1 connection (`chain.keepalive`,
+  never through the environment's HTTP proxy), its retry middleware off; the answer is read with
+  a deadline for the whole call and a size cap, so a peer trickling bytes or sending gigabytes is
+  an error. The head poll sends a request built once (`answer_without_params`).
 - IPC: web3's `IPCProvider` (one persistent socket), the answer read the same way; a socket the
   node closed is dropped and reopened by the next call.
 - ws(s) calls: web3's `WebSocketProvider`, one connection per call (web3 has no synchronous
@@ -22,10 +23,9 @@ import logging
 import socket
 import time
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgspec
-import requests
 from web3 import AsyncWeb3, Web3
 from web3.middleware import ExtraDataToPOAMiddleware
 from web3.middleware.formatting import FormattingMiddlewareBuilder
@@ -35,6 +35,7 @@ from web3.providers.ipc import PersistentSocket
 from web3.types import RPCEndpoint, RPCResponse
 
 from wemixvisor.chain.istanbul import Istanbul
+from wemixvisor.chain.keepalive import KeptAliveConnection
 from wemixvisor.chain.rpc import MalformedAnswer, RpcError, describe_value, is_quantity
 
 MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024
@@ -48,57 +49,55 @@ _WS_PING_INTERVAL: Final = 2.0
 # web3 logs every connection at INFO (one per call over ws): the daemon reports RPC itself.
 logging.getLogger("web3").setLevel(logging.WARNING)
 _READ_CHUNK: Final = 65536
-
-
-def _read_capped_http(response: requests.Response, deadline: float, timeout: float) -> bytes:
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
-        raise RpcError(f"answer over {MAX_RESPONSE_BYTES} bytes")
-    body = bytearray()
-    while True:
-        # The timeout bounds the whole call, not each read: a peer trickling a byte at a time
-        # must not keep a caller waiting for ever.
-        if time.monotonic() > deadline:
-            raise RpcError(f"timed out: no complete answer within {timeout:g}s")
-        chunk = response.raw.read1(_READ_CHUNK)
-        if not chunk:
-            return bytes(body)
-        body += chunk
-        if len(body) > MAX_RESPONSE_BYTES:
-            raise RpcError(f"answer over {MAX_RESPONSE_BYTES} bytes")
+# msgspec raises RecursionError on deeply nested JSON, whatever the interpreter's limit.
+_answer_decoder: Final = msgspec.json.Decoder()
 
 
 class CappedHTTPProvider(HTTPProvider):
-    """`HTTPProvider` on one kept-alive session, one attempt per call, capped answers."""
+    """web3's `HTTPProvider` on one kept-alive connection, one attempt per call, capped
+    answers."""
 
     def __init__(self, endpoint_uri: str, timeout: float) -> None:
-        session = requests.Session()
-        session.trust_env = False  # node RPC never goes through an HTTP(S)_PROXY of the env
         super().__init__(
             endpoint_uri,
             request_kwargs={"timeout": timeout},
-            session=session,
             exception_retry_configuration=None,
         )
-        self._session = session
-        self._timeout = timeout
+        self._connection = KeptAliveConnection(
+            endpoint_uri, timeout, self.get_request_headers(), MAX_RESPONSE_BYTES
+        )
+        self._prepared: dict[RPCEndpoint, bytes] = {}
 
     def _make_request(self, method: RPCEndpoint, request_data: bytes) -> bytes:
-        deadline = time.monotonic() + self._timeout
-        with self._session.post(
-            str(self.endpoint_uri),
-            data=request_data,
-            headers=self.get_request_headers(),
-            timeout=self._timeout,
-            stream=True,
-        ) as response:
-            if response.status_code != 200:
-                raise RpcError(f"HTTP {response.status_code}")
-            return _read_capped_http(response, deadline, self._timeout)
+        return self._connection.post(request_data)
+
+    def answer_without_params(self, method: RPCEndpoint) -> RPCResponse:
+        """The answer to `method` called without parameters, by the shortest path: the request
+        encoded once (by web3, then as HTTP) and sent again as is, the answer decoded with
+        msgspec and checked to be a JSON object; the caller gives it to web3's
+        `formatted_response`.
+
+        This is the head poll's path: `eth_blockNumber` every poll interval for the daemon's
+        whole life, whose answer no middleware changes.
+        """
+        request = self._prepared.get(method)
+        if request is None:
+            body = self.encode_rpc_request(method, [])
+            request = self._prepared[method] = self._connection.prepare(body)
+        answer = _answer_decoder.decode(self._connection.post_prepared(request))
+        if not isinstance(answer, dict):
+            raise MalformedAnswer(f"the answer is {describe_value(answer)}, not a JSON object")
+        return cast(RPCResponse, answer)
+
+    def make_batch_request(
+        self, batch_requests: list[tuple[RPCEndpoint, Any]]
+    ) -> list[RPCResponse] | RPCResponse:
+        """Not used by the daemon: refused rather than sent around the caps."""
+        raise RpcError("batch requests are not supported")
 
     def close(self) -> None:
         """Close the kept-alive connection."""
-        self._session.close()
+        self._connection.close()
 
 
 def _read_ipc_answer(sock: socket.socket, timeout: float) -> bytes:

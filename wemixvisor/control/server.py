@@ -12,6 +12,7 @@ A frame over ZeroMQ's own limit (`MAX_FRAME_BYTES`) closes that client's connect
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import queue
 import threading
@@ -45,7 +46,6 @@ Dispatch = Callable[[Request], Any]
 """Carries out one request and returns its result; raises ControlError to refuse it."""
 
 _ZAP_DOMAIN = b"wemixvisor"
-_POLL_MS = 500
 _MAX_ENVELOPE_FRAMES = 8
 _DRAIN_BATCH = 256
 _KEYS_RECHECK = 2.0  # seconds between looks at keys/authorized for added or removed clients
@@ -256,7 +256,13 @@ class ControlServer:
         keys_stamp = self._keys_stamp()
         keys_checked = time.monotonic()
         while not self._stopping.is_set():
-            ready = dict(poller.poll(_POLL_MS))
+            # Woken by a request, a reply ready (the pipe) or stop (the pipe): no timeout is
+            # needed but the next look at the authorized keys, when there are keys.
+            timeout = None
+            if auth is not None:
+                due = keys_checked + _KEYS_RECHECK - time.monotonic()
+                timeout = max(math.ceil(due * 1000), 0)
+            ready = dict(poller.poll(timeout))
             if self._wake_read in ready:
                 self._drain_wake()
             self._send_replies(sock)

@@ -79,7 +79,10 @@ class NodeLease(msgspec.Struct, frozen=True):
 
 
 class GetNodeStatus(msgspec.Struct, frozen=True):
-    """Ask: answered with a NodeStatus."""
+    """Ask: answered with a NodeStatus. `stats=False` for an asker that reads neither CPU nor
+    RSS (the heartbeat): the process tree is not walked, the last sample is given."""
+
+    stats: bool = True
 
 
 class WatchNode(msgspec.Struct, frozen=True):

@@ -376,6 +376,12 @@ class TreeSampler:
         self._last = (pid, now, result)
         return result
 
+    def last(self, pid: int) -> tuple[float, int]:
+        """The last sample of `pid`, however old, without walking the tree; (0, 0) if none."""
+        if self._last is not None and self._last[0] == pid:
+            return self._last[2]
+        return 0.0, 0
+
     def _sample(self, pid: int) -> tuple[float, int]:
         try:
             root = self._procs.get(pid) or psutil.Process(pid)

@@ -202,6 +202,12 @@ class FileWatch:
         """The content of `reading` was acted on or rejected: do not offer it again."""
         self._settled_key = reading.key
 
+    @property
+    def quiet(self) -> bool:
+        """Whether `poll()` will return None for as long as the file's stamp stays the same:
+        its content was settled, or it is absent and absence is not acted on."""
+        return self._seen and (self._last_key is None or self._last_key == self._settled_key)
+
 
 @dataclass(frozen=True)
 class PlanRejection:
