@@ -16,12 +16,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wemixvisor.actors.files import CONFIG_ROLES, FileSourceActor, PollFiles, _ChangedFiles, _Tick
+from tests.support import wait_until
+from wemixvisor.actors.files import (
+    CONFIG_ROLES,
+    SAFETY_INTERVALS,
+    FileSourceActor,
+    PollFiles,
+    _ChangedFiles,
+    _Tick,
+)
 from wemixvisor.bus import Bus
 from wemixvisor.config import Config, load_config
 from wemixvisor.messages.config import ConfigChanged
 from wemixvisor.messages.events import ConfigRejected, ConfigReloaded, PlanRejected
 from wemixvisor.messages.plans import RegisterPlans
+from wemixvisor.plans.dirwatch import DirectoryEvents
 from wemixvisor.plans.queue import Plan
 
 WAIT = 10.0
@@ -472,3 +481,85 @@ def test_a_half_written_config_is_not_rejected(make_rig: Callable[..., Rig]) -> 
 
     assert of_type(rig.received("events"), ConfigRejected) == []
     assert len(of_type(events, ConfigReloaded)) == 1
+
+
+def ticker_interval(rig: Rig) -> float:
+    """The files poller's wait now (the rig runs one files actor, so one such thread)."""
+    assert rig.files is not None
+    [thread] = [t for t in threading.enumerate() if t.name == "files-poll"]
+    poller = thread._target.__self__  # type: ignore[attr-defined]
+    return float(poller.interval)
+
+
+def test_with_inotify_an_idle_poller_waits_long_and_a_write_is_seen_at_once(
+    make_rig: Callable[..., Rig],
+) -> None:
+    # 30 s between looks when idle: only the directory's events can show the plan in time.
+    rig = make_rig(poll_interval="3s")
+    rig.start()
+    rig.poll()
+    wait_until(lambda: ticker_interval(rig) == 3.0 * SAFETY_INTERVALS, what="the long wait")
+    write_atomically(rig.plan_path, b'{"name": "v1", "height": 100}')
+    messages = rig.wait_for("orchestrator", lambda m: len(m) == 1)
+    assert registered(messages) == [Plan(name="v1", height=100, source="file")]
+    rig.config_path.write_text("[node]\nmax_restarts = 7\n")
+    rig.wait_for("node", lambda m: len(of_type(m, ConfigChanged)) == 1)
+
+
+def test_a_linked_plan_file_keeps_the_poller_at_the_interval(
+    make_rig: Callable[..., Rig], tmp_path: Path
+) -> None:
+    target = tmp_path / "elsewhere.json"
+    target.write_bytes(b'{"name": "v1", "height": 100}')
+    rig = make_rig(poll_interval="3s")
+    rig.plan_path.symlink_to(target)
+    rig.start()
+    rig.wait_for("orchestrator", lambda m: len(m) == 1)
+    rig.poll()
+    # Its target changes without an event in the data dir: the poller keeps looking.
+    assert ticker_interval(rig) == 3.0
+    rig.plan_path.unlink()
+    rig.poll()
+    assert ticker_interval(rig) == 3.0 * SAFETY_INTERVALS
+
+
+def test_a_stopped_actor_leaves_no_event_thread_behind(rig: Rig) -> None:
+    rig.start().stop()
+    wait_until(
+        lambda: not any(t.name == "files-events" for t in threading.enumerate()),
+        what="the event thread gone with its actor",
+    )
+
+
+def test_directory_events_poke_for_watched_names_only(tmp_path: Path) -> None:
+    pokes: list[str] = []
+    lost: list[str] = []
+    watched = tmp_path / "upgrade-info.json"
+    events = DirectoryEvents([watched], lambda: pokes.append("poke"), lambda: lost.append("lost"))
+    assert events.start()
+    try:
+        assert events.healthy
+        (tmp_path / "unrelated").write_bytes(b"x")
+        watched.write_bytes(b"{}")
+        wait_until(lambda: pokes, what="a poke for the watched name")
+        # The unrelated write came first: had it poked, the count would show two by now.
+        (tmp_path / "later").write_bytes(b"x")
+        os.replace(tmp_path / "later", watched)
+        wait_until(lambda: len(pokes) == 2, what="a poke for the rename onto the name")
+        assert lost == []
+        # The directory goes: nothing it holds can be seen any more.
+        watched.unlink()
+        (tmp_path / "unrelated").unlink()
+        tmp_path.rmdir()
+        wait_until(lambda: lost == ["lost"], what="the watch lost")
+        assert not events.healthy
+    finally:
+        events.close()
+    assert not any(t.name == "files-events" for t in threading.enumerate())
+
+
+def test_directory_events_without_a_directory_are_never_healthy(tmp_path: Path) -> None:
+    events = DirectoryEvents([tmp_path / "missing" / "upgrade-info.json"], lambda: None)
+    assert not events.start()
+    assert not events.healthy
+    events.close()

@@ -1,11 +1,16 @@
 """FileSourceActor: turns the plan files and config.toml into messages (SPEC §3, §4).
 
-It polls three files with `stat` every `rpc.poll_interval` and reads one only when it changed
-(the stat runs on the poller's thread, which wakes the actor only for a change or unsettled work):
-`<data dir>/upgrade-info.json` (one plan), `<data dir>/upgrade-info.json.batch` (an array of
-plans) and `$DAEMON_HOME/wemixvisor/config.toml`. A file is acted on only when complete: content
-that parses is acted on at once; content that does not is rejected only after it stayed the same
-for `STABLE_POLLS` polls (a half-written file settles first), and then once per content.
+It watches three files — `<data dir>/upgrade-info.json` (one plan),
+`<data dir>/upgrade-info.json.batch` (an array of plans) and `$DAEMON_HOME/wemixvisor/config.toml`
+— with `stat` on a poller thread, which wakes the actor only for a change or unsettled work, and
+reads one only when it changed. The poller looks every `rpc.poll_interval`; with inotify on the
+files' directories (`plans.dirwatch`), an idle daemon's poller looks when a change pokes it and
+otherwise every `SAFETY_INTERVALS` intervals, and every interval again while content settles,
+plans wait for delivery, a watched path is a symbolic link, or inotify fails.
+
+A file is acted on only when complete: content that parses is acted on at once; content that
+does not is rejected only after it stayed the same for `STABLE_POLLS` polls (a half-written file
+settles first), and then once per content.
 
 Plans go to the orchestrator, which owns the queue rules and publishes plan.registered or
 plan.rejected itself; this actor publishes plan.rejected only for what it cannot even parse.
@@ -39,6 +44,7 @@ from wemixvisor.logs import apply_level
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.config import ConfigChanged, GetRunningConfig, PollFiles, RunningConfig
 from wemixvisor.messages.plans import RegisterPlans, ResendPlans
+from wemixvisor.plans.dirwatch import DirectoryEvents
 from wemixvisor.plans.files import (
     FileWatch,
     PlanRejection,
@@ -58,6 +64,10 @@ CONFIG_ROLES = ("node", "height", "orchestrator", "backup", "governance", "files
 # own plan.rejected, the rest one summary, so that a hostile file cannot flood events and logs.
 _MAX_ENTRY_REJECTIONS = 32
 _LOGGED_NAMES = 10
+SAFETY_INTERVALS = 10
+"""With inotify watching the files' directories, the poller still looks every this many poll
+intervals (3 s by default): for what inotify cannot see (another host's write on a network
+filesystem)."""
 
 
 class _Tick(msgspec.Struct, frozen=True):
@@ -71,12 +81,12 @@ class _ChangedFiles:
     then costs one `stat` per file per interval and no wakeup of the actor."""
 
     def __init__(self, paths: tuple[Path, ...]) -> None:
-        self._paths = paths
+        self.paths = paths
         self._stamps: tuple[object, ...] | None = None
         self.quiet = threading.Event()
 
     def __call__(self) -> _Tick | None:
-        stamps = tuple(_stamp(path) for path in self._paths)
+        stamps = tuple(_stamp(path) for path in self.paths)
         if self.quiet.is_set() and stamps == self._stamps:
             return None
         self._stamps = stamps
@@ -144,6 +154,7 @@ class FileSourceActor(SupervisedActor):
         self._changed_files = _ChangedFiles(
             (self._plan_watch.path, self._batch_watch.path, self._config_watch.path)
         )
+        self._events: DirectoryEvents | None = None
 
     def setup(self) -> None:
         # The first tick comes at once: it reads every file present, so a restarted daemon sees
@@ -152,6 +163,17 @@ class FileSourceActor(SupervisedActor):
         self._ticker = self.workers.poll(
             "files-poll", self._changed_files, self._interval, paced=True
         )
+        # With inotify on the files' directories an idle daemon need not look every interval:
+        # a change pokes the poller, which otherwise looks every SAFETY_INTERVALS intervals.
+        ticker, interval = self._ticker, self._interval
+        self._events = DirectoryEvents(
+            self._changed_files.paths, ticker.poke, lambda: ticker.set_interval(interval)
+        )
+        self._events.start()
+
+    def release(self) -> None:
+        if self._events is not None:
+            self._events.close()
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -185,10 +207,25 @@ class FileSourceActor(SupervisedActor):
     def _update_quiet(self) -> None:
         """Tell the poller whether it may skip ticks while no watched file changes."""
         watches = (self._plan_watch, self._batch_watch, self._config_watch)
-        if not self._outbox and all(watch.quiet for watch in watches):
+        quiet = not self._outbox and all(watch.quiet for watch in watches)
+        if quiet:
             self._changed_files.quiet.set()
         else:
             self._changed_files.quiet.clear()
+        if self._ticker is not None:
+            # Content settling, plans undelivered, a link (its target changes unseen) or no
+            # inotify: look every interval; else on a change, and every safety interval.
+            evented = self._events is not None and self._events.healthy
+            if (
+                quiet
+                and evented
+                and not any(path.is_symlink() for path in self._changed_files.paths)
+            ):
+                interval = self._interval * SAFETY_INTERVALS
+            else:
+                interval = self._interval
+            if interval != self._ticker.interval:
+                self._ticker.set_interval(interval)
 
     def _poll_plan_file(self) -> None:
         reading = self._plan_watch.poll()

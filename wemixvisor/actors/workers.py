@@ -123,6 +123,7 @@ class Poller(Worker):
         self._idle = threading.Event()
         self._idle.set()
         self._wake = threading.Event()
+        self._poked = False
 
     @property
     def interval(self) -> float:
@@ -138,6 +139,11 @@ class Poller(Worker):
         """The actor handled the last result: a paced poller may call again."""
         self._idle.set()
 
+    def poke(self) -> None:
+        """Call again now rather than at the end of the wait in progress (any thread)."""
+        self._poked = True
+        self._wake.set()
+
     def stop(self) -> None:
         super().stop()
         self._wake.set()
@@ -146,7 +152,8 @@ class Poller(Worker):
         """Wait `seconds` (re-reading the interval when it changes); False once stopping."""
         while not self.stopping.is_set():
             self._wake.clear()
-            if not self._wake.wait(max(seconds, _MIN_INTERVAL)):
+            if not self._wake.wait(max(seconds, _MIN_INTERVAL)) or self._poked:
+                self._poked = False
                 return not self.stopping.is_set()
             seconds = self._interval
         return False
