@@ -190,6 +190,11 @@ _Answers = {
         _OK_HEAD + _FORTY_TWO_LENGTH + _FORTY_TWO + b"junk",
         close=False,
     ),
+    "extra-answer-start": lambda h: _raw(
+        h,
+        _OK_HEAD + _FORTY_TWO_LENGTH + _FORTY_TWO + b"HTTP/1.1 200 OK\r\n",
+        close=False,
+    ),
     "answer-then-close": _answer_then_close,
     "http-1.0": lambda h: _raw(h, b"HTTP/1.0 200 OK\r\n" + _FORTY_TWO_LENGTH + _FORTY_TWO),
     "until-close": lambda h: _raw(h, _OK_HEAD + b"Connection: close\r\n\r\n" + _FORTY_TWO),
@@ -325,11 +330,12 @@ def test_every_framing_of_a_good_answer_is_read(
     client.close()
 
 
+@pytest.mark.parametrize("behaviour", ["extra-bytes", "extra-answer-start"])
 def test_answer_bytes_beyond_the_declared_length_end_the_connection(
-    hostile: Callable[[str], str],
+    hostile: Callable[[str], str], behaviour: str
 ) -> None:
     client = ChainClient(hostile("http-1.0"), timeout=1.0)
-    hostile.server.behaviour = "extra-bytes"  # type: ignore[attr-defined]
+    hostile.server.behaviour = behaviour  # type: ignore[attr-defined]
     assert client.block_number() == 42
     assert client.block_number() == 42
     ports = hostile.server.ports  # type: ignore[attr-defined]

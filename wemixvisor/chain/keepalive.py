@@ -1,12 +1,12 @@
 """One kept-alive HTTP/1.1 connection to the node: the transport under web3's HTTP provider.
 
 The head is asked every poll interval for the daemon's whole life, so what one call costs is
-what the idle daemon costs. A call is one `sendall` of the request and the reading of one
-answer with h11 (a small, well-kept HTTP/1.1 state machine, the one under uvicorn and httpx):
-its status line and headers, then a body framed by Content-Length, chunked, or ended by the
-close of the connection. Measured on an idle daemon (bench/README.md, crash_restart), a poll
-through `requests` cost two to three times the CPU of one through `http.client`, whose header
-parsing goes through the email package; h11 parses an answer in tens of microseconds.
+what the idle daemon costs. A call is one `sendall` of a request built once and the parsing
+of one answer by httptools (the C HTTP parser, llhttp, that uvicorn uses): its status line and
+headers, then a body framed by Content-Length, chunked, or ended by the close of the
+connection. Measured in the idle daemon's rhythm (one call every 300 ms, caches cold), a poll
+through `requests` cost two to three times the CPU of one through `http.client` (its header
+parsing goes through the email package), h11's pure-Python parsing about twice this.
 
 Every answer is bounded: headers to `MAX_HEADER_BYTES`, the body to the caller's cap, the whole
 call to its timeout (a peer trickling bytes cannot hold a caller). Any failure closes the
@@ -25,11 +25,11 @@ import urllib.parse
 import weakref
 from typing import Final
 
-import h11
+import httptools
 
 from wemixvisor.chain.rpc import RpcError
 
-__all__ = ["MAX_HEADER_BYTES", "KeptAliveConnection", "Prepared"]
+__all__ = ["MAX_HEADER_BYTES", "KeptAliveConnection"]
 
 MAX_HEADER_BYTES: Final = 64 * 1024
 """The longest status line and headers read; a node sends a few hundred bytes."""
@@ -71,53 +71,38 @@ class KeptAliveConnection:
             c in line for line in lines for c in "\0\r\n"
         ):
             raise RpcError(f"the address cannot be sent in an HTTP request: {endpoint_uri!r}")
-        self._target = path.encode("latin-1", "strict")
-        self._fields = [
-            (name.encode("latin-1", "strict"), value.encode("latin-1", "strict"))
-            for name, value in fields.items()
-        ]
+        head = f"POST {path} HTTP/1.1\r\n" + "".join(f"{line}\r\n" for line in lines)
+        self._head = head.encode("latin-1", "strict")
         # In a list that outlives this object: a client dropped without `close` has its socket
         # closed when it is collected.
         self._slot: list[socket.socket | None] = [None]
         weakref.finalize(self, _close_slot, self._slot)
 
-    def prepare(self, body: bytes) -> Prepared:
-        """The request for `body`, made once: send it with `post_prepared` as often as needed."""
-        request = h11.Request(
-            method=b"POST",
-            target=self._target,
-            headers=[*self._fields, (b"Content-Length", b"%d" % len(body))],
-        )
-        return Prepared(request, h11.Data(data=body))
+    def prepare(self, body: bytes) -> bytes:
+        """The whole request for `body`: send it with `post_prepared` as often as needed."""
+        return self._head + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
     def post(self, body: bytes) -> bytes:
         """POST `body`; the answer's body (status 200, within the cap and the timeout)."""
         return self.post_prepared(self.prepare(body))
 
-    def post_prepared(self, prepared: Prepared) -> bytes:
+    def post_prepared(self, request: bytes) -> bytes:
         """Send a request made by `prepare`; the answer's body."""
         deadline = time.monotonic() + self._timeout
         sock = self._slot[0]
         if sock is None or _dropped(sock):
             sock = self._connect(deadline)
         try:
-            http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
-            request = http.send(prepared.request) + http.send(prepared.body)
-            request += http.send(h11.EndOfMessage())
             sock.settimeout(self._remaining(deadline))
             sock.sendall(request)
-            body = _read_answer(http, sock, deadline, self._timeout, self._max_body)
-        except h11.ProtocolError as exc:
-            self.close()
-            raise RpcError(f"malformed HTTP answer: {exc}") from None
+            answer = _Answer(self._max_body)
+            answer.read(sock, deadline, self._timeout)
         except BaseException:
             self.close()
             raise
-        # Reused only when both sides may go on and nothing arrived that nobody asked for.
-        leftover, closed = http.trailing_data
-        if http.their_state is not h11.DONE or http.our_state is not h11.DONE or leftover or closed:
+        if not answer.reusable:
             self.close()
-        return body
+        return bytes(answer.body)
 
     def close(self) -> None:
         """Close the connection (the next call opens a new one)."""
@@ -168,38 +153,75 @@ def _tls_context() -> ssl.SSLContext:
     return _tls
 
 
-class Prepared:
-    """A request made once by `prepare`: its head and its body, as h11 events."""
+class _Answer:
+    """One answer as httptools parses it: its callbacks collect the status, the framing and
+    the body (see `read`)."""
 
-    __slots__ = ("body", "request")
+    def __init__(self, max_body: int) -> None:
+        self.max_body = max_body
+        self.body = bytearray()
+        self.framed = False  # Content-Length or chunked: the parser knows where it ends
+        self.header_bytes = 0
+        self.headers_done = False
+        self.complete = False
+        self.beyond = False  # bytes arrived after the answer: nobody asked for them
+        self.keep_alive = False
+        self.reusable = False
+        self.parser = httptools.HttpResponseParser(self)
 
-    def __init__(self, request: h11.Request, body: h11.Data) -> None:
-        self.request = request
-        self.body = body
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.beyond = True
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value)
+        if self.header_bytes > MAX_HEADER_BYTES:
+            raise RpcError(f"answer headers over {MAX_HEADER_BYTES} bytes")
+        lowered = name.lower()
+        if lowered in (b"content-length", b"transfer-encoding"):
+            self.framed = True
 
-def _read_answer(
-    http: h11.Connection, sock: socket.socket, deadline: float, timeout: float, max_body: int
-) -> bytes:
-    """The body of a 200 answer, read through `http` (which knows the request was sent)."""
-    body = bytearray()
-    while True:
-        event = http.next_event()
-        if event is h11.NEED_DATA:
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+        status = self.parser.get_status_code()
+        if status != 200:
+            raise RpcError(f"HTTP {status}")
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+        if len(self.body) > self.max_body:
+            raise RpcError(f"answer over {self.max_body} bytes")
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()  # asked while the answer is current
+
+    def read(self, sock: socket.socket, deadline: float, timeout: float) -> None:
+        """Receive and parse until the answer is complete; RpcError when it cannot be."""
+        received = 0
+        while not self.complete:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise RpcError(f"timed out: no complete answer within {timeout:g}s")
             sock.settimeout(remaining)
-            http.receive_data(sock.recv(_READ_CHUNK))
-        elif isinstance(event, h11.Response):
-            if event.status_code != 200:
-                raise RpcError(f"HTTP {event.status_code}")
-        elif isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > max_body:
-                raise RpcError(f"answer over {max_body} bytes")
-        elif isinstance(event, h11.EndOfMessage):
-            return bytes(body)
-        elif isinstance(event, h11.ConnectionClosed):
-            raise RpcError("connection closed before a full answer")
-        # InformationalResponse (1xx): the final answer follows.
+            chunk = sock.recv(_READ_CHUNK)
+            if not chunk:
+                if self.headers_done and not self.framed:
+                    return  # the answer ends with the connection (which goes with it)
+                raise RpcError("connection closed before a full answer")
+            received += len(chunk)
+            if not self.headers_done and received > MAX_HEADER_BYTES:
+                raise RpcError(f"answer headers over {MAX_HEADER_BYTES} bytes")
+            try:
+                self.parser.feed_data(chunk)
+            except httptools.HttpParserCallbackError as exc:
+                cause = exc.__context__
+                if isinstance(cause, RpcError):
+                    raise cause from None
+                raise RpcError(f"malformed HTTP answer: {exc}") from None
+            except httptools.HttpParserError as exc:
+                if not self.complete:
+                    raise RpcError(f"malformed HTTP answer: {exc}") from None
+                self.beyond = True  # what followed the answer is no answer at all
+        # Reused only when the node keeps it alive and nothing arrived that nobody asked for.
+        self.reusable = self.keep_alive and not self.beyond

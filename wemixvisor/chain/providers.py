@@ -35,7 +35,7 @@ from web3.providers.ipc import PersistentSocket
 from web3.types import RPCEndpoint, RPCResponse
 
 from wemixvisor.chain.istanbul import Istanbul
-from wemixvisor.chain.keepalive import KeptAliveConnection, Prepared
+from wemixvisor.chain.keepalive import KeptAliveConnection
 from wemixvisor.chain.rpc import MalformedAnswer, RpcError, describe_value, is_quantity
 
 MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024
@@ -66,7 +66,7 @@ class CappedHTTPProvider(HTTPProvider):
         self._connection = KeptAliveConnection(
             endpoint_uri, timeout, self.get_request_headers(), MAX_RESPONSE_BYTES
         )
-        self._prepared: dict[RPCEndpoint, Prepared] = {}
+        self._prepared: dict[RPCEndpoint, bytes] = {}
 
     def _make_request(self, method: RPCEndpoint, request_data: bytes) -> bytes:
         return self._connection.post(request_data)
