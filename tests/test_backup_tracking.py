@@ -385,3 +385,24 @@ def test_a_missing_data_dir_is_never_tracked(tmp_path: Path) -> None:
     assert "does not exist" in tracker.untrusted
     assert tracker.finish() == tracker.untrusted
     tracker.close()
+
+
+def test_progress_never_counts_below_zero_when_a_file_outgrew_the_staged_tree(
+    stage: Callable[..., Staged], data: Path
+) -> None:
+    # The one changed file is now larger than the whole tree the staging record measured.
+    staged = stage()
+    write(data / "geth" / "ancient" / "bodies.cdat", os.urandom(400_000), old=False)
+    reports: list[tuple[int, int]] = []
+    unsealed = backups.copy_upgrade_backup(
+        data,
+        staged.store,
+        PLAN,
+        watch=staged.watch,
+        progress=lambda done, total: reports.append((done, total)),
+    )
+    manifest = unsealed.seal()
+    assert unsealed.tracked
+    assert reports
+    assert all(0 <= done <= total for done, total in reports), reports
+    assert_equals_data(data, unsealed, manifest)

@@ -643,6 +643,9 @@ def apply_delta(
     tree (progress). Free space for the net growth is checked first.
     """
     check_space(space_dir, delta.net_bytes, available, files=delta.new_inodes)
+    # `total` may be an older measure of the tree (the staging record's) than the files the
+    # delta copies now: progress never counts below zero or past its total.
+    total = max(total, delta.copy_bytes)
     copier = _Copier(
         progress=progress,
         cancel=cancel,
