@@ -59,8 +59,11 @@ class ConfigReloadVerb(Verb[ControlContext, ConfigReload, ConfigReloadReply]):
         )
 
     def render(self, reply: ConfigReloadReply) -> str:
-        changed = ", ".join(reply.changed) or "nothing"
-        text = f"reloaded: {changed} changed"
+        if reply.changed:
+            text = f"reloaded: {', '.join(reply.changed)} changed"
+        else:
+            # The daemon watches the file: a saved edit is usually applied before this asks.
+            text = f"reloaded: {reply.config_file} is in effect (nothing left to change)"
         if reply.restart_required:
             text += f"; a restart is needed for: {', '.join(reply.restart_required)}"
         return text
