@@ -29,7 +29,7 @@ import httptools
 
 from wemixvisor.chain.rpc import RpcError
 
-__all__ = ["MAX_HEADER_BYTES", "KeptAliveConnection"]
+__all__ = ["MAX_HEADER_BYTES", "KeptAliveConnection", "receive_before"]
 
 MAX_HEADER_BYTES: Final = 64 * 1024
 """The longest status line and headers read; a node sends a few hundred bytes."""
@@ -128,6 +128,16 @@ class KeptAliveConnection:
         return remaining
 
 
+def receive_before(sock: socket.socket, deadline: float, timeout: float) -> bytes:
+    """The next bytes `sock` has (b"" at its end), before the call's `deadline` (monotonic);
+    RpcError once it passed (`timeout`: the call's, for the message)."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise RpcError(f"timed out: no complete answer within {timeout:g}s")
+    sock.settimeout(remaining)
+    return sock.recv(_READ_CHUNK)
+
+
 def _close_slot(slot: list[socket.socket | None]) -> None:
     sock, slot[0] = slot[0], None
     if sock is not None:
@@ -200,11 +210,7 @@ class _Answer:
         """Receive and parse until the answer is complete; RpcError when it cannot be."""
         received = 0
         while not self.complete:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RpcError(f"timed out: no complete answer within {timeout:g}s")
-            sock.settimeout(remaining)
-            chunk = sock.recv(_READ_CHUNK)
+            chunk = receive_before(sock, deadline, timeout)
             if not chunk:
                 if self.headers_done and not self.framed:
                     return  # the answer ends with the connection (which goes with it)

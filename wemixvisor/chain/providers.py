@@ -35,7 +35,7 @@ from web3.providers.ipc import PersistentSocket
 from web3.types import RPCEndpoint, RPCResponse
 
 from wemixvisor.chain.istanbul import Istanbul
-from wemixvisor.chain.keepalive import KeptAliveConnection
+from wemixvisor.chain.keepalive import KeptAliveConnection, receive_before
 from wemixvisor.chain.rpc import MalformedAnswer, RpcError, describe_value, is_quantity
 
 MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024
@@ -48,7 +48,6 @@ _WS_PING_INTERVAL: Final = 2.0
 
 # web3 logs every connection at INFO (one per call over ws): the daemon reports RPC itself.
 logging.getLogger("web3").setLevel(logging.WARNING)
-_READ_CHUNK: Final = 65536
 # msgspec raises RecursionError on deeply nested JSON, whatever the interpreter's limit.
 _answer_decoder: Final = msgspec.json.Decoder()
 
@@ -105,11 +104,7 @@ def _read_ipc_answer(sock: socket.socket, timeout: float) -> bytes:
     buffer = bytearray()
     decoder = msgspec.json.Decoder()
     while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise RpcError(f"timed out: no complete answer within {timeout:g}s")
-        sock.settimeout(remaining)
-        chunk = sock.recv(_READ_CHUNK)
+        chunk = receive_before(sock, deadline, timeout)
         if not chunk:
             raise RpcError("IPC connection closed before a full answer")
         buffer += chunk
