@@ -21,9 +21,11 @@ from websockets.sync.server import Server, ServerConnection, serve
 
 from devtools.anvil import AnvilProcess, rpc_call
 from wemixvisor.actors.height import HeightActor
+from wemixvisor.actors.orchestrator import OrchestratorActor
 from wemixvisor.bus import Bus
 from wemixvisor.chain.headwatch import FAST_POLL_INTERVAL
 from wemixvisor.config import Config, load_config, reload_diff
+from wemixvisor.home.layout import Home, init_home
 from wemixvisor.messages.config import ConfigChanged
 from wemixvisor.messages.events import HeightObserved, NodeStalled, RpcRecovered, RpcUnavailable
 from wemixvisor.messages.height import (
@@ -31,6 +33,7 @@ from wemixvisor.messages.height import (
     HeadObserved,
     HeightStatus,
     NextTrigger,
+    ResendNextTrigger,
     RpcAvailability,
 )
 
@@ -617,3 +620,35 @@ def test_polling_tightens_near_the_next_plans_trigger_height(
     # The plan ran (or was cancelled): no trigger, the configured interval again.
     ref.tell(NextTrigger(None))
     assert world.status().poll_interval == 30.0
+
+
+def test_a_starting_height_actor_asks_the_orchestrator_for_the_next_trigger_again(
+    world: World, anvils: Callable[..., AnvilProcess]
+) -> None:
+    # A HeightActor restarted by its supervisor forgot the trigger; the queue may not change
+    # for hours, so it asks rather than waits.
+    node = anvils(block_time=None)
+    ref = world.start(node.url, DAEMON_POLL_INTERVAL="30s")
+    world.orchestrator.wait_for(ResendNextTrigger)
+    ref.stop()
+    world.start(node.url, DAEMON_POLL_INTERVAL="30s")
+    assert len(world.orchestrator.wait_for(ResendNextTrigger, 2)) == 2
+
+
+def test_the_orchestrator_tells_the_next_trigger_again_when_asked(
+    tmp_path: Path, anvil_bin_1_5_1: Path
+) -> None:
+    config = load_config(env={"DAEMON_HOME": str(tmp_path / "home"), "DAEMON_NAME": "anvil"})
+    home = Home.from_config(config)
+    init_home(home, anvil_bin_1_5_1)
+    bus = Bus()
+    height = Inbox()
+    bus.register("height", RecordingCollector.start(height))
+    try:
+        orchestrator = OrchestratorActor.start(config=config, home=home, bus=bus)
+        bus.register("orchestrator", orchestrator)
+        assert height.wait_for(NextTrigger)[0] == NextTrigger(None)  # told at its start
+        orchestrator.tell(ResendNextTrigger())
+        assert height.wait_for(NextTrigger, 2)[1] == NextTrigger(None)
+    finally:
+        pykka.ActorRegistry.stop_all()

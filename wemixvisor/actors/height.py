@@ -39,6 +39,7 @@ from wemixvisor.messages.height import (
     HeadObserved,
     HeightStatus,
     NextTrigger,
+    ResendNextTrigger,
     RpcAvailability,
 )
 
@@ -110,6 +111,9 @@ class HeightActor(SupervisedActor):
 
     def setup(self) -> None:
         self._start_watcher()
+        # A restarted actor polls tightly near the next plan too (at the daemon's start the
+        # orchestrator, started after this actor, tells it anyway).
+        self._bus.tell(_ORCHESTRATOR, ResendNextTrigger())
 
     def release(self) -> None:
         # Also after a failure: the actor the supervisor starts next runs its own watcher.

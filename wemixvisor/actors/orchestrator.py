@@ -37,7 +37,12 @@ from wemixvisor.home.layout import Home, LayoutError, read_current
 from wemixvisor.messages import events as ev
 from wemixvisor.messages.backup import PrestageBackup
 from wemixvisor.messages.config import ConfigChanged
-from wemixvisor.messages.height import HeadObserved, NextTrigger, RpcAvailability
+from wemixvisor.messages.height import (
+    HeadObserved,
+    NextTrigger,
+    ResendNextTrigger,
+    RpcAvailability,
+)
 from wemixvisor.messages.node import StartNode
 from wemixvisor.messages.plans import (
     CancelPlan,
@@ -217,6 +222,8 @@ class OrchestratorActor(OperatorDuties, RollingWindow, SupervisedActor):
                     self._disarm("RPC is unavailable: the head is unknown")
             case RegisterPlans():
                 self._register(message)
+            case ResendNextTrigger():
+                self._tell_next_trigger()
             case CancelPlan():
                 self._cancel(message)
             case ListPlans():

@@ -41,6 +41,11 @@ class HeightStatus(msgspec.Struct, frozen=True):
     block_time: float | None = None  # seconds, measured from the new heads; None until known
 
 
+class ResendNextTrigger(msgspec.Struct, frozen=True):
+    """To the orchestrator from a HeightActor that starts: tell `NextTrigger` again (one
+    restarted by its supervisor forgot it, and the queue may not change for hours)."""
+
+
 class NextTrigger(msgspec.Struct, frozen=True):
     """Told by the orchestrator whenever its queue changes: the head at which the next plan
     starts (H-1 of the lowest pending plan), or None. Polling tightens near it (SPEC §16)."""
