@@ -192,14 +192,17 @@ class OperatorDuties:
         event = outcome.event(name)
         log = logger.info if outcome.ok else logger.error
         log("rehearsal of {}: {}", name, "passed" if outcome.ok else outcome.reason)
+        # Recorded with the plan before it is announced: whoever acts on the event finds it.
+        entry = queue_rules.get(self._queue, name)
+        pending = entry is not None and entry.status is PlanStatus.PENDING
+        if entry is not None and pending:
+            entry.rehearsal = outcome.record(time.time())
+            self._save_queue()
         self._bus.publish(event)
         for waiter in self._rehearsal_waiters.pop(name, []):
             waiter.set(event)
-        entry = queue_rules.get(self._queue, name)
-        if entry is None or entry.status is not PlanStatus.PENDING:
+        if entry is None or not pending:
             return
-        entry.rehearsal = outcome.record(time.time())
-        self._save_queue()
         self._held_back.discard(name)
         if not outcome.ok and entry.plan.rehearse:
             problems = [f"rehearsal failed: {outcome.reason}"]
