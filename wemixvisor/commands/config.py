@@ -191,7 +191,7 @@ def _daemon_on_home(ctx: CliContext) -> bool:
 def _path_hook(kind: type, value: object) -> object:
     if kind is Path and isinstance(value, str):
         return Path(value)
-    raise NotImplementedError(kind)
+    raise NotImplementedError(kind)  # msgspec's dec_hook protocol: "not a type I convert"
 
 
 def _show_running(args: argparse.Namespace, ctx: CliContext) -> int:
